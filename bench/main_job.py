@@ -1,0 +1,94 @@
+"""Benchmark the README's main job: wall time and peak memory of a fresh end-to-end run.
+
+Runs `genpi internalize examples/prompts/library_desk.yaml --config configs/default.yaml` in a
+fresh runs folder (nothing reused), samples the RSS of the whole process tree (the flow, its
+temporary Prefect server) every 0.2 s, and writes bench/results/main_job.json with the time,
+the peak memory, per-stage times from the manifests and the run's headline numbers.
+Targets (issue 3): under 10 minutes and under 6 GB on 2 cores.
+Run: python bench/main_job.py [--no-prefect] [-- extra genpi args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-prefect", action="store_true", help="run the stages without Prefect")
+    parser.add_argument("extra", nargs="*", help="extra arguments for genpi internalize")
+    args = parser.parse_args()
+    runs = Path(tempfile.mkdtemp(prefix="genpi-bench-"))
+    genpi = Path(sys.executable).with_name("genpi")
+    cmd = [str(genpi), "internalize", "examples/prompts/library_desk.yaml", "--config", "configs/default.yaml",
+           "--runs-dir", str(runs), *(["--no-prefect"] if args.no_prefect else []), *args.extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watcher = psutil.Process(proc.pid)
+    peak = 0
+    output: list[str] = []
+    os.set_blocking(proc.stdout.fileno(), False)
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(watcher))
+        chunk = proc.stdout.read()
+        if chunk:
+            output.append(chunk)
+        time.sleep(0.2)
+    output.append(proc.stdout.read() or "")
+    seconds = time.perf_counter() - started
+    text = "".join(output)
+    if proc.returncode != 0:
+        print(text[-4000:])
+        sys.exit(f"main job failed with exit code {proc.returncode}")
+    run_dir = next(runs.glob("*/*"))
+    stages = {}
+    for manifest in sorted(run_dir.glob("*/_manifest.json")):
+        m = json.loads(manifest.read_text())
+        stages[m["stage"]] = round((datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1)
+    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    result = {
+        "command": " ".join(["genpi", *cmd[1:]]),
+        "cpu_count": os.cpu_count(),
+        "wall_seconds": round(seconds, 1),
+        "peak_rss_gb": round(peak / 1e9, 2),
+        "targets": {"wall_seconds": 600, "peak_rss_gb": 6.0},
+        "within_targets": seconds < 600 and peak / 1e9 < 6.0,
+        "stage_seconds": stages,
+        "compliance": {k: round(v["compliance"], 3) for k, v in summary["variants"].items()},
+        "format": {k: round(v["format"], 3) for k, v in summary["variants"].items()},
+        "facts": {k: None if v["facts"] is None else round(v["facts"], 3) for k, v in summary["variants"].items()},
+        "recovery": summary.get("recovery"),
+        "prefill_tokens_saved_per_request": summary.get("prefill_tokens_saved_per_request"),
+        "train": json.loads((run_dir / "train" / "metrics.json").read_text()),
+    }
+    print(json.dumps(result, indent=2))
+    out = ROOT / "bench" / "results" / ("main_job_no_prefect.json" if args.no_prefect else "main_job.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}; report kept at {run_dir / 'evaluate' / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

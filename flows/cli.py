@@ -1,0 +1,171 @@
+"""`genpi` command line. Every command explains itself with --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+genpi: Generative Prompt Internalization.
+Bake a long, fixed prompt into a LoRA adapter so the model behaves as if the prompt were there
+without paying for it on every request. Runs on the embedded CPU model (SmolLM2-135M-Instruct)
+by default; any local Hugging Face model folder via --set model.name_or_path=PATH.
+"""
+
+EPILOG = """\
+examples:
+  genpi internalize examples/prompts/library_desk.yaml
+  genpi internalize my_prompt.yaml --config configs/default.yaml --set train.epochs=3
+  genpi check-spec my_prompt.yaml
+  genpi report runs/library-desk/<version12>
+environment:
+  GENPI_CACHE     where the converted embedded model is cached (default ~/.cache/genpi)
+  PREFECT_API_URL run flows against this Prefect server (unset: a temporary local one)
+  GENPI_API_KEY   API key for backend.kind=openai (the env var name is configurable; never logged)
+"""
+
+
+def _prefect_defaults() -> None:
+    # A fresh ephemeral Prefect server can take ~20 s to start on 2 cores: the default timeout is too tight.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _load_config(args):
+    from schemas.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "runs_dir", None):
+        overrides.append(f"runs_dir={args.runs_dir}")
+    return load_config(args.config, overrides)
+
+
+def _headline(run_dir: Path) -> str:
+    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    v = summary["variants"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    rec = summary.get("recovery")
+    return (
+        f"compliance on {v['teacher']['n']} held-out inputs: base {pct(v['base']['compliance'])}, "
+        f"teacher (with prompt) {pct(v['teacher']['compliance'])}, student (adapter, no prompt) "
+        f"{pct(v['student']['compliance'])}; recovery {'n/a' if rec is None else f'{rec:.2f}'}; "
+        f"prefill tokens saved per request: {summary['prefill_tokens_saved_per_request']:.0f}"
+    )
+
+
+def cmd_internalize(args) -> int:
+    cfg = _load_config(args)
+    started = time.perf_counter()
+    if args.no_prefect:
+        from genpi_core.pipeline import run_pipeline
+
+        result = run_pipeline(args.spec, cfg)
+    else:
+        _prefect_defaults()
+        from flows.internalize import internalize_pipeline
+
+        result = internalize_pipeline(args.spec, cfg)
+    run_dir = Path(result.dir).parent
+    print(f"\ngenpi: internalized {args.spec} in {time.perf_counter() - started:.0f} s")
+    print(f"report:  {run_dir / 'evaluate' / 'report.md'}")
+    print(f"adapter: {run_dir / 'train' / 'adapter'}")
+    print(_headline(run_dir))
+    return 0
+
+
+def cmd_check_spec(args) -> int:
+    from genpi_core.ingest import check_fits_context, load_spec, spec_version
+    from genpi_core.models import load_tokenizer, resolve_model
+
+    cfg = _load_config(args)
+    spec = load_spec(args.spec)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    from transformers import AutoConfig
+
+    max_context = AutoConfig.from_pretrained(resolve_model(cfg.model.name_or_path)).max_position_embeddings
+    n = check_fits_context(spec, tokenizer, max_context, cfg.ingest.min_conversation_tokens, args.spec)
+    print(f"{args.spec}: OK")
+    print(f"  name {spec.name}, version {spec_version(spec)[:12]}, prompt {n} tokens (context {max_context})")
+    print(f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs")
+    return 0
+
+
+def cmd_report(args) -> int:
+    run_dir = Path(args.run_dir)
+    report = run_dir / "evaluate" / "report.md"
+    if not report.is_file():
+        print(f"{run_dir}: no evaluate/report.md (has the run finished?)", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    print(_headline(run_dir))
+    return 0
+
+
+def cmd_model(args) -> int:
+    from genpi_core.models import resolve_model
+
+    print(resolve_model(args.name_or_path))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genpi", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_args(p):
+        p.add_argument("--config", type=Path, help="pipeline config YAML (see configs/); defaults run on the embedded CPU model")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+    p = sub.add_parser("internalize", help="run the whole pipeline for a prompt spec",
+                       description="Ingest the spec, synthesize inputs and teacher/base replies, build the dataset, "
+                       "train the LoRA adapter and evaluate base vs teacher vs student. Finished stages are "
+                       "reused on a re-run; a changed spec or config re-runs what it affects.")
+    p.add_argument("spec", help="prompt spec YAML, e.g. examples/prompts/library_desk.yaml")
+    config_args(p)
+    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
+    p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+    p.set_defaults(func=cmd_internalize)
+
+    p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
+                       description="Validate a spec without running anything: fields, checks, regexes, and whether "
+                       "the prompt fits the model's context with room for a conversation.")
+    p.add_argument("spec")
+    config_args(p)
+    p.set_defaults(func=cmd_check_spec)
+
+    p = sub.add_parser("report", help="print the report of a finished run",
+                       description="Print evaluate/report.md of a run folder and its headline numbers.")
+    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("model", help="prepare a base model and print its local path",
+                       description="Convert the embedded model once into $GENPI_CACHE (or check a local folder) "
+                       "and print the path that from_pretrained can load.")
+    p.add_argument("name_or_path", nargs="?", default="embedded")
+    p.set_defaults(func=cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from genpi_core.ingest import SpecError
+    from genpi_core.tables import TableError
+
+    try:
+        return args.func(args)
+    except (SpecError, TableError, ValueError) as exc:
+        print(f"genpi: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

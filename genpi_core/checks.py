@@ -1,0 +1,108 @@
+"""Evaluate a spec's checks on a reply. One evaluator per check type in schemas.spec.
+
+Each evaluator returns True/False; ``run_checks`` returns ``{check_name: passed}`` where the name
+is stable (``<index>:<type>`` for global checks, ``fact:<index>`` for per-input facts) so that
+pass rates can be compared across variants and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable
+
+from schemas.spec import (
+    CHECK_TYPES,
+    CodeBlockCheck,
+    JsonKeysCheck,
+    LanguageCheck,
+    MaxLengthCheck,
+    MustContainCheck,
+    MustStartWithCheck,
+    RegexCheck,
+)
+
+_STOPWORDS = {
+    "en": "the and is are was you your with for this that have not can will what how our we it of to at on".split(),
+    "es": "el los las que es son una por para con del como pero muy está usted nuestro hay tiene puede".split(),
+    "fr": "le les est une des pour avec pas vous nous dans sur mais très êtes notre il elle sont peut".split(),
+    "de": "der die das und ist sind ein eine nicht mit für sie wir auf auch sehr bitte kann".split(),
+    "it": "il gli che una sono per con non della come anche molto siamo questo può".split(),
+    "pt": "os que uma são para com não como mas muito você nosso está pode também".split(),
+}
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def detect_language_scores(text: str) -> dict[str, int]:
+    """Stopword hits per language; crude but transparent, and enough for 'which language is this'."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    return {lang: sum(w in set(stops) for w in words) for lang, stops in _STOPWORDS.items()}
+
+
+def _language(check: LanguageCheck, reply: str) -> bool:
+    scores = detect_language_scores(reply)
+    target = scores[check.language]
+    others = max(v for k, v in scores.items() if k != check.language)
+    return target >= 2 and target > 1.5 * others
+
+
+def _regex(check: RegexCheck, reply: str) -> bool:
+    flags = (re.MULTILINE if check.multiline else 0) | (re.IGNORECASE if check.ignore_case else 0)
+    return re.search(check.pattern, reply, flags) is not None
+
+
+def _must_start_with(check: MustStartWithCheck, reply: str) -> bool:
+    return reply.lstrip().startswith(check.value)
+
+
+def _must_contain(check: MustContainCheck, reply: str) -> bool:
+    haystack = reply.lower() if check.ignore_case else reply
+    hits = [(v.lower() if check.ignore_case else v) in haystack for v in check.values]
+    return all(hits) if check.mode == "all" else any(hits)
+
+
+def _json_keys(check: JsonKeysCheck, reply: str) -> bool:
+    fenced = re.search(r"```(?:json)?\s*\n(.*?)```", reply, re.DOTALL)
+    candidate = fenced.group(1) if fenced else reply.strip()
+    try:
+        obj = json.loads(candidate)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and all(k in obj for k in check.keys)
+
+
+def _code_block(check: CodeBlockCheck, reply: str) -> bool:
+    pattern = rf"```{re.escape(check.language)}[ \t]*\n.*?```"
+    return re.search(pattern, reply, re.DOTALL | re.IGNORECASE) is not None
+
+
+def _max_length(check: MaxLengthCheck, reply: str) -> bool:
+    if check.chars is not None and len(reply) > check.chars:
+        return False
+    return not (check.words is not None and len(reply.split()) > check.words)
+
+
+EVALUATORS: dict[str, Callable[..., bool]] = {
+    "regex": _regex,
+    "must_start_with": _must_start_with,
+    "must_contain": _must_contain,
+    "json_keys": _json_keys,
+    "code_block": _code_block,
+    "max_length": _max_length,
+    "language": _language,
+}
+assert set(EVALUATORS) == set(CHECK_TYPES), "every check type in schemas.spec needs an evaluator here"
+
+
+def fact_present(fact: str | list[str], reply: str) -> bool:
+    """A fact is a string or a list of alternatives, matched case-insensitively as substrings."""
+    options = [fact] if isinstance(fact, str) else fact
+    lowered = reply.lower()
+    return any(o.lower() in lowered for o in options)
+
+
+def run_checks(checks: list, reply: str, facts: list[str | list[str]] = ()) -> dict[str, bool]:
+    """Every global check and every per-input fact, by stable name."""
+    results = {f"{i}:{c.type}": EVALUATORS[c.type](c, reply) for i, c in enumerate(checks)}
+    results.update({f"fact:{i}": fact_present(f, reply) for i, f in enumerate(facts)})
+    return results

@@ -1,0 +1,111 @@
+"""Stage 3: validate generations and build the dataset splits.
+
+Reads: inputs.parquet, teacher and base replies.parquet. Writes: train/val/test.parquet and
+quarantine.parquet. A teacher reply is unusable when empty, cut at the length cap, or (when
+``require_teacher_checks``) failing the spec's global checks; each such row goes to quarantine
+with the reason. ``test`` is the spec's held-out eval inputs, which no training stage ever reads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+
+from genpi_core.checks import run_checks
+from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, read_table, write_table
+from schemas.config import DatasetConfig
+from schemas.datasets import (
+    QUARANTINE_FILE,
+    TEST_FILE,
+    TRAIN_FILE,
+    VAL_FILE,
+    ExamplesSchema,
+    InputsSchema,
+    QuarantineSchema,
+    RepliesSchema,
+    HeldOutSchema,
+)
+from schemas.spec import PromptSpec
+
+
+def _teacher_problems(spec: PromptSpec, cfg: DatasetConfig, row: pd.Series) -> str:
+    if not row["output"].strip():
+        return "empty teacher reply"
+    if row["finish_reason"] == "length":
+        return "teacher reply truncated at the length cap"
+    if cfg.require_teacher_checks and spec.checks:
+        failed = [name for name, ok in run_checks(spec.checks, row["output"]).items() if not ok]
+        if failed:
+            return "teacher reply fails checks: " + ", ".join(failed)
+    return ""
+
+
+def _test_split(spec: PromptSpec, held_out_pool: list[str]) -> pd.DataFrame:
+    if spec.inputs.eval:
+        items = [(e.text, e.facts, "spec_eval") for e in spec.inputs.eval]
+    else:  # no hand-written eval set: hold out part of the pool instead (checked with global rules only)
+        items = [(t, [], "pool_split") for t in held_out_pool]
+    return pd.DataFrame(
+        {
+            "example_id": [f"test-{i:04d}" for i in range(len(items))],
+            "input": [t for t, _, _ in items],
+            "facts": [json.dumps(f, ensure_ascii=False) for _, f, _ in items],
+            "source": [s for _, _, s in items],
+        }
+    )
+
+
+def run_dataset(
+    spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, teacher_path: Path, base_path: Path, out_dir: Path
+) -> dict[str, int]:
+    inputs = read_table(inputs_path, InputsSchema)
+    teacher = read_table(teacher_path, RepliesSchema)
+    read_table(base_path, RepliesSchema)  # validated now; its outputs feed reasons and evaluation later
+    joined = inputs.merge(teacher, on="input_id", how="left", validate="one_to_one")
+    missing = joined["output"].isna()
+    quarantine = [empty_quarantine()]
+    if missing.any():
+        quarantine.append(quarantine_rows("teacher", joined[missing], "input_id", "no teacher reply for this input"))
+    joined = joined[~missing]
+    problems = joined.apply(lambda row: _teacher_problems(spec, cfg, row), axis=1) if len(joined) else pd.Series(dtype=str)
+    bad = problems != ""
+    quarantine.append(quarantine_rows("teacher", joined[bad], "input_id", problems[bad]))
+    usable = joined[~bad]
+
+    examples = pd.DataFrame(
+        {
+            "example_id": usable["input_id"],
+            "objective": "sft",
+            "messages": usable["context"],
+            "target": usable["output"],
+            "weight": 1.0,
+        }
+    )
+    examples, bad_rows = partition_valid(examples, ExamplesSchema, "examples", "example_id")
+    quarantine.append(bad_rows)
+
+    ids = sorted(examples["example_id"])
+    random.Random(cfg.seed).shuffle(ids)
+    n_val = int(round(len(ids) * cfg.val_fraction)) if len(ids) > 1 else 0
+    val_ids = set(ids[:n_val])
+    held_out_pool = [] if spec.inputs.eval else list(inputs["text"].iloc[: max(1, len(inputs) // 5)])
+    if held_out_pool:  # keep pool-split test inputs out of training
+        held_ids = set(inputs["input_id"].iloc[: len(held_out_pool)])
+        examples = examples[~examples["example_id"].isin(held_ids)]
+    train = examples[~examples["example_id"].isin(val_ids)]
+    val = examples[examples["example_id"].isin(val_ids)]
+    if train.empty:
+        raise ValueError(
+            f"no usable training examples: all {len(joined)} teacher replies were quarantined "
+            f"(see {out_dir / QUARANTINE_FILE}); try more inputs or dataset.require_teacher_checks=false"
+        )
+    rows = {
+        "train": write_table(train, ExamplesSchema, out_dir / TRAIN_FILE),
+        "val": write_table(val, ExamplesSchema, out_dir / VAL_FILE),
+        "test": write_table(_test_split(spec, held_out_pool), HeldOutSchema, out_dir / TEST_FILE),
+    }
+    rows["quarantined"] = write_table(pd.concat(quarantine, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE)
+    return rows

@@ -1,0 +1,60 @@
+"""The one protocol every generation engine implements, plus the backend factory.
+
+Engines take whole batches of conversations (lists of chat messages) so that callers can hand
+over one turn of every live conversation at once; how an engine batches internally is its own affair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, Sequence, TypedDict
+
+from schemas.config import BackendConfig, ModelConfig, SamplingConfig
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One reply. ``latency_s`` is the batch's wall time divided by its size (amortized)."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+class GenerationError(RuntimeError):
+    """Generation failed for good (after retries); the message names the engine and the request."""
+
+
+class GenerationBackend(Protocol):
+    name: str
+
+    def generate(
+        self, conversations: Sequence[Sequence[Message]], sampling: SamplingConfig, desc: str = "generate"
+    ) -> list[Completion]: ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(
+    model: ModelConfig, backend: BackendConfig, adapter: str | Path | None = None, merge_adapter: bool = False
+) -> GenerationBackend:
+    """Build the engine named in ``backend.kind`` for ``model`` (optionally with a LoRA adapter)."""
+    if backend.kind == "transformers":
+        from genpi_core.generation.transformers_backend import TransformersBackend
+
+        return TransformersBackend(model, backend, adapter=adapter, merge_adapter=merge_adapter)
+    if backend.kind == "openai":
+        from genpi_core.generation.openai_backend import OpenAIBackend
+
+        if adapter is not None:
+            raise ValueError("the openai backend serves adapters by name: set backend.served_model instead")
+        return OpenAIBackend(model, backend)
+    raise ValueError(f"unknown backend kind {backend.kind!r}")

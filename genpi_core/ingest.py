@@ -1,0 +1,171 @@
+"""Stage 1: ingest a prompt spec. Reads: the spec YAML (and a prompt file it points to).
+Writes: ``<run>/ingest/prompt.json`` (the normalized spec, its version and prompt token count).
+
+Errors name the file and the field: a user must be able to fix the spec from the message alone.
+The version is the sha256 of the normalized spec, so whitespace-only edits keep the version and
+any real change yields a new one (and a new run folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from genpi_core.chat import prompt_messages
+from genpi_core.store import Stage, atomic_write_json
+from schemas.config import IngestConfig, ModelConfig
+from schemas.errors import describe
+from schemas.spec import CHECK_TYPES, PromptSpec
+
+PROMPT_FILE = "prompt.json"
+MAX_SPEC_BYTES = 5_000_000
+
+
+class SpecError(ValueError):
+    """A prompt spec is invalid; the message starts with the file and names the field."""
+
+
+def _read_yaml(path: Path) -> object:
+    if not path.is_file():
+        raise SpecError(f"{path}: file not found")
+    data = path.read_bytes()
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {len(data)} bytes is over the {MAX_SPEC_BYTES}-byte limit for a spec")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        return yaml.safe_load(text)  # safe_load: a spec can never construct Python objects
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _inline_prompt_file(raw: dict, spec_path: Path) -> None:
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, dict) or "path" not in prompt:
+        return
+    if set(prompt) != {"path"}:
+        raise SpecError(f"{spec_path}: field `prompt`: give either `path` or inline `system`/`dialogue`, not both")
+    target = (spec_path.parent / str(prompt["path"])).resolve()
+    if target.suffix in {".yaml", ".yml"}:
+        loaded = _read_yaml(target)
+        if not isinstance(loaded, dict):
+            raise SpecError(f"{target}: a prompt file must be a mapping with `system` and/or `dialogue`")
+        raw["prompt"] = loaded
+    else:
+        if not target.is_file():
+            raise SpecError(f"{spec_path}: field `prompt.path`: file {target} not found")
+        try:
+            raw["prompt"] = {"system": target.read_text(encoding="utf-8")}
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{target}: not UTF-8 text") from exc
+
+
+def _normalize_text(text: str) -> str:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip()
+
+
+def _normalize(value: object) -> object:
+    if isinstance(value, str):
+        return _normalize_text(value)
+    if isinstance(value, list):
+        return [_normalize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalize(v) for k, v in value.items()}
+    return value
+
+
+def load_spec(path: Path | str) -> PromptSpec:
+    """Read, inline and validate a spec. Raises SpecError naming the file and the field."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if raw is None:
+        raise SpecError(f"{path}: the file is empty; a spec needs at least `name` and `prompt`")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(raw).__name__}")
+    if "prompt" not in raw:
+        raise SpecError(f"{path}: field `prompt` is missing")
+    _inline_prompt_file(raw, path)
+    try:
+        return PromptSpec.model_validate(_normalize(raw))
+    except ValidationError as exc:
+        raise SpecError(describe(str(path), "prompt spec", exc, frozenset(CHECK_TYPES))) from exc
+
+
+def spec_version(spec: PromptSpec) -> str:
+    """sha256 of the normalized spec (canonical JSON), hex."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def prompt_token_count(spec: PromptSpec, tokenizer) -> int:
+    """Tokens the prompt adds in front of every conversation (template tokens included)."""
+    text = tokenizer.apply_chat_template(prompt_messages(spec.prompt), tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def check_fits_context(spec: PromptSpec, tokenizer, max_context: int, room: int, where: str) -> int:
+    """Fail loudly when the prompt leaves less than ``room`` tokens for the conversation."""
+    n = prompt_token_count(spec, tokenizer)
+    if n + room > max_context:
+        raise SpecError(
+            f"{where}: field `prompt`: {n} tokens plus {room} tokens of room for the conversation exceed the "
+            f"model's context of {max_context}; shorten the prompt or lower ingest.min_conversation_tokens "
+            "(it is never truncated silently)"
+        )
+    return n
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    spec: PromptSpec
+    version: str
+    prompt_tokens: int
+    run_dir: Path
+    prompt_path: Path
+
+
+def run_dir_for(runs_dir: Path | str, spec: PromptSpec, version: str) -> Path:
+    return Path(runs_dir) / spec.name / version[:12]
+
+
+def run_ingest(spec_path: Path | str, model: ModelConfig, cfg: IngestConfig, runs_dir: Path | str) -> IngestResult:
+    from genpi_core.models import load_tokenizer, resolve_model
+
+    spec = load_spec(spec_path)
+    version = spec_version(spec)
+    tokenizer = load_tokenizer(model.name_or_path)
+    max_context = _max_context(resolve_model(model.name_or_path), tokenizer)
+    n_tokens = check_fits_context(spec, tokenizer, max_context, cfg.min_conversation_tokens, str(spec_path))
+    run_dir = run_dir_for(runs_dir, spec, version)
+    stage = Stage(run_dir, "ingest", {"ingest": cfg.model_dump(), "model": model.model_dump(), "version": version}, {})
+    out = stage.dir / PROMPT_FILE
+    if not stage.is_complete():
+        stage.begin()
+        atomic_write_json(
+            out,
+            {"name": spec.name, "version": version, "prompt_tokens": n_tokens, "max_context": max_context,
+             "source": str(Path(spec_path).resolve()), "spec": spec.model_dump(mode="json")},
+        )
+        stage.finish([PROMPT_FILE], rows={"prompt_tokens": n_tokens})
+    return IngestResult(spec, version, n_tokens, run_dir, out)
+
+
+def _max_context(model_path: str, tokenizer) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return int(getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length)
+
+
+def load_ingested(prompt_path: Path | str) -> tuple[PromptSpec, str]:
+    """Read the spec back from a run's ``ingest/prompt.json`` (later stages never re-read the YAML)."""
+    record = json.loads(Path(prompt_path).read_text(encoding="utf-8"))
+    return PromptSpec.model_validate(record["spec"]), record["version"]

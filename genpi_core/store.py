@@ -1,0 +1,168 @@
+"""The run store: one folder per stage, atomic writes, and a manifest that says "this stage is done".
+
+Layout: ``<runs_dir>/<spec name>/<version12>/<stage>/`` with a ``_manifest.json`` written last.
+A stage is complete iff its manifest exists, its recorded key equals the key computed now from
+(stage, config, input file hashes), and every output it lists still has the recorded sha256.
+Every file goes to a temporary name in the same folder and is ``os.replace``d into place, so a
+kill never leaves a half-written file under a finished-looking name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel
+
+MANIFEST = "_manifest.json"
+_TMP_PREFIX = ".tmp-"
+_VERSIONED_PACKAGES = ("torch", "transformers", "peft", "pandera", "pyarrow", "genpi")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(path: Path) -> str:
+    """Hash of a file, or of every file under a folder (names and contents)."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for child in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(child.relative_to(path)).encode())
+        digest.update(file_sha256(child).encode())
+    return digest.hexdigest()
+
+
+def json_sha256(obj: Any) -> str:
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + path.name, dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StageManifest(BaseModel):
+    stage: str
+    key: str
+    config: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    rows: dict[str, int | float | None]
+    versions: dict[str, str]
+    started_at: str
+    finished_at: str
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+class Stage:
+    """One stage folder. Use: ``if not stage.is_complete(): stage.begin(); ...write...; stage.finish(...)``."""
+
+    def __init__(self, run_dir: Path, name: str, config: Any, inputs: dict[str, Path]) -> None:
+        self.name = name
+        self.dir = Path(run_dir) / name
+        self.config = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+        self.inputs = {label: tree_sha256(Path(p)) for label, p in sorted(inputs.items())}
+        self.key = json_sha256({"stage": name, "config": self.config, "inputs": self.inputs})
+        self._started: str | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def manifest(self) -> StageManifest:
+        try:
+            return StageManifest.model_validate_json(self.manifest_path.read_text(encoding="utf-8"))
+        except Exception as exc:
+            raise ValueError(f"{self.manifest_path}: unreadable stage manifest: {exc}") from exc
+
+    def is_complete(self) -> bool:
+        if not self.manifest_path.is_file():
+            return False
+        manifest = self.manifest()
+        if manifest.key != self.key:
+            return False
+        for rel, sha in manifest.outputs.items():
+            out = self.dir / rel
+            if not out.exists() or tree_sha256(out) != sha:
+                return False
+        return True
+
+    def begin(self) -> None:
+        """Start (or restart) the stage from a clean folder: nothing stale can pass for output."""
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self._started = datetime.now(timezone.utc).isoformat()
+
+    def finish(self, outputs: list[str], rows: dict | None = None) -> StageManifest:
+        manifest = StageManifest(
+            stage=self.name,
+            key=self.key,
+            config=self.config,
+            inputs=self.inputs,
+            outputs={rel: tree_sha256(self.dir / rel) for rel in outputs},
+            rows=rows or {},
+            versions=_versions(),
+            started_at=self._started or datetime.now(timezone.utc).isoformat(),
+            finished_at=datetime.now(timezone.utc).isoformat(),
+        )
+        atomic_write_json(self.manifest_path, manifest)  # written last: the stage's "done" flag
+        return manifest

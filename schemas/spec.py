@@ -1,0 +1,208 @@
+"""The prompt spec: what a user writes to describe the prompt to internalize.
+
+A spec is YAML (see examples/prompts/). It is validated here, structurally, with no model loaded;
+checks that need the tokenizer (does the prompt fit the context?) live in genpi_core.ingest.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: programmatic rules a reply must follow. Each type is one model here plus one evaluator
+# in genpi_core.checks; adding a type means adding both (a test asserts they stay in sync).
+# --------------------------------------------------------------------------------------------
+
+
+class RegexCheck(_Strict):
+    """The reply must match (``search``) the pattern; ``multiline`` makes ^/$ match per line."""
+
+    type: Literal["regex"] = "regex"
+    pattern: str = Field(description="Python regular expression, searched in the reply.")
+    multiline: bool = Field(False, description="Let ^ and $ match at every line.")
+    ignore_case: bool = Field(False, description="Case-insensitive match.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"malformed regex {value!r}: {exc}") from exc
+        return value
+
+
+class MustStartWithCheck(_Strict):
+    """The reply, stripped of leading whitespace, must start with ``value``."""
+
+    type: Literal["must_start_with"] = "must_start_with"
+    value: str = Field(min_length=1, description="Required opening text.")
+
+
+class MustContainCheck(_Strict):
+    """The reply must contain every string in ``values`` (or any one, with ``mode: any``)."""
+
+    type: Literal["must_contain"] = "must_contain"
+    values: list[str] = Field(min_length=1, description="Substrings to look for.")
+    mode: Literal["all", "any"] = Field("all", description="Require all of them, or any one.")
+    ignore_case: bool = Field(True, description="Case-insensitive substring match.")
+
+
+class JsonKeysCheck(_Strict):
+    """The reply (or its first ```json block) must parse as a JSON object holding ``keys``."""
+
+    type: Literal["json_keys"] = "json_keys"
+    keys: list[str] = Field(min_length=1, description="Keys the JSON object must have.")
+
+
+class CodeBlockCheck(_Strict):
+    """The reply must contain a fenced code block in ``language`` (e.g. ```bash)."""
+
+    type: Literal["code_block"] = "code_block"
+    language: str = Field(min_length=1, description="Info string of the fence, e.g. bash or python.")
+
+
+class MaxLengthCheck(_Strict):
+    """The reply must be at most ``chars`` characters and/or ``words`` words long."""
+
+    type: Literal["max_length"] = "max_length"
+    chars: int | None = Field(None, gt=0, description="Maximum characters.")
+    words: int | None = Field(None, gt=0, description="Maximum whitespace-separated words.")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "MaxLengthCheck":
+        if self.chars is None and self.words is None:
+            raise ValueError("max_length needs `chars` or `words`")
+        return self
+
+
+class LanguageCheck(_Strict):
+    """The reply must be written in ``language`` (stopword-based detector; en, es, fr, de, it, pt)."""
+
+    type: Literal["language"] = "language"
+    language: Literal["en", "es", "fr", "de", "it", "pt"] = Field(description="ISO 639-1 code.")
+
+
+Check = Annotated[
+    Union[
+        RegexCheck,
+        MustStartWithCheck,
+        MustContainCheck,
+        JsonKeysCheck,
+        CodeBlockCheck,
+        MaxLengthCheck,
+        LanguageCheck,
+    ],
+    Field(discriminator="type"),
+]
+CHECK_TYPES = (
+    "regex",
+    "must_start_with",
+    "must_contain",
+    "json_keys",
+    "code_block",
+    "max_length",
+    "language",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The prompt itself: plain system text, a few-shot dialogue, or both (system text first).
+# --------------------------------------------------------------------------------------------
+
+
+class DialogueTurn(_Strict):
+    """One turn of a few-shot prompt: exactly one of ``user`` / ``agent``."""
+
+    user: str | None = None
+    agent: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DialogueTurn":
+        if (self.user is None) == (self.agent is None):
+            raise ValueError("each dialogue turn needs exactly one key: `user` or `agent`")
+        if not (self.user or self.agent or "").strip():
+            raise ValueError("dialogue turn is empty")
+        return self
+
+    @property
+    def role(self) -> Literal["user", "assistant"]:
+        return "user" if self.user is not None else "assistant"
+
+    @property
+    def text(self) -> str:
+        return self.user if self.user is not None else self.agent  # type: ignore[return-value]
+
+
+class PromptBody(_Strict):
+    """The prompt to internalize. ``path`` is resolved and inlined by the loader (genpi_core.ingest)."""
+
+    system: str | None = Field(None, description="Plain system text.")
+    dialogue: list[DialogueTurn] | None = Field(
+        None, description="Few-shot turns, alternating user/agent, starting with user, ending with agent."
+    )
+    path: str | None = Field(
+        None, description="A .txt file (system text) or a .yaml file with `system`/`dialogue`, relative to the spec."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "PromptBody":
+        if self.path is not None:
+            if self.system is not None or self.dialogue is not None:
+                raise ValueError("give either `path` or inline `system`/`dialogue`, not both")
+            return self
+        if not (self.system or "").strip() and not self.dialogue:
+            raise ValueError("the prompt is empty: give `system` text, a `dialogue`, or a `path`")
+        if self.dialogue:
+            roles = [turn.role for turn in self.dialogue]
+            if roles[0] != "user" or roles[-1] != "assistant":
+                raise ValueError("`dialogue` must start with a `user` turn and end with an `agent` turn")
+            for i, (a, b) in enumerate(zip(roles, roles[1:])):
+                if a == b:
+                    raise ValueError(f"`dialogue` turns {i} and {i + 1} are both `{a}`; they must alternate")
+        return self
+
+
+class EvalInput(_Strict):
+    """A held-out input and the facts its reply must contain (each a string or a list of alternatives)."""
+
+    text: str = Field(min_length=1)
+    facts: list[str | list[str]] = Field(default_factory=list)
+
+
+class InputPool(_Strict):
+    """Hand-written inputs. ``pool`` may be trained on; ``eval`` never is."""
+
+    pool: list[str] = Field(default_factory=list, description="Training candidates.")
+    eval: list[EvalInput] = Field(default_factory=list, description="Held-out evaluation inputs with facts.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "InputPool":
+        overlap = {t.strip().lower() for t in self.pool} & {e.text.strip().lower() for e in self.eval}
+        if overlap:
+            raise ValueError(f"{len(overlap)} eval input(s) also in the training pool, e.g. {sorted(overlap)[0]!r}")
+        return self
+
+
+class PromptSpec(_Strict):
+    """A prompt to internalize, its environment, inputs and the checks its replies must pass."""
+
+    name: str = Field(pattern=SPEC_NAME_PATTERN, description="Lowercase id, used in run folder names.")
+    description: str = Field("", description="One line for humans.")
+    prompt: PromptBody
+    environment: str = Field(
+        "a user chatting with the assistant", description="Who/what the agent talks to (for synthesis)."
+    )
+    seed_inputs: list[str] = Field(default_factory=list, description="Example inputs shown to the input generator.")
+    checks: list[Check] = Field(default_factory=list, description="Rules every reply must follow.")
+    inputs: InputPool = Field(default_factory=InputPool)

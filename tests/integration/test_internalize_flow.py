@@ -1,0 +1,90 @@
+"""End to end: the Prefect flow on the real embedded model with tiny settings, against a real
+(temporary) Prefect API server; then a re-run that must reuse every finished stage."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from genpi_core.tables import read_table
+from schemas.config import load_config
+from schemas.datasets import (
+    EvalResultsSchema, ExamplesSchema, InputsSchema, QuarantineSchema, RepliesSchema, HeldOutSchema, TrainLogSchema,
+)
+from tests.conftest import EXAMPLE_SPEC, TINY_CONFIG
+
+STAGES = ["ingest", "inputs", "teacher", "base", "dataset", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_run(prefect_server, embedded_model_dir, tmp_path_factory):
+    from flows.internalize import internalize_pipeline
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(TINY_CONFIG, [f"runs_dir={runs}"])
+    state = internalize_pipeline(str(EXAMPLE_SPEC), cfg, return_state=True)
+    assert state.is_completed(), state
+    return cfg, Path(state.result().dir).parent, state
+
+
+@pytest.mark.server
+def test_flow_completes_and_every_table_validates(finished_run):
+    cfg, run_dir, _ = finished_run
+    assert run_dir.parent.name == "library-desk" and len(run_dir.name) == 12
+    for stage in STAGES:
+        assert (run_dir / stage / "_manifest.json").is_file(), stage
+    inputs = read_table(run_dir / "inputs" / "inputs.parquet", InputsSchema)
+    assert len(inputs) == cfg.synth.inputs.max_inputs and set(inputs["source"]) == {"pool"}
+    teacher = read_table(run_dir / "teacher" / "replies.parquet", RepliesSchema)
+    base = read_table(run_dir / "base" / "replies.parquet", RepliesSchema)
+    assert len(teacher) == len(base) == len(inputs)
+    assert teacher["prompt_tokens"].min() > 1000 > base["prompt_tokens"].max()
+    train = read_table(run_dir / "dataset" / "train.parquet", ExamplesSchema)
+    val = read_table(run_dir / "dataset" / "val.parquet", ExamplesSchema)
+    quarantine = read_table(run_dir / "dataset" / "quarantine.parquet", QuarantineSchema)
+    assert len(train) + len(val) + len(quarantine) == len(inputs)  # every input accounted for
+    test = read_table(run_dir / "dataset" / "test.parquet", HeldOutSchema)
+    assert not set(test["input"]) & set(inputs["text"])  # evaluation inputs are never trained on
+    read_table(run_dir / "train" / "train_log.parquet", TrainLogSchema)
+    assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
+    results = read_table(run_dir / "evaluate" / "eval_results.parquet", EvalResultsSchema)
+    assert set(results["variant"]) == {"base", "teacher", "student"}
+    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    v = summary["variants"]
+    assert v["teacher"]["format"] > v["base"]["format"]  # the prompt measurably changes behaviour
+    assert summary["prefill_tokens_saved_per_request"] > 1000
+    report = (run_dir / "evaluate" / "report.md").read_text()
+    assert "Recovery" in report and "| teacher |" in report
+    assert (run_dir / "evaluate" / "compliance.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.server
+def test_rerun_reuses_every_finished_stage(finished_run):
+    from genpi_core.pipeline import run_pipeline
+
+    cfg, run_dir, _ = finished_run
+    before = {s: (run_dir / s / "_manifest.json").read_text() for s in STAGES}
+    run_pipeline(EXAMPLE_SPEC, cfg)
+    assert {s: (run_dir / s / "_manifest.json").read_text() for s in STAGES} == before
+
+
+@pytest.mark.server
+def test_changed_eval_config_reruns_only_evaluation(finished_run):
+    from genpi_core.pipeline import run_pipeline
+
+    cfg, run_dir, _ = finished_run
+    before = {s: (run_dir / s / "_manifest.json").read_text() for s in STAGES}
+    changed = load_config(TINY_CONFIG, [f"runs_dir={cfg.runs_dir}", "evaluate.max_examples=2"])
+    run_pipeline(EXAMPLE_SPEC, changed)
+    after = {s: (run_dir / s / "_manifest.json").read_text() for s in STAGES}
+    assert [s for s in STAGES if before[s] != after[s]] == ["evaluate"]
+    assert len(pd.read_parquet(run_dir / "evaluate" / "eval_results.parquet")) == 3 * 2

@@ -1,0 +1,44 @@
+"""Fast unit tests of the check evaluators (pure string logic, no model needed)."""
+
+import pytest
+
+from genpi_core.checks import EVALUATORS, fact_present, run_checks
+from schemas.spec import CHECK_TYPES, PromptSpec
+
+CASES = [
+    ({"type": "regex", "pattern": r"^Topic: \w+\nAnswer: \S"}, "Topic: hours\nAnswer: 9 am", "Answer: 9 am"),
+    ({"type": "regex", "pattern": r"^Answer:", "multiline": True}, "Topic: x\nAnswer: y", "Topic: x Answer: y"),
+    ({"type": "must_start_with", "value": "Topic:"}, "  Topic: fees", "The topic: fees"),
+    ({"type": "must_contain", "values": ["Wi-Fi", "free"]}, "the wi-fi is FREE", "the wi-fi costs $1"),
+    ({"type": "must_contain", "values": ["a", "zzz"], "mode": "any"}, "a cat", "dog"),
+    ({"type": "json_keys", "keys": ["answer", "confidence"]}, '```json\n{"answer": 1, "confidence": 0.5}\n```', '{"answer": 1}'),
+    ({"type": "code_block", "language": "bash"}, "Run:\n```bash\nls -la\n```", "Run: `ls -la`"),
+    ({"type": "max_length", "chars": 10}, "short", "this is far too long"),
+    ({"type": "max_length", "words": 3}, "one two three", "one two three four"),
+    ({"type": "language", "language": "es"}, "El libro es para usted y los niños, pero no hay tiempo.", "The book is for you and the kids."),
+    ({"type": "language", "language": "en"}, "The library is open and you can borrow what you want.", "La biblioteca está abierta para usted."),
+]
+
+
+@pytest.mark.parametrize("check,passing,failing", CASES, ids=[c[0]["type"] for c in CASES])
+def test_each_check_passes_and_fails(check, passing, failing):
+    spec = PromptSpec.model_validate({"name": "t", "prompt": {"system": "x"}, "checks": [check]})
+    parsed = spec.checks[0]
+    assert EVALUATORS[parsed.type](parsed, passing) is True
+    assert EVALUATORS[parsed.type](parsed, failing) is False
+
+
+def test_every_check_type_is_covered_by_a_case():
+    assert {c[0]["type"] for c in CASES} == set(CHECK_TYPES)
+
+
+def test_facts_accept_alternatives_case_insensitively():
+    assert fact_present(["9 am", "nine"], "We open at NINE.")
+    assert not fact_present("HarborLane-Guest", "The network is Library-WiFi")
+
+
+def test_run_checks_names_are_stable():
+    spec = PromptSpec.model_validate({"name": "t", "prompt": {"system": "x"},
+                                      "checks": [{"type": "must_start_with", "value": "A"}, {"type": "max_length", "chars": 5}]})
+    assert run_checks(spec.checks, "Abc", ["b", ["zz", "c"]]) == {
+        "0:must_start_with": True, "1:max_length": True, "fact:0": True, "fact:1": True}

@@ -1,0 +1,38 @@
+"""Every shipped config loads; typos fail up front with the file name."""
+
+from pathlib import Path
+
+import pytest
+
+from schemas.config import PipelineConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path), PipelineConfig)
+
+
+def test_default_yaml_matches_built_in_defaults():
+    path = next(p for p in CONFIGS if p.name == "default.yaml")
+    assert load_config(path) == PipelineConfig()
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ValueError, match=r"c.yaml: invalid config\n  field `train.epoch`: Extra inputs are not permitted"):
+        load_config(path)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(None, ["train.epochs=3", "train.lora.rank=8", "backend.share_prefix=false"])
+    assert (cfg.train.epochs, cfg.train.lora.rank, cfg.backend.share_prefix) == (3, 8, False)
+    with pytest.raises(ValueError, match="train.epochs"):
+        load_config(None, ["train.epochs=many"])
+
+
+def test_openai_backend_needs_a_url():
+    with pytest.raises(ValueError, match="needs `base_url`"):
+        load_config(None, ["backend.kind=openai"])

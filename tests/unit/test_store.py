@@ -1,0 +1,102 @@
+"""Run store: atomic writes, stage completeness, resume, and what a kill leaves behind (real processes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from genpi_core.store import MANIFEST, Stage, atomic_dir, atomic_write_text
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "a" / "out.txt"
+    atomic_write_text(target, "hello")
+    assert target.read_text() == "hello"
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights.bin").write_text("half of v2")
+            raise RuntimeError("killed mid-save")
+    assert (target / "weights.bin").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def _finish_stage(run_dir: Path, config: dict, inputs: dict) -> Stage:
+    stage = Stage(run_dir, "demo", config, inputs)
+    stage.begin()
+    atomic_write_text(stage.dir / "out.txt", "result")
+    stage.finish(["out.txt"], rows={"rows": 1})
+    return stage
+
+
+def test_complete_stage_is_recognized_and_changes_invalidate_it(tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_text("v1")
+    _finish_stage(tmp_path / "run", {"lr": 1}, {"input": source})
+    assert Stage(tmp_path / "run", "demo", {"lr": 1}, {"input": source}).is_complete()
+    assert not Stage(tmp_path / "run", "demo", {"lr": 2}, {"input": source}).is_complete()  # config changed
+    source.write_text("v2")
+    assert not Stage(tmp_path / "run", "demo", {"lr": 1}, {"input": source}).is_complete()  # input changed
+
+
+def test_edited_output_makes_stage_incomplete(tmp_path):
+    stage = _finish_stage(tmp_path, {}, {})
+    (stage.dir / "out.txt").write_text("tampered")
+    assert not Stage(tmp_path, "demo", {}, {}).is_complete()
+
+
+def test_manifest_records_provenance(tmp_path):
+    stage = _finish_stage(tmp_path, {"lr": 1}, {})
+    manifest = json.loads((stage.dir / MANIFEST).read_text())
+    assert manifest["config"] == {"lr": 1} and manifest["rows"] == {"rows": 1}
+    assert set(manifest["outputs"]) == {"out.txt"} and "torch" in manifest["versions"]
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from genpi_core.store import Stage, atomic_write_bytes
+    stage = Stage(Path(sys.argv[1]), "demo", {}, {})
+    stage.begin()
+    atomic_write_bytes(stage.dir / "first.txt", b"done")
+    # a large file written in pieces, the way a slow writer would; the parent kills us midway
+    import os, tempfile
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-second.txt", dir=stage.dir)
+    with os.fdopen(fd, "wb") as handle:
+        print("writing", flush=True)
+        for _ in range(1000):
+            handle.write(b"x" * 100_000)
+            handle.flush()
+            time.sleep(0.01)
+    """
+)
+
+
+def test_stage_killed_mid_write_is_not_complete_and_reruns(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stage = Stage(tmp_path, "demo", {}, {})
+    assert (stage.dir / "first.txt").exists() and not (stage.dir / MANIFEST).exists()
+    assert not (stage.dir / "second.txt").exists()  # only a .tmp- file, never the finished name
+    assert not stage.is_complete()
+    stage.begin()  # the re-run starts clean: no leftover can pass for output
+    assert list(stage.dir.iterdir()) == []
+    atomic_write_text(stage.dir / "second.txt", "ok")
+    stage.finish(["second.txt"])
+    assert Stage(tmp_path, "demo", {}, {}).is_complete()

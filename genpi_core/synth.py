@@ -24,7 +24,7 @@ from schemas.config import InputsConfig, SamplingConfig
 from schemas.datasets import QUARANTINE_FILE, REPLIES_FILE, InputsSchema, QuarantineSchema, RepliesSchema
 from schemas.spec import PromptSpec
 
-_META_TEXT = re.compile(r"\b(the assistant|as an ai|the user (will|might|should)|system prompt)\b", re.IGNORECASE)
+_META_TEXT = re.compile(r"\b(?:the assistant|as an ai|the user (?:will|might|should)|system prompt)\b", re.IGNORECASE)
 _MAX_INPUT_CHARS = 1000
 
 
@@ -74,21 +74,26 @@ def run_inputs(
 ) -> dict[str, int]:
     """Write inputs.parquet (pool and/or generated, deduplicated) and quarantine.parquet."""
     frames, quarantined = [], [empty_quarantine()]
-    if cfg.source in ("pool", "both"):
-        pool = list(spec.inputs.pool)
-        random.Random(0).shuffle(pool)  # the pool is often written topic by topic; spread the cap across topics
-        frames.append(pd.DataFrame({"text": pool[: cfg.max_inputs], "source": "pool", "generator": "spec"}))
     if cfg.source in ("generate", "both") and cfg.num_generated:
         if backend is None:
             raise ValueError("inputs.source needs a generation backend to generate pseudo inputs")
         good, bad = _filter_generated(_generate_inputs(spec, cfg, backend))
         frames.append(good)
         quarantined.append(bad)
+    if cfg.source in ("pool", "both"):
+        pool = list(spec.inputs.pool)
+        random.Random(0).shuffle(pool)  # the pool is often written topic by topic; spread the cap across topics
+        frames.append(pd.DataFrame({"text": pool, "source": "pool", "generator": "spec"}))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "source", "generator"])
     df["dedup_key"] = df["text"].map(dedup_key)
     dup = df.duplicated("dedup_key")
     quarantined.append(quarantine_rows("inputs", df[dup], "dedup_key", "exact duplicate of an earlier input"))
-    df = df[~dup].head(cfg.max_inputs)
+    df = df[~dup]
+    # generated inputs come first; the pool tops up to max_inputs. Surplus generated rows are recorded, not lost.
+    surplus = df.iloc[cfg.max_inputs:]
+    quarantined.append(quarantine_rows("inputs", surplus[surplus["source"] == "generated"], "dedup_key",
+                                       f"over synth.inputs.max_inputs={cfg.max_inputs}"))
+    df = df.iloc[: cfg.max_inputs]
     df = df.assign(prompt_version=version, input_id=df["text"].map(_input_id))
     good, bad = partition_valid(df, InputsSchema, "inputs", "input_id")
     quarantined.append(bad)

@@ -1,0 +1,51 @@
+"""The `genpi` command line: every command explains itself; bad input exits 2 with the file and field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_SPEC
+
+GENPI = str(Path(sys.executable).with_name("genpi"))
+COMMANDS = ["internalize", "check-spec", "report", "model"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([GENPI, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_top_level_help_lists_every_command():
+    out = run("--help")
+    assert out.returncode == 0
+    for command in COMMANDS:
+        assert command in out.stdout
+    assert "GENPI_CACHE" in out.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command):
+    out = run(command, "--help")
+    assert out.returncode == 0 and "usage: genpi " + command in out.stdout
+    assert len(out.stdout.splitlines()) > 4
+
+
+def test_check_spec_on_the_example(embedded_model_dir):
+    out = run("check-spec", str(EXAMPLE_SPEC))
+    assert out.returncode == 0, out.stderr
+    assert "name library-desk" in out.stdout and "126 pool inputs, 30 eval inputs" in out.stdout
+
+
+def test_bad_spec_exits_2_naming_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nprompt: {system: hi}\nchecks: [{type: regex, pattern: '(['}]\n")
+    out = run("internalize", str(bad), "--runs-dir", str(tmp_path / "runs"), "--no-prefect")
+    assert out.returncode == 2
+    assert f"{bad}: invalid prompt spec" in out.stderr and "checks[0].pattern" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_override_exits_2():
+    out = run("check-spec", str(EXAMPLE_SPEC), "--set", "train.epochz=3")
+    assert out.returncode == 2 and "train.epochz" in out.stderr

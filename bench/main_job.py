@@ -45,24 +45,19 @@ def main() -> None:
     cmd = [str(genpi), "internalize", "examples/prompts/library_desk.yaml", "--config", "configs/default.yaml",
            "--runs-dir", str(runs), *(["--no-prefect"] if args.no_prefect else []), *args.extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log_path = runs / "main_job.log"
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watcher = psutil.Process(proc.pid)
-    peak = 0
-    output: list[str] = []
-    os.set_blocking(proc.stdout.fileno(), False)
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss(watcher))
-        chunk = proc.stdout.read()
-        if chunk:
-            output.append(chunk)
-        time.sleep(0.2)
-    output.append(proc.stdout.read() or "")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        watcher = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(watcher))
+            time.sleep(0.2)
     seconds = time.perf_counter() - started
-    text = "".join(output)
     if proc.returncode != 0:
-        print(text[-4000:])
-        sys.exit(f"main job failed with exit code {proc.returncode}")
+        print(log_path.read_text(errors="replace")[-4000:])
+        sys.exit(f"main job failed with exit code {proc.returncode}; log: {log_path}")
     run_dir = next(runs.glob("*/*"))
     stages = {}
     for manifest in sorted(run_dir.glob("*/_manifest.json")):

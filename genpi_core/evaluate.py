@@ -19,7 +19,7 @@ import pandas as pd
 from genpi_core.chat import user_turn, with_prompt, without_prompt
 from genpi_core.checks import run_checks
 from genpi_core.generation.base import make_backend
-from genpi_core.store import atomic_write_json, atomic_write_text
+from genpi_core.store import atomic_save_figure, atomic_write_json, atomic_write_text
 from genpi_core.tables import read_table, write_table
 from schemas.config import BackendConfig, EvalConfig, ModelConfig
 from schemas.datasets import EVAL_RESULTS_FILE, EvalResultsSchema, HeldOutSchema
@@ -160,11 +160,7 @@ def _plot(summary: dict, path: Path) -> None:
     ax.set_ylabel("share of held-out replies")
     ax.set_title("Base vs teacher (prompt) vs student (adapter, no prompt)")
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)
 
 
 def run_evaluate(

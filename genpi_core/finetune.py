@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genpi_core.models import load_model, load_tokenizer
-from genpi_core.store import atomic_dir, atomic_write_json
+from genpi_core.store import atomic_dir, atomic_save_figure, atomic_write_json
 from genpi_core.tables import read_table, write_table
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import TRAIN_LOG_FILE, ExamplesSchema, TrainLogSchema
@@ -151,11 +151,7 @@ def _plot_loss(log: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("loss (reply tokens)")
     ax.set_title("Adapter training loss")
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)
 
 
 def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val_path: Path, out_dir: Path) -> dict:

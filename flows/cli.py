@@ -20,6 +20,7 @@ EPILOG = """\
 examples:
   genpi internalize examples/prompts/library_desk.yaml
   genpi internalize my_prompt.yaml --config configs/default.yaml --set train.epochs=3
+  genpi synthesize my_prompt.yaml --set synth.inputs.source=both
   genpi check-spec my_prompt.yaml
   genpi report runs/library-desk/<version12>
 environment:
@@ -80,6 +81,27 @@ def cmd_internalize(args) -> int:
     return 0
 
 
+def cmd_synthesize(args) -> int:
+    cfg = _load_config(args)
+    started = time.perf_counter()
+    if args.no_prefect:
+        from genpi_core.pipeline import synthesize
+
+        _, _, result, _ = synthesize(args.spec, cfg)
+    else:
+        _prefect_defaults()
+        from flows.internalize import synthesize_pipeline
+
+        result = synthesize_pipeline(args.spec, cfg)
+    run_dir = Path(result.dir).parent
+    print(f"\ngenpi: synthesized data for {args.spec} in {time.perf_counter() - started:.0f} s in {run_dir}")
+    for stage in ("inputs", "conversations", "reasons"):
+        manifest = run_dir / stage / "_manifest.json"
+        if manifest.is_file():
+            print(f"  {stage}: {json.loads(manifest.read_text())['rows']}")
+    return 0
+
+
 def cmd_check_spec(args) -> int:
     from genpi_core.ingest import check_fits_context, load_spec, spec_version
     from genpi_core.models import load_tokenizer, resolve_model
@@ -134,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
     p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
     p.set_defaults(func=cmd_internalize)
+
+    p = sub.add_parser("synthesize", help="only synthesize the training data (inputs, conversations, reasons)",
+                       description="Run the data stages: user inputs (pool and/or generated, filtered), role-swapped "
+                       "multi-turn conversations with teacher (prompt) and base (no prompt) outputs per agent turn, "
+                       "and reasons. Resumes from the last finished turn after a kill.")
+    p.add_argument("spec", help="prompt spec YAML")
+    config_args(p)
+    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
+    p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+    p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
                        description="Validate a spec without running anything: fields, checks, regexes, and whether "

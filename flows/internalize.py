@@ -9,7 +9,9 @@ from prefect import flow
 from genpi_core.ingest import SpecError, load_spec, spec_version
 from genpi_core.pipeline import StageOutput
 from schemas.config import PipelineConfig
-from tasks.stages import dataset_task, evaluate_task, ingest_task, inputs_task, replies_task, train_task
+from tasks.stages import (
+    conversations_task, dataset_task, evaluate_task, ingest_task, inputs_task, reasons_task, train_task,
+)
 
 
 def _run_name() -> str:
@@ -30,8 +32,19 @@ def internalize_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig
     spec_path = str(Path(spec_path))
     ingested = ingest_task(spec_path, config)
     inputs = inputs_task(ingested, config)
-    teacher = replies_task("teacher", ingested, inputs, config)   # the teacher and base branches are
-    base = replies_task("base", ingested, inputs, config)         # independent; both feed the dataset
-    dataset = dataset_task(ingested, inputs, teacher, base, config)
+    conversations = conversations_task(ingested, inputs, config)  # role-swapped; teacher + base per agent turn
+    reasons_task(ingested, conversations, config)                  # feeds prompt generation (joint objective)
+    dataset = dataset_task(ingested, inputs, conversations, config)
     adapter = train_task(ingested, dataset, config)
     return evaluate_task(ingested, dataset, adapter, config)
+
+
+@flow(name="genpi-synthesize", flow_run_name=_run_name, log_prints=True)
+def synthesize_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -> StageOutput:
+    """Only the data: inputs, role-swapped conversations with teacher and base outputs, reasons."""
+    spec_path = str(Path(spec_path))
+    ingested = ingest_task(spec_path, config)
+    inputs = inputs_task(ingested, config)
+    conversations = conversations_task(ingested, inputs, config)
+    reasons_task(ingested, conversations, config)
+    return conversations

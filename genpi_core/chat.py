@@ -23,6 +23,11 @@ def prompt_messages(prompt: PromptBody) -> list[Message]:
     return messages
 
 
+def render_prompt(prompt: PromptBody) -> str:
+    """The prompt as plain text with labelled turns, for meta-requests that quote it (inputs, reasons)."""
+    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt_messages(prompt))
+
+
 def with_prompt(prompt: PromptBody, conversation: Sequence[Message]) -> list[Message]:
     """Teacher view: the prompt, then the conversation."""
     return prompt_messages(prompt) + list(conversation)

@@ -94,6 +94,15 @@ EVALUATORS: dict[str, Callable[..., bool]] = {
 assert set(EVALUATORS) == set(CHECK_TYPES), "every check type in schemas.spec needs an evaluator here"
 
 
+def is_repetitive(text: str, n: int = 3, min_words: int = 12, max_repeat_share: float = 0.5) -> bool:
+    """True when most word n-grams repeat: the loop a small model falls into ("You can't. You can't. ...")."""
+    words = text.lower().split()
+    if len(words) < min_words:
+        return False
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) > max_repeat_share
+
+
 def fact_present(fact: str | list[str], reply: str) -> bool:
     """A fact is a string or a list of alternatives, matched case-insensitively as substrings."""
     options = [fact] if isinstance(fact, str) else fact

@@ -1,9 +1,12 @@
 """Stage 3: validate generations and build the dataset splits.
 
-Reads: inputs.parquet, teacher and base replies.parquet. Writes: train/val/test.parquet and
-quarantine.parquet. A teacher reply is unusable when empty, cut at the length cap, or (when
-``require_teacher_checks``) failing the spec's global checks; each such row goes to quarantine
-with the reason. ``test`` is the spec's held-out eval inputs, which no training stage ever reads.
+Reads: inputs.parquet and targets.parquet (one row per agent turn of every role-swapped episode).
+Writes: train/val/test.parquet and quarantine.parquet. Every agent turn becomes one SFT example:
+its context without the prompt, and the teacher's turn as the target. A teacher turn is unusable
+when empty, cut at the length cap, or (when ``require_teacher_checks``) failing the spec's global
+checks; each such row goes to quarantine with the reason. Splits are by conversation, so turns of
+one episode never straddle train and val. ``test`` is the spec's held-out eval inputs, which no
+training stage ever reads.
 """
 
 from __future__ import annotations
@@ -24,20 +27,20 @@ from schemas.datasets import (
     VAL_FILE,
     ExamplesSchema,
     InputsSchema,
-    QuarantineSchema,
-    RepliesSchema,
     HeldOutSchema,
+    QuarantineSchema,
+    TargetsSchema,
 )
 from schemas.spec import PromptSpec
 
 
 def _teacher_problems(spec: PromptSpec, cfg: DatasetConfig, row: pd.Series) -> str:
-    if not row["output"].strip():
+    if not row["teacher_output"].strip():
         return "empty teacher reply"
-    if row["finish_reason"] == "length":
+    if row["teacher_finish"] == "length":
         return "teacher reply truncated at the length cap"
     if cfg.require_teacher_checks and spec.checks:
-        failed = [name for name, ok in run_checks(spec.checks, row["output"]).items() if not ok]
+        failed = [name for name, ok in run_checks(spec.checks, row["teacher_output"]).items() if not ok]
         if failed:
             return "teacher reply fails checks: " + ", ".join(failed)
     return ""
@@ -58,48 +61,40 @@ def _test_split(spec: PromptSpec, held_out_pool: list[str]) -> pd.DataFrame:
     )
 
 
-def run_dataset(
-    spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, teacher_path: Path, base_path: Path, out_dir: Path
-) -> dict[str, int]:
+def run_dataset(spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, targets_path: Path, out_dir: Path) -> dict[str, int]:
     inputs = read_table(inputs_path, InputsSchema)
-    teacher = read_table(teacher_path, RepliesSchema)
-    read_table(base_path, RepliesSchema)  # validated now; its outputs feed reasons and evaluation later
-    joined = inputs.merge(teacher, on="input_id", how="left", validate="one_to_one")
-    missing = joined["output"].isna()
+    targets = read_table(targets_path, TargetsSchema)
     quarantine = [empty_quarantine()]
-    if missing.any():
-        quarantine.append(quarantine_rows("teacher", joined[missing], "input_id", "no teacher reply for this input"))
-    joined = joined[~missing]
-    problems = joined.apply(lambda row: _teacher_problems(spec, cfg, row), axis=1) if len(joined) else pd.Series(dtype=str)
+    problems = targets.apply(lambda row: _teacher_problems(spec, cfg, row), axis=1) if len(targets) else pd.Series(dtype=str)
     bad = problems != ""
-    quarantine.append(quarantine_rows("teacher", joined[bad], "input_id", problems[bad]))
-    usable = joined[~bad]
-
+    keyed = targets.assign(row_key=targets["conversation_id"] + ":" + targets["turn"].astype(str))
+    quarantine.append(quarantine_rows("targets", keyed[bad], "row_key", problems[bad]))
+    usable = keyed[~bad]
     examples = pd.DataFrame(
         {
-            "example_id": usable["input_id"],
+            "example_id": usable["row_key"],
             "objective": "sft",
             "messages": usable["context"],
-            "target": usable["output"],
+            "target": usable["teacher_output"],
             "weight": 1.0,
         }
     )
     examples, bad_rows = partition_valid(examples, ExamplesSchema, "examples", "example_id")
     quarantine.append(bad_rows)
+    conversation = examples["example_id"].str.rsplit(":", n=1).str[0]
 
-    ids = sorted(examples["example_id"])
+    held_out_pool = [] if spec.inputs.eval else list(inputs["text"].iloc[: max(1, len(inputs) // 5)])
+    if held_out_pool:  # no hand-written eval set: keep the pool-split test inputs out of training
+        held = {f"c-{i}" for i in inputs["input_id"].iloc[: len(held_out_pool)]}
+        examples, conversation = examples[~conversation.isin(held)], conversation[~conversation.isin(held)]
+    ids = sorted(set(conversation))
     random.Random(cfg.seed).shuffle(ids)
     n_val = int(round(len(ids) * cfg.val_fraction)) if len(ids) > 1 else 0
-    val_ids = set(ids[:n_val])
-    held_out_pool = [] if spec.inputs.eval else list(inputs["text"].iloc[: max(1, len(inputs) // 5)])
-    if held_out_pool:  # keep pool-split test inputs out of training
-        held_ids = set(inputs["input_id"].iloc[: len(held_out_pool)])
-        examples = examples[~examples["example_id"].isin(held_ids)]
-    train = examples[~examples["example_id"].isin(val_ids)]
-    val = examples[examples["example_id"].isin(val_ids)]
+    in_val = conversation.isin(set(ids[:n_val]))
+    train, val = examples[~in_val], examples[in_val]
     if train.empty:
         raise ValueError(
-            f"no usable training examples: all {len(joined)} teacher replies were quarantined "
+            f"no usable training examples: all {len(targets)} teacher turns were quarantined "
             f"(see {out_dir / QUARANTINE_FILE}); try more inputs or dataset.require_teacher_checks=false"
         )
     rows = {

@@ -16,7 +16,10 @@ from pydantic import BaseModel
 
 from genpi_core.store import Stage
 from schemas.config import PipelineConfig
-from schemas.datasets import EVAL_RESULTS_FILE, QUARANTINE_FILE, REPLIES_FILE, TEST_FILE, TRAIN_FILE, TRAIN_LOG_FILE, VAL_FILE
+from schemas.datasets import (
+    EPISODES_FILE, EVAL_RESULTS_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, REASONS_FILE, TARGETS_FILE, TEST_FILE,
+    TRAIN_FILE, TRAIN_LOG_FILE, VAL_FILE,
+)
 
 
 class StageOutput(BaseModel):
@@ -46,10 +49,10 @@ def _output(stage: Stage, files: dict[str, str], reused: bool) -> StageOutput:
                        rows=rows, reused=reused)
 
 
-def _run(stage: Stage, files: dict[str, str], work) -> StageOutput:
+def _run(stage: Stage, files: dict[str, str], work, resumable: bool = False) -> StageOutput:
     if stage.is_complete():
         return _output(stage, files, reused=True)
-    stage.begin()
+    stage.begin(keep_checkpoint=resumable)
     rows = work(stage.dir)
     stage.finish(list(files.values()), rows=rows)
     return _output(stage, files, reused=False)
@@ -69,58 +72,95 @@ def _spec(prompt_path: str | Path):
     return load_ingested(prompt_path)
 
 
+def _generator(cfg: PipelineConfig):
+    """The backend that writes pseudo inputs and reasons: synth.generator, else the pipeline's own."""
+    from genpi_core.generation.base import make_backend
+
+    gen = cfg.synth.generator
+    return make_backend(gen.model or cfg.model, gen.backend or cfg.backend)
+
+
+def _generator_key(cfg: PipelineConfig) -> dict:
+    gen = cfg.synth.generator
+    return {"model": (gen.model or cfg.model).model_dump(), "backend": (gen.backend or cfg.backend).model_dump()}
+
+
 def inputs_stage(ingested: IngestOutput, cfg: PipelineConfig) -> StageOutput:
     inputs_cfg = cfg.synth.inputs
     needs_model = inputs_cfg.source != "pool" and inputs_cfg.num_generated > 0
-    config = {"inputs": inputs_cfg.model_dump(), **({"model": cfg.model.model_dump(), "backend": cfg.backend.model_dump()} if needs_model else {})}
+    config = {"inputs": inputs_cfg.model_dump(), **({"generator": _generator_key(cfg)} if needs_model else {})}
     stage = Stage(Path(ingested.run_dir), "inputs", config, {"prompt": Path(ingested.prompt_path)})
 
     def work(out_dir: Path) -> dict:
-        from genpi_core.generation.base import make_backend
         from genpi_core.synth import run_inputs
 
         spec, version = _spec(ingested.prompt_path)
-        backend = make_backend(cfg.model, cfg.backend) if needs_model else None
+        backend = _generator(cfg) if needs_model else None
         try:
             return run_inputs(spec, version, inputs_cfg, backend, out_dir)
         finally:
             if backend is not None:
                 backend.close()
 
-    return _run(stage, {"inputs": "inputs.parquet", "quarantine": QUARANTINE_FILE}, work)
+    return _run(stage, {"inputs": INPUTS_FILE, "quarantine": QUARANTINE_FILE}, work)
 
 
-def replies_stage(variant: Literal["teacher", "base"], ingested: IngestOutput, inputs: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    sampling = cfg.synth.teacher if variant == "teacher" else cfg.synth.base
-    config = {"model": cfg.model.model_dump(), "backend": cfg.backend.model_dump(), "sampling": sampling.model_dump()}
-    stage = Stage(Path(ingested.run_dir), variant, config, {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs")})
+def conversations_stage(ingested: IngestOutput, inputs: StageOutput, cfg: PipelineConfig) -> StageOutput:
+    """Role-swapped episodes; resumes from its per-turn checkpoint when the key matches."""
+    synth = cfg.synth
+    config = {"model": cfg.model.model_dump(), "backend": cfg.backend.model_dump(), "teacher": synth.teacher.model_dump(),
+              "base": synth.base.model_dump(), "conversations": synth.conversations.model_dump()}
+    stage = Stage(Path(ingested.run_dir), "conversations", config,
+                  {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs")})
 
     def work(out_dir: Path) -> dict:
+        from genpi_core.conversations import run_conversations
         from genpi_core.generation.base import make_backend
-        from genpi_core.synth import run_replies
 
         spec, _ = _spec(ingested.prompt_path)
+        max_turns = synth.conversations.max_turns or spec.conversation.max_turns
         backend = make_backend(cfg.model, cfg.backend)
         try:
-            return run_replies(variant, spec, inputs.path("inputs"), sampling, backend, out_dir)
+            return run_conversations(spec, inputs.path("inputs"), backend, synth.teacher, synth.base,
+                                     synth.conversations.environment, max_turns, out_dir)
         finally:
             backend.close()
 
-    return _run(stage, {"replies": REPLIES_FILE}, work)
+    files = {"messages": MESSAGES_FILE, "targets": TARGETS_FILE, "episodes": EPISODES_FILE, "quarantine": QUARANTINE_FILE}
+    return _run(stage, files, work, resumable=True)
 
 
-def dataset_stage(ingested: IngestOutput, inputs: StageOutput, teacher: StageOutput, base: StageOutput, cfg: PipelineConfig) -> StageOutput:
+def reasons_stage(ingested: IngestOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput | None:
+    if not cfg.synth.reasons.enabled:
+        return None
+    config = {"generator": _generator_key(cfg), "reasons": cfg.synth.reasons.model_dump()}
+    stage = Stage(Path(ingested.run_dir), "reasons", config,
+                  {"prompt": Path(ingested.prompt_path), "targets": conversations.path("targets")})
+
+    def work(out_dir: Path) -> dict:
+        from genpi_core.reasons import run_reasons
+
+        spec, _ = _spec(ingested.prompt_path)
+        backend = _generator(cfg)
+        try:
+            return run_reasons(spec, conversations.path("targets"), backend, cfg.synth.reasons.sampling, out_dir)
+        finally:
+            backend.close()
+
+    return _run(stage, {"reasons": REASONS_FILE, "quarantine": QUARANTINE_FILE}, work)
+
+
+def dataset_stage(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput:
     stage = Stage(
         Path(ingested.run_dir), "dataset", cfg.dataset,
-        {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs"),
-         "teacher": teacher.path("replies"), "base": base.path("replies")},
+        {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs"), "targets": conversations.path("targets")},
     )
 
     def work(out_dir: Path) -> dict:
         from genpi_core.dataset import run_dataset
 
         spec, _ = _spec(ingested.prompt_path)
-        return run_dataset(spec, cfg.dataset, inputs.path("inputs"), teacher.path("replies"), base.path("replies"), out_dir)
+        return run_dataset(spec, cfg.dataset, inputs.path("inputs"), conversations.path("targets"), out_dir)
 
     files = {"train": TRAIN_FILE, "val": VAL_FILE, "test": TEST_FILE, "quarantine": QUARANTINE_FILE}
     return _run(stage, files, work)
@@ -166,12 +206,20 @@ def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOut
     return _run(stage, files, work)
 
 
+def synthesize(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
+    """Only the data stages: inputs, role-swapped conversations, reasons."""
+    ingested = ingest_stage(spec_path, cfg)
+    inputs = inputs_stage(ingested, cfg)
+    conversations = conversations_stage(ingested, inputs, cfg)
+    return ingested, inputs, conversations, reasons_stage(ingested, conversations, cfg)
+
+
 def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
     """The whole pipeline without Prefect; same stages, same run folders, same resume."""
     ingested = ingest_stage(spec_path, cfg)
     inputs = inputs_stage(ingested, cfg)
-    teacher = replies_stage("teacher", ingested, inputs, cfg)
-    base = replies_stage("base", ingested, inputs, cfg)
-    dataset = dataset_stage(ingested, inputs, teacher, base, cfg)
+    conversations = conversations_stage(ingested, inputs, cfg)
+    reasons_stage(ingested, conversations, cfg)
+    dataset = dataset_stage(ingested, inputs, conversations, cfg)
     train = train_stage(ingested, dataset, cfg)
     return evaluate_stage(ingested, dataset, train, cfg)

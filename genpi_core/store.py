@@ -23,6 +23,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 
 MANIFEST = "_manifest.json"
+CHECKPOINT_DIR = "_state"
 _TMP_PREFIX = ".tmp-"
 _VERSIONED_PACKAGES = ("torch", "transformers", "peft", "pandera", "pyarrow", "genpi")
 
@@ -158,11 +159,21 @@ class Stage:
                 return False
         return True
 
-    def begin(self) -> None:
-        """Start (or restart) the stage from a clean folder: nothing stale can pass for output."""
+    def begin(self, keep_checkpoint: bool = False) -> None:
+        """Start (or restart) the stage from a clean folder: nothing stale can pass for output.
+
+        With ``keep_checkpoint``, a ``_state/`` folder written under the *same key* survives, so a
+        stage that checkpoints its progress (synthesis, per turn) resumes where it was killed.
+        """
+        stamp = self.dir / CHECKPOINT_DIR / "_stage_key"
+        resuming = keep_checkpoint and stamp.is_file() and stamp.read_text() == self.key
         if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+            for child in self.dir.iterdir():
+                if not (resuming and child.name == CHECKPOINT_DIR):
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if keep_checkpoint and not resuming:
+            atomic_write_text(stamp, self.key)
         self._started = datetime.now(timezone.utc).isoformat()
 
     def finish(self, outputs: list[str], rows: dict | None = None) -> StageManifest:

@@ -1,31 +1,43 @@
-"""Stage 2: synthesize training data from the prompt alone (skeleton: single-turn).
+"""Stage 2a: user inputs. Reads: the ingested spec. Writes: ``inputs.parquet`` and ``quarantine.parquet``.
 
-Reads: the ingested spec. Writes: ``inputs/inputs.parquet`` (+ quarantine) and
-``teacher/replies.parquet`` / ``base/replies.parquet``: for every input, one reply from the model
-*with* the prompt (teacher) and one *without* it (base), each in a single batched call.
-Input columns (replies): input_id, text. Output columns: see schemas.datasets.RepliesSchema.
+Inputs come from the spec's hand-written pool, from a generator model, or both (generated first,
+the pool tops up to ``max_inputs``). The generator reads the prompt and a few seed examples and
+writes several numbered messages per request (paper: 10 per request, temperature 1.0, top-p 0.9,
+asking for twice as many as needed). Generated texts pass quality filters (length, language,
+repetition, meta text, control tokens) and exact / near-duplicate removal; every rejected text
+gets a quarantine row with its reason, and every kept row records its source and generator.
+Output columns: see schemas.datasets.InputsSchema.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
+import math
 import random
 import re
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 
-from genpi_core.chat import prompt_messages, user_turn, with_prompt, without_prompt
+from genpi_core.chat import render_prompt
+from genpi_core.checks import detect_language_scores, is_repetitive
 from genpi_core.generation.base import GenerationBackend
-from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, read_table, write_table
-from schemas.config import InputsConfig, SamplingConfig
-from schemas.datasets import QUARANTINE_FILE, REPLIES_FILE, InputsSchema, QuarantineSchema, RepliesSchema
+from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, write_table
+from schemas.config import InputsConfig
+from schemas.datasets import INPUTS_FILE, QUARANTINE_FILE, InputsSchema, QuarantineSchema
 from schemas.spec import PromptSpec
 
-_META_TEXT = re.compile(r"\b(?:the assistant|as an ai|the user (?:will|might|should)|system prompt)\b", re.IGNORECASE)
-_MAX_INPUT_CHARS = 1000
+log = logging.getLogger(__name__)
+_META_TEXT = re.compile(
+    r"\b(?:the assistant|as an ai|the user (?:will|might|should|wants)|system prompt|here (?:is|are) (?:a|some|\d+) "
+    r"(?:new )?messages?)\b",
+    re.IGNORECASE,
+)
+_CONTROL = re.compile(r"<\|[a-z_]+\|>|\[/?INST\]", re.IGNORECASE)
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
+_SPEAKER_LABEL = re.compile(r"^\s*[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?\s*:\s")  # "Myrtle: ...", "Patron Ann: ..."
+WEAK_GENERATOR_SHARE = 0.25
 
 
 def dedup_key(text: str) -> str:
@@ -37,47 +49,87 @@ def _input_id(text: str) -> str:
     return hashlib.sha256(dedup_key(text).encode()).hexdigest()[:16]
 
 
-def _generator_request(spec: PromptSpec, seeds: list[str]) -> list[dict]:
-    prompt_text = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt_messages(spec.prompt))
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+
+
+def near_duplicate_of(text: str, kept: list[tuple[str, set]], threshold: float) -> str | None:
+    """The first kept text whose word-trigram Jaccard similarity with ``text`` reaches ``threshold``."""
+    grams = _trigrams(text)
+    for other, other_grams in kept:
+        union = grams | other_grams
+        if union and len(grams & other_grams) / len(union) >= threshold:
+            return other
+    return None
+
+
+def generator_request(spec: PromptSpec, seeds: list[str], count: int) -> list[dict]:
     examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
     ask = (
-        f"An assistant works with this prompt:\n\n{prompt_text}\n\n"
-        f"It talks to: {spec.environment}\n\nExample messages it receives:\n{examples}\n\n"
-        "Write ONE new, realistic message that it could receive next. Reply with the message only."
+        f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
+        f"It talks to: {spec.environment}\n\nExamples of messages it receives:\n{examples}\n\n"
+        f"Write {count} new, different, realistic messages that it could receive. "
+        "One message per line, numbered 1., 2., ... Write only the messages."
     )
     return [{"role": "user", "content": ask}]
 
 
-def _generate_inputs(spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend) -> pd.DataFrame:
+def split_messages(text: str) -> list[str]:
+    """Numbered or bulleted lines of a generator reply, numbering and quotes removed."""
+    lines = (_NUMBERING.sub("", line).strip().strip('"').strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def quality_problem(text: str, cfg: InputsConfig) -> str:
+    words = len(text.split())
+    if words < cfg.min_words:
+        return f"too short ({words} words < {cfg.min_words})"
+    if words > cfg.max_words:
+        return f"too long ({words} words > {cfg.max_words})"
+    if _CONTROL.search(text):
+        return "contains chat-template control tokens"
+    if _SPEAKER_LABEL.match(text):
+        return "starts with a speaker label (a script line, not a message)"
+    if _META_TEXT.search(text):
+        return "meta text about the assistant, not a user message"
+    if is_repetitive(text, min_words=8):
+        return "repetitive"
+    if cfg.language is not None:
+        scores = detect_language_scores(text)
+        best = max(scores, key=scores.get)
+        if scores[best] > 0 and best != cfg.language:
+            return f"language looks like {best}, not {cfg.language}"
+    return ""
+
+
+def _generate(spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     rng = random.Random(cfg.sampling.seed)
-    pool = spec.seed_inputs or spec.inputs.pool
-    requests = [_generator_request(spec, rng.sample(pool, min(5, len(pool)))) for _ in range(cfg.num_generated)]
+    seeds = spec.seed_inputs or spec.inputs.pool
+    n_requests = math.ceil(cfg.num_generated * cfg.oversample / cfg.per_request)
+    requests = [generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request) for _ in range(n_requests)]
     completions = backend.generate(requests, cfg.sampling, desc="pseudo inputs")
-    texts = [c.text.strip().strip('"').strip() for c in completions]
-    return pd.DataFrame({"text": texts, "source": "generated", "generator": backend.name,
-                         "finish_reason": [c.finish_reason for c in completions]})
-
-
-def _filter_generated(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    reasons = pd.Series("", index=df.index)
-    reasons[df["text"].str.len() == 0] = "empty"
-    reasons[(reasons == "") & (df["finish_reason"] == "length")] = "truncated at the length cap"
-    reasons[(reasons == "") & (df["text"].str.len() > _MAX_INPUT_CHARS)] = f"longer than {_MAX_INPUT_CHARS} chars"
-    reasons[(reasons == "") & df["text"].str.contains(_META_TEXT)] = "meta text about the assistant, not a user message"
-    bad = reasons != ""
-    df = df.assign(row_key=df.index.astype(str))
-    return df[~bad].drop(columns=["finish_reason", "row_key"]), quarantine_rows("inputs", df[bad], "row_key", reasons[bad])
+    texts = [t for c in completions for t in split_messages(c.text)]
+    rows, bad = [], []
+    for i, text in enumerate(texts):
+        problem = quality_problem(text, cfg)
+        (bad if problem else rows).append({"text": text, "row_key": f"gen-{i}", "problem": problem})
+    good = pd.DataFrame(rows, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
+    bad_df = pd.DataFrame(bad, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
+    quarantine = quarantine_rows("inputs", bad_df.drop(columns="problem"), "row_key", bad_df["problem"])
+    return good.drop(columns=["row_key", "problem"]), quarantine, len(texts)
 
 
 def run_inputs(
     spec: PromptSpec, version: str, cfg: InputsConfig, backend: GenerationBackend | None, out_dir: Path
-) -> dict[str, int]:
-    """Write inputs.parquet (pool and/or generated, deduplicated) and quarantine.parquet."""
+) -> dict[str, int | float]:
+    """Write inputs.parquet (generated and/or pool, deduplicated) and quarantine.parquet."""
     frames, quarantined = [], [empty_quarantine()]
+    written = 0
     if cfg.source in ("generate", "both") and cfg.num_generated:
         if backend is None:
-            raise ValueError("inputs.source needs a generation backend to generate pseudo inputs")
-        good, bad = _filter_generated(_generate_inputs(spec, cfg, backend))
+            raise ValueError("synth.inputs.source needs a generation backend to generate pseudo inputs")
+        good, bad, written = _generate(spec, cfg, backend)
         frames.append(good)
         quarantined.append(bad)
     if cfg.source in ("pool", "both"):
@@ -88,9 +140,23 @@ def run_inputs(
     df["dedup_key"] = df["text"].map(dedup_key)
     dup = df.duplicated("dedup_key")
     quarantined.append(quarantine_rows("inputs", df[dup], "dedup_key", "exact duplicate of an earlier input"))
-    df = df[~dup]
+    df = df[~dup].reset_index(drop=True)
+
+    kept: list[tuple[str, set]] = []
+    keep, near = [], []
+    for row in df.itertuples():
+        other = near_duplicate_of(row.text, kept, cfg.near_duplicate_threshold) if row.source == "generated" else None
+        if other is None:
+            kept.append((row.text, _trigrams(row.text)))
+            keep.append(row.Index)
+        else:
+            near.append((row.Index, f"near-duplicate of {other[:60]!r}"))
+    if near:
+        idx = [i for i, _ in near]
+        quarantined.append(quarantine_rows("inputs", df.loc[idx], "dedup_key", pd.Series([r for _, r in near], index=idx)))
+    df = df.loc[keep]
     # generated inputs come first; the pool tops up to max_inputs. Surplus generated rows are recorded, not lost.
-    surplus = df.iloc[cfg.max_inputs:]
+    surplus = df.iloc[cfg.max_inputs :]
     quarantined.append(quarantine_rows("inputs", surplus[surplus["source"] == "generated"], "dedup_key",
                                        f"over synth.inputs.max_inputs={cfg.max_inputs}"))
     df = df.iloc[: cfg.max_inputs]
@@ -99,35 +165,21 @@ def run_inputs(
     quarantined.append(bad)
     if good.empty:
         raise ValueError("no usable inputs: add `inputs.pool` to the spec or enable generation (synth.inputs.source)")
-    rows = write_table(good, InputsSchema, out_dir / "inputs.parquet")
-    n_bad = write_table(pd.concat(quarantined, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE)
-    return {"inputs": rows, "quarantined": n_bad, "generated": int((good["source"] == "generated").sum())}
-
-
-def run_replies(
-    variant: Literal["teacher", "base"],
-    spec: PromptSpec,
-    inputs_path: Path,
-    sampling: SamplingConfig,
-    backend: GenerationBackend,
-    out_dir: Path,
-) -> dict[str, int]:
-    """One reply per input, all inputs in one batched call: with the prompt (teacher) or without (base)."""
-    inputs = read_table(inputs_path, InputsSchema)
-    contexts = [user_turn(t) for t in inputs["text"]]
-    view = (lambda c: with_prompt(spec.prompt, c)) if variant == "teacher" else without_prompt
-    completions = backend.generate([view(c) for c in contexts], sampling, desc=f"{variant} replies")
-    df = pd.DataFrame(
-        {
-            "input_id": inputs["input_id"],
-            "variant": variant,
-            "context": [json.dumps(c, ensure_ascii=False) for c in contexts],
-            "output": [c.text for c in completions],
-            "finish_reason": [c.finish_reason for c in completions],
-            "prompt_tokens": [c.prompt_tokens for c in completions],
-            "completion_tokens": [c.completion_tokens for c in completions],
-            "produced_by": backend.name,
-        }
-    )
-    rows = write_table(df, RepliesSchema, out_dir / REPLIES_FILE)
-    return {"replies": rows, "truncated": int((df["finish_reason"] == "length").sum())}
+    n_generated = int((good["source"] == "generated").sum())
+    usable = n_generated / written if written else None
+    if written and usable < WEAK_GENERATOR_SHARE:
+        log.warning(
+            "the input generator wrote %d usable inputs out of %d (%.0f%%): it is too weak for this prompt. "
+            "Set synth.generator to a stronger model/server, or use synth.inputs.source=both to top up from the "
+            "spec's pool (see %s)", n_generated, written, 100 * usable, out_dir / QUARANTINE_FILE,
+        )
+    rows: dict[str, int | float] = {
+        "inputs": write_table(good, InputsSchema, out_dir / INPUTS_FILE),
+        "quarantined": write_table(pd.concat(quarantined, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE),
+        "generated_written": written,
+        "generated_used": n_generated,
+        "from_pool": int((good["source"] == "pool").sum()),
+    }
+    if usable is not None:
+        rows["generated_usable_share"] = round(usable, 3)
+    return rows

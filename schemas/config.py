@@ -51,7 +51,9 @@ class BackendConfig(_Config):
     share_prefix: bool = Field(
         True, description="Compute the KV of a prefix common to the batch once (transformers); exact, only faster."
     )
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible base URL(s), e.g. http://127.0.0.1:8000/v1; several = replicas, requests spread across them."
+    )
     served_model: str | None = Field(None, description="`model` field sent to the server (defaults to the model path).")
     api_key_env: str = Field("GENPI_API_KEY", description="Env var holding the API key; the key is never logged.")
     max_concurrency: int = Field(8, gt=0, description="Requests in flight at once (openai).")
@@ -74,22 +76,54 @@ class IngestConfig(_Config):
 
 
 class InputsConfig(_Config):
-    """Where the user inputs come from."""
+    """Where the user inputs come from, and how generated ones are filtered."""
 
     source: Literal["pool", "generate", "both"] = Field(
-        "pool", description="The spec's hand-written pool, model-generated pseudo inputs, or both."
+        "pool", description="The spec's hand-written pool, generated pseudo inputs, or both (generated first, pool tops up)."
     )
-    max_inputs: int = Field(64, gt=0, description="Training inputs to use (pool first when `both`).")
-    num_generated: int = Field(16, ge=0, description="Pseudo inputs to request from the generator.")
+    max_inputs: int = Field(64, gt=0, description="Inputs to build conversations from.")
+    num_generated: int = Field(16, ge=0, description="Usable generated inputs wanted.")
+    per_request: int = Field(5, gt=0, le=50, description="Messages asked for per generator request (paper: 10).")
+    oversample: float = Field(2.0, ge=1.0, description="Ask for this many times num_generated (paper: 2).")
+    near_duplicate_threshold: float = Field(0.7, gt=0, le=1, description="Word-trigram Jaccard at which two inputs count as one.")
+    min_words: int = Field(2, ge=1, description="Shorter generated inputs are quarantined.")
+    max_words: int = Field(80, ge=1, description="Longer generated inputs are quarantined.")
+    language: Literal["en", "es", "fr", "de", "it", "pt"] | None = Field(None, description="Quarantine generated inputs in another language.")
     sampling: SamplingConfig = Field(
-        SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=64), description="Generator sampling (paper: 1.0/0.9)."
+        SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=200), description="Generator sampling (paper: 1.0/0.9)."
+    )
+
+
+class GeneratorConfig(_Config):
+    """The model that writes pseudo inputs and reasons (the paper used a 70B model here). Unset = the base model."""
+
+    model: ModelConfig | None = Field(None, description="Another model; None uses the pipeline's model.")
+    backend: BackendConfig | None = Field(None, description="Another engine/server; None uses the pipeline's backend.")
+
+
+class ConversationsConfig(_Config):
+    """Role-swapped episodes."""
+
+    max_turns: int | None = Field(None, ge=1, description="Agent turns per conversation; None uses the spec's conversation.max_turns.")
+    environment: SamplingConfig = Field(SamplingConfig(max_new_tokens=48), description="Environment decoding (paper: greedy).")
+
+
+class ReasonsConfig(_Config):
+    """Reasons: why the prompt turns the base output into the teacher output (feeds prompt generation)."""
+
+    enabled: bool = Field(True, description="Generate reasons (needed by the joint GenPI objective).")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=256), description="Paper: 0.7 / 0.9 / 512 tokens."
     )
 
 
 class SynthConfig(_Config):
-    """Data synthesis: inputs, teacher replies (with prompt), base replies (without)."""
+    """Data synthesis: inputs, role-swapped conversations (teacher and base per agent turn), reasons."""
 
     inputs: InputsConfig = InputsConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    conversations: ConversationsConfig = ConversationsConfig()
+    reasons: ReasonsConfig = ReasonsConfig()
     teacher: SamplingConfig = Field(SamplingConfig(), description="Teacher decoding (paper: greedy).")
     base: SamplingConfig = Field(SamplingConfig(), description="Base decoding (paper: greedy).")
 

@@ -13,12 +13,15 @@ import pandera.pandas as pa
 from pandera.typing import DataFrame, Series
 
 INPUTS_FILE = "inputs.parquet"
-REPLIES_FILE = "replies.parquet"
 TRAIN_FILE = "train.parquet"
 VAL_FILE = "val.parquet"
 TEST_FILE = "test.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 EVAL_RESULTS_FILE = "eval_results.parquet"
+MESSAGES_FILE = "messages.parquet"
+TARGETS_FILE = "targets.parquet"
+EPISODES_FILE = "episodes.parquet"
+REASONS_FILE = "reasons.parquet"
 TRAIN_LOG_FILE = "train_log.parquet"
 
 
@@ -50,21 +53,60 @@ class InputsSchema(GenpiSchema):
     dedup_key: Series[str] = pa.Field(unique=True, description="Normalized text; exact duplicates share it.")
 
 
-class RepliesSchema(GenpiSchema):
-    """Single-turn replies to each input: the teacher (with prompt) or the base (without)."""
+class MessagesSchema(GenpiSchema):
+    """Every turn of every role-swapped episode, in order. `environment` = the simulated user/environment."""
 
-    input_id: Series[str] = pa.Field(unique=True)
-    variant: Series[str] = pa.Field(isin=["teacher", "base"])
-    context: Series[str] = pa.Field(description="JSON chat messages WITHOUT the prompt.")
-    output: Series[str] = pa.Field(nullable=False)
-    finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
-    prompt_tokens: Series[int] = pa.Field(ge=0)
-    completion_tokens: Series[int] = pa.Field(ge=0)
+    conversation_id: Series[str]
+    input_id: Series[str]
+    turn: Series[int] = pa.Field(ge=0)
+    role: Series[str] = pa.Field(isin=["user", "environment", "assistant"])
+    content: Series[str] = pa.Field(str_length={"min_value": 1})
+    produced_by: Series[str]
+
+    @pa.dataframe_check
+    def one_row_per_turn(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["conversation_id", "turn"]).any()
+
+
+class TargetsSchema(GenpiSchema):
+    """Per agent turn: the context WITHOUT the prompt, the teacher's output (with it) and the base's (without)."""
+
+    conversation_id: Series[str]
+    turn: Series[int] = pa.Field(ge=0, description="Agent turn index within the conversation.")
+    context: Series[str] = pa.Field(description="JSON chat messages before this agent turn, no prompt.")
+    teacher_output: Series[str] = pa.Field(str_length={"min_value": 1})
+    teacher_finish: Series[str] = pa.Field(isin=["stop", "length"])
+    base_output: Series[str]
+    base_finish: Series[str] = pa.Field(isin=["stop", "length"])
     produced_by: Series[str]
 
     @pa.check("context")
     def context_is_json(cls, series: Series[str]) -> Series[bool]:
         return _is_json(series)
+
+    @pa.dataframe_check
+    def one_row_per_agent_turn(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["conversation_id", "turn"]).any()
+
+
+class EpisodesSchema(GenpiSchema):
+    """How each role-swapped episode ended."""
+
+    conversation_id: Series[str] = pa.Field(unique=True)
+    input_id: Series[str]
+    status: Series[str] = pa.Field(isin=["live", "ended"])
+    stop_reason: Series[str]
+    agent_turns: Series[int] = pa.Field(ge=0)
+    messages: Series[int] = pa.Field(ge=1)
+
+
+class ReasonsSchema(GenpiSchema):
+    """Why the prompt turns the base output into the teacher output, per example (feeds prompt generation)."""
+
+    conversation_id: Series[str] = pa.Field(unique=True)
+    turn: Series[int] = pa.Field(ge=0)
+    reason: Series[str] = pa.Field(str_length={"min_value": 1})
+    produced_by: Series[str]
 
 
 class ExamplesSchema(GenpiSchema):
@@ -136,7 +178,10 @@ class TrainLogSchema(GenpiSchema):
 
 
 Inputs = DataFrame[InputsSchema]
-Replies = DataFrame[RepliesSchema]
+Messages = DataFrame[MessagesSchema]
+Targets = DataFrame[TargetsSchema]
+Episodes = DataFrame[EpisodesSchema]
+Reasons = DataFrame[ReasonsSchema]
 Examples = DataFrame[ExamplesSchema]
 HeldOut = DataFrame[HeldOutSchema]
 Quarantine = DataFrame[QuarantineSchema]

@@ -194,6 +194,24 @@ class InputPool(_Strict):
         return self
 
 
+class ConversationSpec(_Strict):
+    """How role-swapped episodes run for this prompt (the paper: 10 turns for OS/WebShop, 2 for Mind2Web)."""
+
+    max_turns: int = Field(1, ge=1, le=50, description="Agent turns per synthesized conversation.")
+    end_marker: str = Field("[END_CONVERSATION]", min_length=1, description="The environment says this when the episode is over.")
+    stop_pattern: str | None = Field(None, description="Regex: an agent turn matching it finishes the episode.")
+
+    @field_validator("stop_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"malformed regex {value!r}: {exc}") from exc
+        return value
+
+
 class PromptSpec(_Strict):
     """A prompt to internalize, its environment, inputs and the checks its replies must pass."""
 
@@ -206,3 +224,4 @@ class PromptSpec(_Strict):
     seed_inputs: list[str] = Field(default_factory=list, description="Example inputs shown to the input generator.")
     checks: list[Check] = Field(default_factory=list, description="Rules every reply must follow.")
     inputs: InputPool = Field(default_factory=InputPool)
+    conversation: ConversationSpec = Field(default_factory=ConversationSpec)

@@ -7,8 +7,6 @@ have to hash configs and could disagree with the store about what is finished.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -34,14 +32,20 @@ def inputs_task(ingested: IngestOutput, cfg: PipelineConfig) -> StageOutput:
     return _log(pipeline.inputs_stage(ingested, cfg))
 
 
-@task(name="replies", cache_policy=NONE, tags=["genpi-generation"], task_run_name="{variant}-replies")
-def replies_task(variant: Literal["teacher", "base"], ingested: IngestOutput, inputs: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.replies_stage(variant, ingested, inputs, cfg))
+@task(name="conversations", cache_policy=NONE, tags=["genpi-generation"])
+def conversations_task(ingested: IngestOutput, inputs: StageOutput, cfg: PipelineConfig) -> StageOutput:
+    return _log(pipeline.conversations_stage(ingested, inputs, cfg))
+
+
+@task(name="reasons", cache_policy=NONE, tags=["genpi-generation"])
+def reasons_task(ingested: IngestOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput | None:
+    out = pipeline.reasons_stage(ingested, conversations, cfg)
+    return _log(out) if out is not None else None
 
 
 @task(name="dataset", cache_policy=NONE)
-def dataset_task(ingested: IngestOutput, inputs: StageOutput, teacher: StageOutput, base: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.dataset_stage(ingested, inputs, teacher, base, cfg))
+def dataset_task(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput:
+    return _log(pipeline.dataset_stage(ingested, inputs, conversations, cfg))
 
 
 @task(name="train", cache_policy=NONE, tags=["genpi-training"])

@@ -1,7 +1,8 @@
 """Generation through any OpenAI-compatible server (`vllm serve`, `transformers serve`, hosted APIs).
 
 Bounded concurrency (a thread pool of ``max_concurrency``), a timeout per request, and retries
-with exponential backoff on connection errors, timeouts, 429 and 5xx. The API key is read from the
+with exponential backoff on connection errors, timeouts, 429 and 5xx. Several base URLs (replicas
+of `vllm serve`) share the load: request i goes to replica i mod n, and a retry moves to the next. The API key is read from the
 env var named in the config and sent only in the Authorization header; it never appears in logs,
 errors or manifests (configs store the env var's *name*).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -27,9 +29,12 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 class OpenAIBackend:
     def __init__(self, model: ModelConfig, backend: BackendConfig) -> None:
         assert backend.base_url is not None
-        self.base_url = backend.base_url.rstrip("/")
+        urls = [backend.base_url] if isinstance(backend.base_url, str) else list(backend.base_url)
+        self.base_urls = [u.rstrip("/") for u in urls]
         self.served_model = backend.served_model or model.name_or_path
-        self.name = f"openai:{self.base_url}:{self.served_model}"
+        self.name = f"openai:{','.join(self.base_urls)}:{self.served_model}"
+        self.requests_per_url = {u: 0 for u in self.base_urls}
+        self._count_lock = threading.Lock()
         self.max_concurrency = backend.max_concurrency
         self.max_retries = backend.max_retries
         headers = {"Content-Type": "application/json"}
@@ -49,11 +54,14 @@ class OpenAIBackend:
         }
 
     def _request(self, index: int, messages: Sequence[Message], sampling: SamplingConfig) -> Completion:
-        url = f"{self.base_url}/chat/completions"
         last_error = "no attempt made"
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
+            base = self.base_urls[(index + attempt) % len(self.base_urls)]
+            url = f"{base}/chat/completions"
+            with self._count_lock:
+                self.requests_per_url[base] += 1
             started = time.perf_counter()
             try:
                 response = self._client.post(url, json=self._payload(messages, sampling, sampling.seed + index))
@@ -68,7 +76,8 @@ class OpenAIBackend:
             if response.status_code != 200:
                 raise GenerationError(f"{url}: request {index} refused with HTTP {response.status_code}: {response.text[:300]}")
             return self._parse(index, url, response, time.perf_counter() - started)
-        raise GenerationError(f"{url}: request {index} failed after {self.max_retries + 1} attempts (last error: {last_error})")
+        servers = ", ".join(self.base_urls)
+        raise GenerationError(f"{servers}: request {index} failed after {self.max_retries + 1} attempts (last error: {last_error})")
 
     @staticmethod
     def _parse(index: int, url: str, response: httpx.Response, seconds: float) -> Completion:

@@ -10,11 +10,12 @@ import pytest
 from genpi_core.tables import read_table
 from schemas.config import load_config
 from schemas.datasets import (
-    EvalResultsSchema, ExamplesSchema, InputsSchema, QuarantineSchema, RepliesSchema, HeldOutSchema, TrainLogSchema,
+    EpisodesSchema, EvalResultsSchema, ExamplesSchema, HeldOutSchema, InputsSchema, MessagesSchema, QuarantineSchema,
+    ReasonsSchema, TargetsSchema, TrainLogSchema,
 )
 from tests.conftest import EXAMPLE_SPEC, TINY_CONFIG
 
-STAGES = ["ingest", "inputs", "teacher", "base", "dataset", "train", "evaluate"]
+STAGES = ["ingest", "inputs", "conversations", "reasons", "dataset", "train", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +45,23 @@ def test_flow_completes_and_every_table_validates(finished_run):
         assert (run_dir / stage / "_manifest.json").is_file(), stage
     inputs = read_table(run_dir / "inputs" / "inputs.parquet", InputsSchema)
     assert len(inputs) == cfg.synth.inputs.max_inputs and set(inputs["source"]) == {"pool"}
-    teacher = read_table(run_dir / "teacher" / "replies.parquet", RepliesSchema)
-    base = read_table(run_dir / "base" / "replies.parquet", RepliesSchema)
-    assert len(teacher) == len(base) == len(inputs)
-    assert teacher["prompt_tokens"].min() > 1000 > base["prompt_tokens"].max()
+    episodes = read_table(run_dir / "conversations" / "episodes.parquet", EpisodesSchema)
+    messages = read_table(run_dir / "conversations" / "messages.parquet", MessagesSchema)
+    targets = read_table(run_dir / "conversations" / "targets.parquet", TargetsSchema)
+    synth_quarantine = read_table(run_dir / "conversations" / "quarantine.parquet", QuarantineSchema)
+    assert len(episodes) == len(inputs) and set(episodes["status"]) == {"ended"}
+    assert set(messages["role"]) <= {"user", "assistant", "environment"} and targets["turn"].max() <= 1
+    assert (targets["teacher_output"].str.startswith("Topic:")).mean() > (targets["base_output"].str.startswith("Topic:")).mean()
+    # every first agent turn is either a target or quarantined with a reason
+    first_turns = targets[targets["turn"] == 0]
+    assert len(first_turns) + synth_quarantine["error"].str.startswith("turn 0:").sum() == len(inputs)
+    reasons = read_table(run_dir / "reasons" / "reasons.parquet", ReasonsSchema)
+    reasons_quarantine = read_table(run_dir / "reasons" / "quarantine.parquet", QuarantineSchema)
+    assert len(reasons) + len(reasons_quarantine) == len(first_turns)
     train = read_table(run_dir / "dataset" / "train.parquet", ExamplesSchema)
     val = read_table(run_dir / "dataset" / "val.parquet", ExamplesSchema)
     quarantine = read_table(run_dir / "dataset" / "quarantine.parquet", QuarantineSchema)
-    assert len(train) + len(val) + len(quarantine) == len(inputs)  # every input accounted for
+    assert len(train) + len(val) + len(quarantine) == len(targets)  # every agent turn accounted for
     test = read_table(run_dir / "dataset" / "test.parquet", HeldOutSchema)
     assert not set(test["input"]) & set(inputs["text"])  # evaluation inputs are never trained on
     read_table(run_dir / "train" / "train_log.parquet", TrainLogSchema)

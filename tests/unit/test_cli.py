@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import EXAMPLE_SPEC
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
-COMMANDS = ["internalize", "check-spec", "report", "model"]
+COMMANDS = ["internalize", "synthesize", "check-spec", "report", "model"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

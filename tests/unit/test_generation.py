@@ -183,7 +183,36 @@ def test_openai_backend_gives_up_with_a_clear_error():
     server, url = _serve(handler)
     try:
         backend = make_backend(ModelConfig(name_or_path="m"), BackendConfig(kind="openai", base_url=url, max_retries=1))
-        with pytest.raises(GenerationError, match=rf"{url}/chat/completions: request 0 failed after 2 attempts \(last error: HTTP 503\)"):
+        with pytest.raises(GenerationError, match=rf"{url}: request 0 failed after 2 attempts \(last error: HTTP 503\)"):
             backend.generate([user_turn("x")], GREEDY)
     finally:
         server.shutdown()
+
+
+def test_openai_backend_spreads_requests_across_replicas():
+    first = type("ReplicaA", (_FlakyHandler,), {"failures_left": 0, "requests_seen": 0})
+    second = type("ReplicaB", (_FlakyHandler,), {"failures_left": 0, "requests_seen": 0})
+    (server_a, url_a), (server_b, url_b) = _serve(first), _serve(second)
+    try:
+        backend = make_backend(ModelConfig(name_or_path="m"),
+                               BackendConfig(kind="openai", base_url=[url_a, url_b], max_concurrency=4))
+        out = backend.generate([user_turn(f"q{i}") for i in range(6)], GREEDY)
+        assert [c.text for c in out] == ["ok"] * 6
+        assert first.requests_seen == second.requests_seen == 3
+    finally:
+        server_a.shutdown()
+        server_b.shutdown()
+
+
+def test_openai_backend_fails_over_to_the_next_replica():
+    down = type("Down2", (_FlakyHandler,), {"failures_left": 99, "requests_seen": 0})
+    up = type("Up2", (_FlakyHandler,), {"failures_left": 0, "requests_seen": 0})
+    (server_a, url_a), (server_b, url_b) = _serve(down), _serve(up)
+    try:
+        backend = make_backend(ModelConfig(name_or_path="m"),
+                               BackendConfig(kind="openai", base_url=[url_a, url_b], max_retries=1, max_concurrency=1))
+        out = backend.generate([user_turn("q0"), user_turn("q1")], GREEDY)
+        assert [c.text for c in out] == ["ok", "ok"] and up.requests_seen == 2
+    finally:
+        server_a.shutdown()
+        server_b.shutdown()

@@ -1,0 +1,232 @@
+"""Stage 2b: role-swapped multi-turn conversations ("self role-play"), batched per turn.
+
+Reads: inputs.parquet and the spec. Writes: ``messages.parquet`` (every turn of every episode),
+``targets.parquet`` (per agent turn: the context without the prompt, the teacher output with
+the prompt and the base output without it), ``episodes.parquet`` (how each episode ended) and
+``quarantine.parquet``. Side effect: ``_state/`` holds a checkpoint after every completed step,
+so a killed run resumes from the last finished turn with no duplicate or lost rows.
+
+One step = one turn of every live conversation in one generate call: agent steps produce the
+teacher's turn (model *with* the prompt) and the base output for the same context; environment
+steps run the model on the prompt's dialogue with user/assistant roles flipped, told which
+environment it plays and to answer with the end marker when the episode is over. The environment
+always sees the agent's latest action (the research code showed it an empty message for two of
+its three tasks; we don't copy that).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from genpi_core.chat import with_prompt, without_prompt
+from genpi_core.checks import is_repetitive, run_checks
+from genpi_core.generation.base import Completion, GenerationBackend, Message
+from genpi_core.store import CHECKPOINT_DIR, atomic_write_json
+from genpi_core.tables import empty_quarantine, quarantine_rows, read_table, write_table
+from schemas.config import SamplingConfig
+from schemas.datasets import (
+    EPISODES_FILE, MESSAGES_FILE, QUARANTINE_FILE, TARGETS_FILE, EpisodesSchema, InputsSchema, MessagesSchema,
+    QuarantineSchema, TargetsSchema,
+)
+from schemas.spec import PromptSpec
+
+_PROGRESS = "progress.json"
+_CONTROL = re.compile(r"<\|[a-z_]+\|>|<\|im_(start|end)\|>|</?s>|\[/?INST\]", re.IGNORECASE)
+_ROLE_LABEL = re.compile(r"^\s*(user|assistant|agent|system|human|environment)\s*:", re.IGNORECASE)
+_SPEAKER_LABEL = re.compile(r"^\s*[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?\s*:\s")  # "Robyn Robb: ..." in an environment turn
+
+
+def environment_system(spec: PromptSpec) -> str:
+    return (
+        f"You are playing this role: {spec.environment}. You are not the assistant. The assistant's last message "
+        "is shown to you as the user's message. Reply as your role would, in one short message. "
+        f"When the exchange is over (the task is done, or there is nothing left to ask), reply with exactly "
+        f"{spec.conversation.end_marker}"
+    )
+
+
+def environment_view(spec: PromptSpec, conversation: Sequence[Message]) -> list[Message]:
+    """The prompt's dialogue and the conversation with user/assistant flipped, after the environment's brief.
+
+    The prompt's first (instruction) turn is skipped: it tells the *agent* what to do. In the
+    conversation, the environment spoke the first message and every even one; the agent's turns,
+    the latest included, become the user's messages.
+    """
+    flip = {"user": "assistant", "assistant": "user"}
+    turns = spec.prompt.dialogue or []
+    messages: list[Message] = [{"role": "system", "content": environment_system(spec)}]
+    messages += [{"role": flip[t.role], "content": t.text} for t in turns[1:]]
+    messages += [{"role": flip[m["role"]], "content": m["content"]} for m in conversation]
+    return messages
+
+
+def _problem(text: str, finish: str, role: str, spec: PromptSpec) -> str:
+    """Why a generated turn can't be used (empty string when it can)."""
+    if not text.strip():
+        return f"empty {role} turn"
+    if finish == "length":
+        return f"{role} turn truncated at the length cap"
+    if _CONTROL.search(text):
+        return f"{role} turn contains chat-template control tokens"
+    if _ROLE_LABEL.match(text):
+        return f"role-confused: {role} turn opens with a speaker label"
+    if role == "environment" and spec.checks and all(run_checks(spec.checks, text).values()):
+        return "role-confused: the environment answered in the agent's format"
+    if role == "environment" and _SPEAKER_LABEL.match(text):
+        return "role-confused: the environment turn opens with a speaker label"
+    if is_repetitive(text):
+        return f"repetitive {role} turn"
+    return ""
+
+
+class _State:
+    """All episodes so far; written to ``_state/`` after every step (tables first, progress last)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.messages: list[dict] = []
+        self.targets: list[dict] = []
+        self.episodes: dict[str, dict] = {}
+        self.quarantine: list[pd.DataFrame] = [empty_quarantine()]
+        self.step = 0
+
+    @classmethod
+    def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame) -> "_State":
+        state = cls(state_dir)
+        progress = state_dir / _PROGRESS
+        if progress.is_file():  # resume: only what a finished step wrote is trusted
+            state.step = json.loads(progress.read_text())["completed_steps"]
+            state.messages = read_table(state_dir / MESSAGES_FILE, MessagesSchema).to_dict(orient="records")
+            state.targets = read_table(state_dir / TARGETS_FILE, TargetsSchema).to_dict(orient="records")
+            state.episodes = {r["conversation_id"]: r for r in read_table(state_dir / EPISODES_FILE, EpisodesSchema).to_dict(orient="records")}
+            state.quarantine = [read_table(state_dir / QUARANTINE_FILE, QuarantineSchema)]
+            return state
+        for row in inputs.itertuples():
+            cid = f"c-{row.input_id}"
+            state.messages.append({"conversation_id": cid, "input_id": row.input_id, "turn": 0, "role": "user",
+                                   "content": row.text, "produced_by": row.generator})
+            state.episodes[cid] = {"conversation_id": cid, "input_id": row.input_id, "status": "live",
+                                   "stop_reason": "", "agent_turns": 0, "messages": 1}
+        return state
+
+    def live(self) -> list[str]:
+        return [cid for cid, e in self.episodes.items() if e["status"] == "live"]
+
+    def contexts(self, cids: list[str]) -> list[list[Message]]:
+        """Agent view without the prompt (environment turns are the user's messages), one pass over all rows."""
+        grouped: dict[str, list[dict]] = {cid: [] for cid in cids}
+        for m in self.messages:
+            if m["conversation_id"] in grouped:
+                grouped[m["conversation_id"]].append(m)
+        return [[{"role": "assistant" if m["role"] == "assistant" else "user", "content": m["content"]}
+                 for m in sorted(grouped[cid], key=lambda m: m["turn"])] for cid in cids]
+
+    def end(self, cid: str, reason: str) -> None:
+        self.episodes[cid].update(status="ended", stop_reason=reason)
+
+    def add_message(self, cid: str, role: str, content: str, produced_by: str) -> None:
+        turn = self.episodes[cid]["messages"]
+        self.episodes[cid]["messages"] += 1
+        self.messages.append({"conversation_id": cid, "input_id": self.episodes[cid]["input_id"], "turn": turn,
+                              "role": role, "content": content, "produced_by": produced_by})
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {
+            MESSAGES_FILE: pd.DataFrame(self.messages, columns=list(MessagesSchema.to_schema().columns)),
+            TARGETS_FILE: pd.DataFrame(self.targets, columns=list(TargetsSchema.to_schema().columns)),
+            EPISODES_FILE: pd.DataFrame(list(self.episodes.values()), columns=list(EpisodesSchema.to_schema().columns)),
+            QUARANTINE_FILE: pd.concat(self.quarantine, ignore_index=True),
+        }
+
+    def write(self, folder: Path) -> dict[str, int]:
+        schemas = {MESSAGES_FILE: MessagesSchema, TARGETS_FILE: TargetsSchema, EPISODES_FILE: EpisodesSchema,
+                   QUARANTINE_FILE: QuarantineSchema}
+        return {name: write_table(df, schemas[name], folder / name) for name, df in self.tables().items()}
+
+    def checkpoint(self) -> None:
+        self.write(self.dir)
+        atomic_write_json(self.dir / _PROGRESS, {"completed_steps": self.step})  # last: marks the step done
+
+
+def _agent_step(state: _State, spec: PromptSpec, backend: GenerationBackend, teacher: SamplingConfig,
+                base: SamplingConfig, max_turns: int) -> None:
+    live = state.live()
+    contexts = state.contexts(live)
+    turn_no = state.step // 2
+    taught = backend.generate([with_prompt(spec.prompt, c) for c in contexts], teacher, desc=f"agent turn {turn_no + 1}")
+    plain = backend.generate([without_prompt(c) for c in contexts], base, desc=f"base turn {turn_no + 1}")
+    stop = re.compile(spec.conversation.stop_pattern) if spec.conversation.stop_pattern else None
+    for cid, context, t, b in zip(live, contexts, taught, plain):
+        problem = _problem(t.text, t.finish_reason, "agent", spec)
+        row = {"conversation_id": cid, "turn": turn_no, "context": json.dumps(context, ensure_ascii=False),
+               "teacher_output": t.text, "teacher_finish": t.finish_reason, "base_output": b.text,
+               "base_finish": b.finish_reason, "produced_by": backend.name}
+        if problem:
+            state.quarantine.append(quarantine_rows("targets", pd.DataFrame([row]), "conversation_id", f"turn {turn_no}: {problem}"))
+            state.end(cid, problem)
+            continue
+        state.targets.append(row)
+        state.add_message(cid, "assistant", t.text, backend.name)
+        state.episodes[cid]["agent_turns"] += 1
+        if stop is not None and stop.search(t.text):
+            state.end(cid, "agent finished (stop pattern)")
+        elif turn_no + 1 >= max_turns:
+            state.end(cid, "max turns")
+
+
+def _environment_step(state: _State, spec: PromptSpec, backend: GenerationBackend, sampling: SamplingConfig) -> None:
+    live = state.live()
+    replies = backend.generate([environment_view(spec, c) for c in state.contexts(live)], sampling,
+                               desc=f"environment turn {state.step // 2 + 1}")
+    marker = spec.conversation.end_marker
+    for cid, reply in zip(live, replies):
+        if marker in reply.text:
+            state.end(cid, "environment ended the episode")  # the final end-marker turn is dropped
+            continue
+        problem = _problem(reply.text, reply.finish_reason, "environment", spec)
+        if problem:
+            raw = pd.DataFrame([{"conversation_id": cid, "turn": state.step // 2, "content": reply.text}])
+            state.quarantine.append(quarantine_rows("messages", raw, "conversation_id", problem))
+            state.end(cid, problem)
+            continue
+        state.add_message(cid, "environment", reply.text, backend.name)
+
+
+def run_conversations(
+    spec: PromptSpec,
+    inputs_path: Path,
+    backend: GenerationBackend,
+    teacher: SamplingConfig,
+    base: SamplingConfig,
+    environment: SamplingConfig,
+    max_turns: int,
+    out_dir: Path,
+    after_step=None,
+) -> dict[str, int]:
+    """Run every episode to its end, one batched generate call per role per turn; checkpoint each step."""
+    state_dir = out_dir / CHECKPOINT_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = _State.start_or_resume(state_dir, read_table(inputs_path, InputsSchema))
+    total_steps = 2 * max_turns - 1  # agent, environment, agent, ..., agent
+    while state.step < total_steps and state.live():
+        if state.step % 2 == 0:
+            _agent_step(state, spec, backend, teacher, base, max_turns)
+        else:
+            _environment_step(state, spec, backend, environment)
+        state.step += 1
+        state.checkpoint()
+        if after_step is not None:
+            after_step(state.step)
+    for cid in state.live():
+        state.end(cid, "max turns")
+    written = state.write(out_dir)
+    episodes = state.tables()[EPISODES_FILE]
+    rows = {"episodes": written[EPISODES_FILE], "messages": written[MESSAGES_FILE], "agent_turns": written[TARGETS_FILE],
+            "quarantined": written[QUARANTINE_FILE]}
+    rows.update({f"stop: {k}": int(v) for k, v in episodes["stop_reason"].value_counts().items()})
+    return rows

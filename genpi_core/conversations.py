@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 from genpi_core.chat import with_prompt, without_prompt
 from genpi_core.checks import is_repetitive, run_checks
-from genpi_core.generation.base import Completion, GenerationBackend, Message
+from genpi_core.generation.base import GenerationBackend, Message
 from genpi_core.store import CHECKPOINT_DIR, atomic_write_json
 from genpi_core.tables import empty_quarantine, quarantine_rows, read_table, write_table
 from schemas.config import SamplingConfig
@@ -99,12 +100,13 @@ class _State:
     def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame) -> "_State":
         state = cls(state_dir)
         progress = state_dir / _PROGRESS
-        if progress.is_file():  # resume: only what a finished step wrote is trusted
+        if progress.is_file():  # resume: only the step folder that progress.json points to is trusted
             state.step = json.loads(progress.read_text())["completed_steps"]
-            state.messages = read_table(state_dir / MESSAGES_FILE, MessagesSchema).to_dict(orient="records")
-            state.targets = read_table(state_dir / TARGETS_FILE, TargetsSchema).to_dict(orient="records")
-            state.episodes = {r["conversation_id"]: r for r in read_table(state_dir / EPISODES_FILE, EpisodesSchema).to_dict(orient="records")}
-            state.quarantine = [read_table(state_dir / QUARANTINE_FILE, QuarantineSchema)]
+            folder = state._step_dir(state.step)
+            state.messages = read_table(folder / MESSAGES_FILE, MessagesSchema).to_dict(orient="records")
+            state.targets = read_table(folder / TARGETS_FILE, TargetsSchema).to_dict(orient="records")
+            state.episodes = {r["conversation_id"]: r for r in read_table(folder / EPISODES_FILE, EpisodesSchema).to_dict(orient="records")}
+            state.quarantine = [read_table(folder / QUARANTINE_FILE, QuarantineSchema)]
             return state
         for row in inputs.itertuples():
             cid = f"c-{row.input_id}"
@@ -148,9 +150,17 @@ class _State:
                    QUARANTINE_FILE: QuarantineSchema}
         return {name: write_table(df, schemas[name], folder / name) for name, df in self.tables().items()}
 
+    def _step_dir(self, step: int) -> Path:
+        return self.dir / f"step-{step:03d}"
+
     def checkpoint(self) -> None:
-        self.write(self.dir)
-        atomic_write_json(self.dir / _PROGRESS, {"completed_steps": self.step})  # last: marks the step done
+        """Tables into a folder of their own, then one atomic pointer to it: a kill at any moment leaves
+        either the previous step or this one as the resume point, never a mix of the two."""
+        self.write(self._step_dir(self.step))
+        atomic_write_json(self.dir / _PROGRESS, {"completed_steps": self.step})
+        for old in self.dir.glob("step-*"):
+            if old.name != self._step_dir(self.step).name:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _agent_step(state: _State, spec: PromptSpec, backend: GenerationBackend, teacher: SamplingConfig,

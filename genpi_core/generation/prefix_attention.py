@@ -55,18 +55,24 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
+    rows = group * q_len
     scale = scaling if scaling is not None else dim**-0.5
-    # query heads are grouped per kv head (head h reads kv head h // group): fold the group into the rows
-    q = query.reshape(batch, kv_heads, group * q_len, dim)
-    scores_prefix = torch.matmul(q, prefix_keys.transpose(-1, -2)) * scale  # prefix broadcasts over the batch
+    # Query heads are grouped per kv head (head h reads kv head h // group). For the prefix, fold batch,
+    # group and query position into one row axis per kv head: one [kv, B*G*q, d] x [kv, d, P] matmul reads
+    # the prefix once. (Broadcasting a batch-1 prefix against B rows would materialize B copies of it.)
+    q = query.reshape(batch, kv_heads, rows, dim)
+    q_rows = q.transpose(0, 1).reshape(kv_heads, batch * rows, dim)
+    scores_prefix = torch.matmul(q_rows, prefix_keys[0].transpose(-1, -2)) * scale  # [kv, B*rows, P]
     scores_suffix = (torch.matmul(q, key.transpose(-1, -2)) * scale).view(batch, kv_heads, group, q_len, k_len)
     mask = _suffix_mask(attention_mask, q_len, k_len, query.device)[:, :, None]  # [B, 1, 1, q, k]
     scores_suffix = scores_suffix.masked_fill(~mask, torch.finfo(scores_suffix.dtype).min)
-    scores = torch.cat([scores_prefix, scores_suffix.view(batch, kv_heads, group * q_len, k_len)], dim=-1)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    scores_suffix = scores_suffix.view(batch, kv_heads, rows, k_len).transpose(0, 1).reshape(kv_heads, batch * rows, k_len)
+    probs = torch.softmax(torch.cat([scores_prefix, scores_suffix], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
     prefix_len = prefix_keys.shape[2]
-    out = torch.matmul(probs[..., :prefix_len], prefix_values) + torch.matmul(probs[..., prefix_len:], value)
-    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
+    out = torch.matmul(probs[..., :prefix_len], prefix_values[0])  # [kv, B*rows, d]
+    probs_suffix = probs[..., prefix_len:].reshape(kv_heads, batch, rows, k_len).transpose(0, 1)  # [B, kv, rows, k]
+    out = out.view(kv_heads, batch, rows, dim).transpose(0, 1) + torch.matmul(probs_suffix, value)
+    return out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
 
 
 _registered = False

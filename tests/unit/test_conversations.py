@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -44,13 +43,14 @@ def test_environment_sees_flipped_roles_and_the_agents_latest_action():
 
 
 class ScriptedFakeBackend:
-    """A fake engine (control-logic tests only): each conversation's replies come, in order, from a script
-    keyed on its first message and on the role being played (teacher = with the prompt, base, env)."""
+    """A fake engine (control-logic tests only). Each conversation's replies come from a script keyed on its
+    first message and on the role being played (teacher = with the prompt, base, env); which reply is
+    picked depends only on the conversation so far, so a resumed run gets the same replies."""
 
     name = "scripted-fake"
 
     def __init__(self, script):
-        self.script = {k: {role: list(replies) for role, replies in v.items()} for k, v in script.items()}
+        self.script = script
         self.calls: list[int] = []
 
     def generate(self, conversations, sampling, desc=""):
@@ -58,9 +58,10 @@ class ScriptedFakeBackend:
         out = []
         for conv in conversations:
             is_env = conv[0]["role"] == "system" and "You are playing" in conv[0]["content"]
-            key = next(m["content"] for m in conv if m["content"] in self.script)
+            start = next(i for i, m in enumerate(conv) if m["content"] in self.script)
             role = "env" if is_env else ("teacher" if any("INSTRUCTIONS" in m["content"] for m in conv) else "base")
-            text, finish = self.script[key][role].pop(0)
+            replies_so_far = sum(m["role"] == "assistant" for m in conv[start + 1:])
+            text, finish = self.script[conv[start]["content"]][role][replies_so_far]
             out.append(Completion(text, finish, 10, 5, 0.0))
         return out
 
@@ -108,6 +109,35 @@ def test_stop_conditions_quarantine_and_one_call_per_turn(tmp_path):
     assert len(quarantine) == 3  # truncated env, env in agent format, empty teacher turn: each with a row
     # one generate call per role per step over the live conversations: 6 teacher + 6 base, 4 env, 2+2, 2 env, 1+1
     assert backend.calls == [6, 6, 4, 2, 2, 2, 1, 1] and rows["agent_turns"] == len(targets)
+
+
+def test_crash_mid_checkpoint_resumes_from_the_previous_complete_step(tmp_path):
+    ok = lambda t: (t, "stop")  # noqa: E731
+    script = {f"q{i}": {"teacher": [ok(f"Shop: a{i}"), ok(f"Shop: b{i}")], "base": [ok("x"), ok("y")],
+                        "env": [ok(f"and {i}?")]} for i in range(3)}
+    g = SamplingConfig(max_new_tokens=8)
+    inputs = _inputs(tmp_path, list(script))
+    reference = run_conversations(SPEC, inputs, ScriptedFakeBackend(script), g, g, g, 2, tmp_path / "ref")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after(step):
+        if step == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_conversations(SPEC, inputs, ScriptedFakeBackend(script), g, g, g, 2, tmp_path / "run", after_step=crash_after)
+    state = tmp_path / "run" / "_state"
+    (state / "step-003").mkdir()  # a half-written next checkpoint, as a kill mid-write would leave it
+    (state / "step-003" / "messages.parquet").write_bytes(b"PAR1 truncated")
+    backend = ScriptedFakeBackend(script)
+    resumed = run_conversations(SPEC, inputs, backend, g, g, g, 2, tmp_path / "run")
+    assert backend.calls == [3, 3]  # only the last agent step ran again
+    assert resumed == reference
+    for table in ("messages", "targets", "episodes", "quarantine"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref" / f"{table}.parquet"),
+                                      pd.read_parquet(tmp_path / "run" / f"{table}.parquet"))
 
 
 KILLABLE_RUN = textwrap.dedent(

@@ -100,3 +100,16 @@ def test_stage_killed_mid_write_is_not_complete_and_reruns(tmp_path):
     atomic_write_text(stage.dir / "second.txt", "ok")
     stage.finish(["second.txt"])
     assert Stage(tmp_path, "demo", {}, {}).is_complete()
+
+
+def test_checkpoint_survives_a_restart_only_under_the_same_key(tmp_path):
+    stage = Stage(tmp_path, "synth", {"turns": 2}, {})
+    stage.begin(keep_checkpoint=True)
+    atomic_write_text(stage.dir / "_state" / "progress.json", '{"completed_steps": 1}')
+    atomic_write_text(stage.dir / "partial.parquet", "half")
+    Stage(tmp_path, "synth", {"turns": 2}, {}).begin(keep_checkpoint=True)  # killed, re-run, same key
+    assert (stage.dir / "_state" / "progress.json").is_file() and not (stage.dir / "partial.parquet").exists()
+    Stage(tmp_path, "synth", {"turns": 3}, {}).begin(keep_checkpoint=True)  # config changed: start over
+    assert not (stage.dir / "_state" / "progress.json").exists()
+    Stage(tmp_path, "synth", {"turns": 3}, {}).begin()  # a non-resumable stage never keeps a checkpoint
+    assert list(stage.dir.iterdir()) == []

@@ -147,24 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
 
+    def run_args(p):
+        p.add_argument("spec", help="prompt spec YAML, e.g. examples/prompts/library_desk.yaml")
+        config_args(p)
+        p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
+        p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+
     p = sub.add_parser("internalize", help="run the whole pipeline for a prompt spec",
-                       description="Ingest the spec, synthesize inputs and teacher/base replies, build the dataset, "
+                       description="Ingest the spec, synthesize inputs and role-swapped conversations (teacher and base "
+                       "outputs per agent turn), build the dataset, "
                        "train the LoRA adapter and evaluate base vs teacher vs student. Finished stages are "
                        "reused on a re-run; a changed spec or config re-runs what it affects.")
-    p.add_argument("spec", help="prompt spec YAML, e.g. examples/prompts/library_desk.yaml")
-    config_args(p)
-    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
-    p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+    run_args(p)
     p.set_defaults(func=cmd_internalize)
 
     p = sub.add_parser("synthesize", help="only synthesize the training data (inputs, conversations, reasons)",
                        description="Run the data stages: user inputs (pool and/or generated, filtered), role-swapped "
                        "multi-turn conversations with teacher (prompt) and base (no prompt) outputs per agent turn, "
                        "and reasons. Resumes from the last finished turn after a kill.")
-    p.add_argument("spec", help="prompt spec YAML")
-    config_args(p)
-    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
-    p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+    run_args(p)
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",

@@ -18,6 +18,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _must_compile(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"malformed regex {pattern!r}: {exc}") from exc
+    return pattern
+
+
 # --------------------------------------------------------------------------------------------
 # Checks: programmatic rules a reply must follow. Each type is one model here plus one evaluator
 # in genpi_core.checks; adding a type means adding both (a test asserts they stay in sync).
@@ -35,11 +43,7 @@ class RegexCheck(_Strict):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"malformed regex {value!r}: {exc}") from exc
-        return value
+        return _must_compile(value)
 
 
 class MustStartWithCheck(_Strict):
@@ -204,12 +208,7 @@ class ConversationSpec(_Strict):
     @field_validator("stop_pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"malformed regex {value!r}: {exc}") from exc
-        return value
+        return None if value is None else _must_compile(value)
 
 
 class PromptSpec(_Strict):

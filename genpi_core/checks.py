@@ -103,6 +103,20 @@ def is_repetitive(text: str, n: int = 3, min_words: int = 12, max_repeat_share: 
     return 1 - len(set(grams)) / len(grams) > max_repeat_share
 
 
+_CONTROL_TOKENS = re.compile(r"<\|[a-z_]+\|>|</?s>|\[/?INST\]", re.IGNORECASE)
+_SPEAKER_LABEL = re.compile(r"^\s*[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?\s*:\s")  # "Myrtle: ...", "Robyn Robb: ..."
+
+
+def has_control_tokens(text: str) -> bool:
+    """Chat-template control strings (<|im_start|>, <s>, [INST]) that must never pass as data."""
+    return _CONTROL_TOKENS.search(text) is not None
+
+
+def starts_with_speaker_label(text: str) -> bool:
+    """A script line ("Name: ...") rather than a message spoken in one's own voice."""
+    return _SPEAKER_LABEL.match(text) is not None
+
+
 def fact_present(fact: str | list[str], reply: str) -> bool:
     """A fact is a string or a list of alternatives, matched case-insensitively as substrings."""
     options = [fact] if isinstance(fact, str) else fact

@@ -25,7 +25,7 @@ from typing import Sequence
 import pandas as pd
 
 from genpi_core.chat import with_prompt, without_prompt
-from genpi_core.checks import is_repetitive, run_checks
+from genpi_core.checks import has_control_tokens, is_repetitive, run_checks, starts_with_speaker_label
 from genpi_core.generation.base import GenerationBackend, Message
 from genpi_core.store import CHECKPOINT_DIR, atomic_write_json
 from genpi_core.tables import empty_quarantine, quarantine_rows, read_table, write_table
@@ -37,9 +37,7 @@ from schemas.datasets import (
 from schemas.spec import PromptSpec
 
 _PROGRESS = "progress.json"
-_CONTROL = re.compile(r"<\|[a-z_]+\|>|<\|im_(start|end)\|>|</?s>|\[/?INST\]", re.IGNORECASE)
 _ROLE_LABEL = re.compile(r"^\s*(user|assistant|agent|system|human|environment)\s*:", re.IGNORECASE)
-_SPEAKER_LABEL = re.compile(r"^\s*[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?\s*:\s")  # "Robyn Robb: ..." in an environment turn
 
 
 def environment_system(spec: PromptSpec) -> str:
@@ -72,13 +70,13 @@ def _problem(text: str, finish: str, role: str, spec: PromptSpec) -> str:
         return f"empty {role} turn"
     if finish == "length":
         return f"{role} turn truncated at the length cap"
-    if _CONTROL.search(text):
+    if has_control_tokens(text):
         return f"{role} turn contains chat-template control tokens"
     if _ROLE_LABEL.match(text):
         return f"role-confused: {role} turn opens with a speaker label"
     if role == "environment" and spec.checks and all(run_checks(spec.checks, text).values()):
         return "role-confused: the environment answered in the agent's format"
-    if role == "environment" and _SPEAKER_LABEL.match(text):
+    if role == "environment" and starts_with_speaker_label(text):
         return "role-confused: the environment turn opens with a speaker label"
     if is_repetitive(text):
         return f"repetitive {role} turn"

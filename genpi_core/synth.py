@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from genpi_core.chat import render_prompt
-from genpi_core.checks import detect_language_scores, is_repetitive
+from genpi_core.checks import detect_language_scores, has_control_tokens, is_repetitive, starts_with_speaker_label
 from genpi_core.generation.base import GenerationBackend
 from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, write_table
 from schemas.config import InputsConfig
@@ -34,9 +34,7 @@ _META_TEXT = re.compile(
     r"(?:new )?messages?)\b",
     re.IGNORECASE,
 )
-_CONTROL = re.compile(r"<\|[a-z_]+\|>|\[/?INST\]", re.IGNORECASE)
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
-_SPEAKER_LABEL = re.compile(r"^\s*[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?\s*:\s")  # "Myrtle: ...", "Patron Ann: ..."
 WEAK_GENERATOR_SHARE = 0.25
 
 
@@ -87,9 +85,9 @@ def quality_problem(text: str, cfg: InputsConfig) -> str:
         return f"too short ({words} words < {cfg.min_words})"
     if words > cfg.max_words:
         return f"too long ({words} words > {cfg.max_words})"
-    if _CONTROL.search(text):
+    if has_control_tokens(text):
         return "contains chat-template control tokens"
-    if _SPEAKER_LABEL.match(text):
+    if starts_with_speaker_label(text):
         return "starts with a speaker label (a script line, not a message)"
     if _META_TEXT.search(text):
         return "meta text about the assistant, not a user message"

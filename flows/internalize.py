@@ -33,8 +33,8 @@ def internalize_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig
     ingested = ingest_task(spec_path, config)
     inputs = inputs_task(ingested, config)
     conversations = conversations_task(ingested, inputs, config)  # role-swapped; teacher + base per agent turn
-    reasons_task(ingested, conversations, config)                  # feeds prompt generation (joint objective)
-    dataset = dataset_task(ingested, inputs, conversations, config)
+    reasons = reasons_task(ingested, conversations, config)        # feeds prompt generation (joint objective)
+    dataset = dataset_task(ingested, inputs, conversations, config, reasons)
     adapter = train_task(ingested, dataset, config)
     return evaluate_task(ingested, dataset, adapter, config)
 

@@ -215,8 +215,12 @@ def run_conversations(
     max_turns: int,
     out_dir: Path,
     after_step=None,
+    environment_backend: GenerationBackend | None = None,
 ) -> dict[str, int]:
-    """Run every episode to its end, one batched generate call per role per turn; checkpoint each step."""
+    """Run every episode to its end, one batched generate call per role per turn; checkpoint each step.
+
+    ``environment_backend`` plays the environment (default: ``backend``, as in the paper's self role-play).
+    """
     state_dir = out_dir / CHECKPOINT_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     state = _State.start_or_resume(state_dir, read_table(inputs_path, InputsSchema))
@@ -225,7 +229,7 @@ def run_conversations(
         if state.step % 2 == 0:
             _agent_step(state, spec, backend, teacher, base, max_turns)
         else:
-            _environment_step(state, spec, backend, environment)
+            _environment_step(state, spec, environment_backend or backend, environment)
         state.step += 1
         state.checkpoint()
         if after_step is not None:

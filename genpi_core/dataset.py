@@ -1,8 +1,12 @@
 """Stage 3: validate generations and build the dataset splits.
 
-Reads: inputs.parquet and targets.parquet (one row per agent turn of every role-swapped episode).
-Writes: train/val/test.parquet and quarantine.parquet. Every agent turn becomes one SFT example:
-its context without the prompt, and the teacher's turn as the target. A teacher turn is unusable
+Reads: inputs.parquet, targets.parquet (one row per agent turn of every role-swapped episode) and,
+when reasons ran, reasons.parquet. Writes: train/val/test.parquet and quarantine.parquet.
+Every usable agent turn becomes one SFT example: its context without the prompt, and the teacher's
+turn as the target (the same token losses as one conversation-level example with loss on every agent
+turn). Every conversation whose first turn is usable also gets one PG example: the meta-question
+(input, base output, teacher output) -> the prompt verbatim, with its reason kept alongside for the
+"joint with reasons" objective (prompt_generation.py). A teacher turn is unusable
 when empty, cut at the length cap, or (when ``require_teacher_checks``) failing the spec's global
 checks; each such row goes to quarantine with the reason. Splits are by conversation, so turns of
 one episode never straddle train and val. ``test`` is the spec's held-out eval inputs, which no
@@ -18,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from genpi_core.checks import run_checks
+from genpi_core.prompt_generation import pg_question, pg_target
 from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, read_table, write_table
 from schemas.config import DatasetConfig
 from schemas.datasets import (
@@ -29,6 +34,7 @@ from schemas.datasets import (
     InputsSchema,
     HeldOutSchema,
     QuarantineSchema,
+    ReasonsSchema,
     TargetsSchema,
 )
 from schemas.spec import PromptSpec
@@ -61,27 +67,54 @@ def _test_split(spec: PromptSpec, held_out_pool: list[str]) -> pd.DataFrame:
     )
 
 
-def run_dataset(spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, targets_path: Path, out_dir: Path) -> dict[str, int]:
+def _pg_examples(spec: PromptSpec, sft: pd.DataFrame, reasons: pd.DataFrame | None) -> pd.DataFrame:
+    """One prompt-generation example per conversation whose first agent turn is usable."""
+    first = sft[sft["turn"] == 0]
+    reason_of = dict(zip(reasons["conversation_id"], reasons["reason"])) if reasons is not None else {}
+    target = pg_target(spec.prompt)
+    inputs = [json.loads(c)[-1]["content"] for c in first["context"]]
+    return pd.DataFrame(
+        {
+            "example_id": first["conversation_id"] + ":pg",
+            "conversation_id": first["conversation_id"],
+            "objective": "pg",
+            "messages": [json.dumps(pg_question(i, b, t), ensure_ascii=False)
+                         for i, b, t in zip(inputs, first["base_output"], first["teacher_output"])],
+            "target": target,
+            "reason": [reason_of.get(c, "") for c in first["conversation_id"]],
+            "weight": 1.0,
+        }
+    )
+
+
+def run_dataset(spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, targets_path: Path, out_dir: Path,
+                reasons_path: Path | None = None) -> dict[str, int]:
+    """SFT examples (one per usable agent turn) and PG examples (one per conversation), split by conversation."""
     inputs = read_table(inputs_path, InputsSchema)
     targets = read_table(targets_path, TargetsSchema)
+    reasons = read_table(reasons_path, ReasonsSchema) if reasons_path is not None else None
     quarantine = [empty_quarantine()]
     problems = targets.apply(lambda row: _teacher_problems(spec, cfg, row), axis=1) if len(targets) else pd.Series(dtype=str)
     bad = problems != ""
     keyed = targets.assign(row_key=targets["conversation_id"] + ":" + targets["turn"].astype(str))
     quarantine.append(quarantine_rows("targets", keyed[bad], "row_key", problems[bad]))
     usable = keyed[~bad]
-    examples = pd.DataFrame(
+    sft = pd.DataFrame(
         {
             "example_id": usable["row_key"],
+            "conversation_id": usable["conversation_id"],
             "objective": "sft",
             "messages": usable["context"],
             "target": usable["teacher_output"],
+            "reason": "",
             "weight": 1.0,
         }
     )
+    pg = _pg_examples(spec, usable, reasons)
+    examples = pd.concat([sft, pg], ignore_index=True)
     examples, bad_rows = partition_valid(examples, ExamplesSchema, "examples", "example_id")
     quarantine.append(bad_rows)
-    conversation = examples["example_id"].str.rsplit(":", n=1).str[0]
+    conversation = examples["conversation_id"]
 
     held_out_pool = [] if spec.inputs.eval else list(inputs["text"].iloc[: max(1, len(inputs) // 5)])
     if held_out_pool:  # no hand-written eval set: keep the pool-split test inputs out of training
@@ -102,5 +135,7 @@ def run_dataset(spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, targets
         "val": write_table(val, ExamplesSchema, out_dir / VAL_FILE),
         "test": write_table(_test_split(spec, held_out_pool), HeldOutSchema, out_dir / TEST_FILE),
     }
+    rows["train_pg"], rows["val_pg"] = int((train["objective"] == "pg").sum()), int((val["objective"] == "pg").sum())
+    rows["pg_with_reason"] = int(((train["objective"] == "pg") & (train["reason"] != "")).sum())
     rows["quarantined"] = write_table(pd.concat(quarantine, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE)
     return rows

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from genpi_core.store import Stage
-from schemas.config import PipelineConfig
+from schemas.config import GeneratorConfig, PipelineConfig
 from schemas.datasets import (
     EPISODES_FILE, EVAL_RESULTS_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, REASONS_FILE, TARGETS_FILE, TEST_FILE,
     TRAIN_FILE, TRAIN_LOG_FILE, VAL_FILE,
@@ -71,17 +71,24 @@ def _spec(prompt_path: str | Path):
     return load_ingested(prompt_path)
 
 
-def _generator(cfg: PipelineConfig):
-    """The backend that writes pseudo inputs and reasons: synth.generator, else the pipeline's own."""
+def _engine(cfg: PipelineConfig, role: GeneratorConfig):
+    """The backend a role runs on: its own model/backend where set, else the pipeline's."""
     from genpi_core.generation.base import make_backend
 
-    gen = cfg.synth.generator
-    return make_backend(gen.model or cfg.model, gen.backend or cfg.backend)
+    return make_backend(role.model or cfg.model, role.backend or cfg.backend)
+
+
+def _engine_key(cfg: PipelineConfig, role: GeneratorConfig) -> dict:
+    return {"model": (role.model or cfg.model).model_dump(), "backend": (role.backend or cfg.backend).model_dump()}
+
+
+def _generator(cfg: PipelineConfig):
+    """The backend that writes pseudo inputs and reasons: synth.generator, else the pipeline's own."""
+    return _engine(cfg, cfg.synth.generator)
 
 
 def _generator_key(cfg: PipelineConfig) -> dict:
-    gen = cfg.synth.generator
-    return {"model": (gen.model or cfg.model).model_dump(), "backend": (gen.backend or cfg.backend).model_dump()}
+    return _engine_key(cfg, cfg.synth.generator)
 
 
 def inputs_stage(ingested: IngestOutput, cfg: PipelineConfig) -> StageOutput:
@@ -119,11 +126,16 @@ def conversations_stage(ingested: IngestOutput, inputs: StageOutput, cfg: Pipeli
         spec, _ = _spec(ingested.prompt_path)
         max_turns = synth.conversations.max_turns or spec.conversation.max_turns
         backend = make_backend(cfg.model, cfg.backend)
+        role = synth.conversations.environment_engine
+        separate = _engine_key(cfg, role) != _engine_key(cfg, GeneratorConfig())
+        environment = _engine(cfg, role) if separate else backend
         try:
             return run_conversations(spec, inputs.path("inputs"), backend, synth.teacher, synth.base,
-                                     synth.conversations.environment, max_turns, out_dir)
+                                     synth.conversations.environment, max_turns, out_dir, environment_backend=environment)
         finally:
             backend.close()
+            if separate:
+                environment.close()
 
     files = {"messages": MESSAGES_FILE, "targets": TARGETS_FILE, "episodes": EPISODES_FILE, "quarantine": QUARANTINE_FILE}
     return _run(stage, files, work, resumable=True)
@@ -149,36 +161,46 @@ def reasons_stage(ingested: IngestOutput, conversations: StageOutput, cfg: Pipel
     return _run(stage, {"reasons": REASONS_FILE, "quarantine": QUARANTINE_FILE}, work)
 
 
-def dataset_stage(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    stage = Stage(
-        Path(ingested.run_dir), "dataset", cfg.dataset,
-        {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs"), "targets": conversations.path("targets")},
-    )
+def dataset_stage(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig,
+                  reasons: StageOutput | None = None) -> StageOutput:
+    sources = {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs"), "targets": conversations.path("targets")}
+    if reasons is not None:
+        sources["reasons"] = reasons.path("reasons")
+    stage = Stage(Path(ingested.run_dir), "dataset", cfg.dataset, sources)
 
     def work(out_dir: Path) -> dict:
         from genpi_core.dataset import run_dataset
 
         spec, _ = _spec(ingested.prompt_path)
-        return run_dataset(spec, cfg.dataset, inputs.path("inputs"), conversations.path("targets"), out_dir)
+        return run_dataset(spec, cfg.dataset, inputs.path("inputs"), conversations.path("targets"), out_dir,
+                           reasons_path=reasons.path("reasons") if reasons is not None else None)
 
     files = {"train": TRAIN_FILE, "val": VAL_FILE, "test": TEST_FILE, "quarantine": QUARANTINE_FILE}
     return _run(stage, files, work)
 
 
 def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    from genpi_core.finetune import ADAPTER_DIR, LOSS_PLOT, METRICS_FILE
+    """Joint GenPI training in child process(es) (memory goes back when they exit); resumes from its checkpoint."""
+    from genpi_core.finetune import ADAPTER_DIR, LOSS_PLOT, MERGED_DIR, METRICS_FILE
 
     config = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}
-    stage = Stage(Path(ingested.run_dir), "train", config, {"train": dataset.path("train"), "val": dataset.path("val")})
+    stage = Stage(Path(ingested.run_dir), "train", config,
+                  {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")})
 
     def work(out_dir: Path) -> dict:
-        from genpi_core.finetune import run_finetune
+        from genpi_core.store import CHECKPOINT_DIR
+        from genpi_core.train_job import TrainJob, launch
 
-        metrics = run_finetune(cfg.model, cfg.train, dataset.path("train"), dataset.path("val"), out_dir)
-        return {"steps": metrics["steps"], "train_examples": metrics["train_examples"], "final_loss": metrics["final_loss"]}
+        job = TrainJob(model=cfg.model, train=cfg.train, train_path=str(dataset.path("train")),
+                       val_path=str(dataset.path("val")), prompt_path=str(ingested.prompt_path), out_dir=str(out_dir))
+        metrics = json.loads(launch(job, out_dir / CHECKPOINT_DIR).read_text())
+        return {"steps": metrics["steps"], "sft_examples": metrics["train_examples"]["sft"],
+                "pg_examples": metrics["train_examples"]["pg"], "final_loss": metrics["final_loss"]}
 
     files = {"adapter": ADAPTER_DIR, "log": TRAIN_LOG_FILE, "plot": LOSS_PLOT, "metrics": METRICS_FILE}
-    return _run(stage, files, work)
+    if cfg.train.merge:
+        files["merged"] = MERGED_DIR
+    return _run(stage, files, work, resumable=True)
 
 
 def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
@@ -218,7 +240,7 @@ def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
     ingested = ingest_stage(spec_path, cfg)
     inputs = inputs_stage(ingested, cfg)
     conversations = conversations_stage(ingested, inputs, cfg)
-    reasons_stage(ingested, conversations, cfg)
-    dataset = dataset_stage(ingested, inputs, conversations, cfg)
+    reasons = reasons_stage(ingested, conversations, cfg)
+    dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     train = train_stage(ingested, dataset, cfg)
     return evaluate_stage(ingested, dataset, train, cfg)

@@ -44,9 +44,9 @@ class SamplingConfig(_Config):
 
 
 class BackendConfig(_Config):
-    """A generation engine. `transformers` runs in-process; `openai` talks to any compatible server."""
+    """A generation engine: `transformers` or `vllm` in-process; `openai` talks to any compatible server (`vllm serve`)."""
 
-    kind: Literal["transformers", "openai"] = Field("transformers", description="Engine.")
+    kind: Literal["transformers", "vllm", "openai"] = Field("transformers", description="Engine.")
     batch_size: int = Field(16, gt=0, description="Conversations per forward batch (transformers).")
     share_prefix: bool = Field(
         True, description="Compute the KV of a prefix common to the batch once (transformers); exact, only faster."
@@ -59,6 +59,13 @@ class BackendConfig(_Config):
     max_concurrency: int = Field(8, gt=0, description="Requests in flight at once (openai).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (openai).")
     max_retries: int = Field(4, ge=0, description="Retries with exponential backoff on 5xx / connection errors.")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one model is split across (vllm).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take (vllm, GPU).")
+    enforce_eager: bool = Field(
+        True, description="Skip graph capture/compilation (vllm): start-up ~30 s instead of ~135 s on CPU; set false on GPUs for long jobs."
+    )
+    cpu_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on CPU builds of vLLM (VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int | None = Field(None, gt=0, description="Context length vLLM reserves KV cache for (vllm); None = the model's.")
 
     @model_validator(mode="after")
     def _url_for_openai(self) -> "BackendConfig":
@@ -106,6 +113,9 @@ class ConversationsConfig(_Config):
 
     max_turns: int | None = Field(None, ge=1, description="Agent turns per conversation; None uses the spec's conversation.max_turns.")
     environment: SamplingConfig = Field(SamplingConfig(max_new_tokens=48), description="Environment decoding (paper: greedy).")
+    environment_engine: GeneratorConfig = Field(
+        GeneratorConfig(), description="Another model/engine to play the environment; unset = the pipeline's model and backend."
+    )
 
 
 class ReasonsConfig(_Config):
@@ -150,17 +160,53 @@ class LoraConfig(_Config):
 
 
 class TrainConfig(_Config):
-    """Adapter training. `objective` is the seam for GenPI's joint loss (issue: joint training)."""
+    """Adapter training with GenPI's joint objective: L = rho * L_sft + (1 - rho) * L_pg (+ distill term).
 
-    objective: Literal["sft"] = Field("sft", description="`sft`: imitate teacher replies without the prompt.")
+    Ablations and the paper's baselines are switches here: SFT only (`prompt_generation: false`),
+    joint without reasons (`pg_reasons: false`), joint with reasons (default), a logit-distillation
+    term (`distill_weight > 0`), and SFT with the prompt prepended to a share of examples
+    (`prompt_generation: false`, `prompt_in_context: 1.0` or `0.5`).
+    """
+
+    sft: bool = Field(True, description="Imitate the teacher's agent turns, without the prompt in context.")
+    prompt_generation: bool = Field(True, description="GenPI's PG objective: generate the prompt (and reason) from input, as-is and to-be outputs.")
+    pg_reasons: bool = Field(True, description="Append the reason to each PG target (needs synth.reasons.enabled).")
+    sft_weight: float = Field(0.7, ge=0.0, le=1.0, description="rho in rho*L_sft + (1-rho)*L_pg (paper: 0.7; 0.3 for Mind2Web).")
+    pg_per_step: int | None = Field(
+        None, gt=0, description="PG examples per optimizer step (cycled); None = batch_size, one per SFT example as in the paper."
+    )
+    distill_weight: float = Field(0.0, ge=0.0, description="Weight of KL(teacher-with-prompt || student) on the SFT reply tokens; 0 = off.")
+    distill_top_k: int = Field(20, gt=0, le=200, description="Teacher log-probs kept per token for the distillation term.")
+    prompt_in_context: float = Field(
+        0.0, ge=0.0, le=1.0, description="Baseline: share of SFT examples trained WITH the prompt in context (paper: 1.0 / 0.5)."
+    )
     lora: LoraConfig = LoraConfig()
     learning_rate: float = Field(5e-4, gt=0, description="Peak lr (warmup, then cosine).")
-    epochs: int = Field(6, gt=0, description="Passes over the (small) synthesized set.")
-    batch_size: int = Field(4, gt=0)
-    max_seq_len: int = Field(512, gt=8, description="Longer examples are an error, never cut silently.")
+    epochs: int = Field(6, gt=0, description="Passes over the SFT examples (the small synthesized set).")
+    batch_size: int = Field(4, gt=0, description="SFT examples per optimizer step.")
+    micro_batch_tokens: int = Field(
+        4096, gt=0, description="Padded tokens per forward pass; a step accumulates gradients over micro-batches (memory bound)."
+    )
+    max_seq_len: int = Field(
+        3072, gt=8, description="Longest example allowed (a PG target holds the whole prompt); longer is an error, never cut."
+    )
     grad_clip: float = Field(1.0, gt=0)
     warmup_fraction: float = Field(0.03, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many validation passes without improvement, keeping the best adapter; None = off."
+    )
+    checkpoint_every: int = Field(10, gt=0, description="Optimizer steps between resumable checkpoints (training state in _state/).")
+    num_processes: int = Field(1, gt=0, description="Data-parallel processes; >1 runs `accelerate launch` (DDP: gloo on CPU, NCCL on GPUs).")
+    merge: bool = Field(False, description="Also write a merged model (adapter folded into the weights) next to the adapter.")
     seed: int = Field(0)
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> "TrainConfig":
+        if not self.sft and not self.prompt_generation:
+            raise ValueError("at least one of `sft` and `prompt_generation` must be on")
+        if self.distill_weight > 0 and not self.sft:
+            raise ValueError("`distill_weight` applies to SFT tokens: it needs `sft: true`")
+        return self
 
 
 class EvalConfig(_Config):

@@ -110,12 +110,19 @@ class ReasonsSchema(GenpiSchema):
 
 
 class ExamplesSchema(GenpiSchema):
-    """Training / validation examples: messages WITHOUT the prompt, and the target to learn."""
+    """Training / validation examples: messages WITHOUT the prompt, and the target to learn.
+
+    `sft`: the conversation so far -> the teacher's agent turn. `pg` (prompt generation): the
+    meta-question (input, as-is and to-be outputs) -> the prompt verbatim; `reason` is appended
+    to that target when training with reasons.
+    """
 
     example_id: Series[str] = pa.Field(unique=True)
-    objective: Series[str] = pa.Field(isin=["sft"])
+    conversation_id: Series[str] = pa.Field(description="Splits are made by conversation; both objectives follow it.")
+    objective: Series[str] = pa.Field(isin=["sft", "pg"])
     messages: Series[str] = pa.Field(description="JSON chat messages before the target.")
     target: Series[str] = pa.Field(str_length={"min_value": 1})
+    reason: Series[str] = pa.Field(description="PG only: why the prompt changes the output ('' when none).")
     weight: Series[float] = pa.Field(gt=0)
 
     @pa.check("messages")
@@ -173,7 +180,10 @@ class TrainLogSchema(GenpiSchema):
     step: Series[int] = pa.Field(ge=0)
     epoch: Series[float] = pa.Field(ge=0)
     split: Series[str] = pa.Field(isin=["train", "val"])
-    loss: Series[float]
+    loss: Series[float] = pa.Field(description="The joint loss: rho * sft + (1 - rho) * pg (+ distill term).")
+    sft_loss: Series[float] = pa.Field(nullable=True)
+    pg_loss: Series[float] = pa.Field(nullable=True)
+    distill_loss: Series[float] = pa.Field(nullable=True)
     learning_rate: Series[float] = pa.Field(ge=0)
 
 

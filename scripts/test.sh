@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The test suite: set up, then run pytest on the real embedded model (offline).
-# Default run: everything but tests marked slow. Extra arguments go to pytest, e.g.
+# With no arguments (what CI runs): everything but tests marked slow in .venv, then the vLLM tests
+# (in-process vllm backend, two `vllm serve` replicas) in .venv-vllm with PyPI's CPU build of vLLM.
+#   GENPI_SKIP_VLLM=1          skip the vLLM venv and its tests (quick local runs)
+# Extra arguments go to pytest in .venv only, e.g.
 #   scripts/test.sh -m slow        only the slow tests        scripts/test.sh tests/unit -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-exec "${GENPI_VENV:-.venv}/bin/python" -m pytest "$@"
+if [ $# -gt 0 ] || [ -n "${GENPI_SKIP_VLLM:-}" ]; then
+  exec "${GENPI_VENV:-.venv}/bin/python" -m pytest "$@"
+fi
+bash scripts/setup_vllm.sh
+"${GENPI_VENV:-.venv}/bin/python" -m pytest
+echo "genpi tests: vLLM backend and vllm serve replicas (in ${GENPI_VLLM_VENV:-.venv-vllm})"
+GENPI_REQUIRE_VLLM=1 exec "${GENPI_VLLM_VENV:-.venv-vllm}/bin/python" -m pytest tests/vllm

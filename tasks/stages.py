@@ -44,8 +44,9 @@ def reasons_task(ingested: IngestOutput, conversations: StageOutput, cfg: Pipeli
 
 
 @task(name="dataset", cache_policy=NONE)
-def dataset_task(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.dataset_stage(ingested, inputs, conversations, cfg))
+def dataset_task(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig,
+                 reasons: StageOutput | None = None) -> StageOutput:
+    return _log(pipeline.dataset_stage(ingested, inputs, conversations, cfg, reasons))
 
 
 @task(name="train", cache_policy=NONE, tags=["genpi-training"])

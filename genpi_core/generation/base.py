@@ -43,6 +43,24 @@ class GenerationBackend(Protocol):
     def close(self) -> None: ...
 
 
+def chat_token_ids(tokenizer, conversation: Sequence[Message]) -> list[int]:
+    """Token ids of a conversation rendered by the model's chat template, ready for the assistant's reply.
+
+    Every in-process engine encodes through this one function, so transformers and vLLM see the
+    very same tokens for the same conversation (the template adds its own special tokens).
+    """
+    text = tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def stop_token_ids(generation_config, tokenizer) -> list[int]:
+    """End-of-reply tokens: the model's generation config (which may list several), else the tokenizer's EOS."""
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids = eos if isinstance(eos, list) else [eos]
+    ids = [i for i in ids if i is not None] or [tokenizer.eos_token_id]
+    return sorted(set(ids))
+
+
 def make_backend(
     model: ModelConfig, backend: BackendConfig, adapter: str | Path | None = None, merge_adapter: bool = False
 ) -> GenerationBackend:
@@ -57,4 +75,8 @@ def make_backend(
         if adapter is not None:
             raise ValueError("the openai backend serves adapters by name: set backend.served_model instead")
         return OpenAIBackend(model, backend)
+    if backend.kind == "vllm":
+        from genpi_core.generation.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model, backend, adapter=adapter)
     raise ValueError(f"unknown backend kind {backend.kind!r}")

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from genpi_core.generation.base import Completion, Message
+from genpi_core.generation.base import Completion, Message, chat_token_ids, stop_token_ids
 from genpi_core.generation.prefix_attention import ATTN_NAME, register, shared_prefix
 from genpi_core.models import load_model, load_tokenizer
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
@@ -49,15 +49,10 @@ class TransformersBackend:
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = eos if isinstance(eos, list) else [eos]
-        ids = [i for i in ids if i is not None] or [self.tokenizer.eos_token_id]
-        return sorted(set(ids))
+        return stop_token_ids(self.model.generation_config, self.tokenizer)
 
     def encode(self, conversation: Sequence[Message]) -> list[int]:
-        """Token ids of the chat-template rendering, ready for the assistant's reply."""
-        text = self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return chat_token_ids(self.tokenizer, conversation)
 
     def generate(
         self, conversations: Sequence[Sequence[Message]], sampling: SamplingConfig, desc: str = "generate"

@@ -1,4 +1,5 @@
-"""Training mechanics on the real embedded model: loss masking, what moves, and the adapter it saves."""
+"""Training mechanics on the real embedded model: what carries loss for each objective, the joint
+loss, what moves, the prepended-prompt baseline, distillation, and the adapter it saves."""
 
 import json
 
@@ -6,42 +7,111 @@ import pandas as pd
 import pytest
 import torch
 
-from genpi_core.finetune import IGNORE, _collate, attach_lora, encode_example, run_finetune, train_loop
+from genpi_core.finetune import (
+    IGNORE, Item, StepPlan, Trainer, attach_lora, build_items, collate, encode_example, micro_batches, run_finetune,
+    with_prompt_in_context,
+)
 from genpi_core.models import load_model
+from genpi_core.prompt_generation import REASON_HEADER, pg_question, with_reason
 from genpi_core.tables import write_table
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
 
 MESSAGES = [{"role": "user", "content": "When do you open?"}]
 TARGET = "Topic: hours\nAnswer: At 9 am."
+PROMPT = [{"role": "user", "content": "You are the Harbor Lane help desk. Reply as 'Topic: x' then 'Answer: y'."},
+          {"role": "assistant", "content": "Topic: ready\nAnswer: Understood."}]
+PROMPT_TEXT = "[user]\nYou are the Harbor Lane help desk.\n\n[assistant]\nTopic: ready"
+SMALL = LoraConfig(rank=4, alpha=8)
+
+
+def _learned(tokenizer, ids, labels) -> str:
+    return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
 
 
 def test_only_target_and_end_of_turn_carry_loss(tokenizer):
     ids, labels = encode_example(tokenizer, MESSAGES, TARGET)
-    learned = [t for t, l in zip(ids, labels) if l != IGNORE]
-    assert tokenizer.decode(learned) == TARGET + tokenizer.eos_token
-    context = [t for t, l in zip(ids, labels) if l == IGNORE]
+    assert _learned(tokenizer, ids, labels) == TARGET + tokenizer.eos_token
+    context = [t for t, label in zip(ids, labels) if label == IGNORE]
     assert tokenizer.decode(context).endswith("<|im_start|>assistant\n")  # exactly the generation prompt
     # the student's context is the no-prompt view: the template's default system line, nothing of ours
     assert "Harbor Lane" not in tokenizer.decode(context)
 
 
+def _examples(n: int, target: str = TARGET, pg: int = 0, reason: str = "") -> pd.DataFrame:
+    sft = [{"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
+            "messages": json.dumps([{"role": "user", "content": f"question {i}"}]), "target": target, "reason": "",
+            "weight": 1.0} for i in range(n)]
+    gen = [{"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
+            "messages": json.dumps(pg_question(f"question {i}", "Hi.", TARGET)), "target": PROMPT_TEXT,
+            "reason": reason, "weight": 1.0} for i in range(pg)]
+    return pd.DataFrame(sft + gen)
+
+
+def test_pg_examples_learn_the_prompt_then_the_reason_and_nothing_of_the_question(tokenizer):
+    df = _examples(1, pg=1, reason="The prompt asks for a topic line.")
+    items = build_items(tokenizer, df, TrainConfig(), [], "train.parquet")
+    pg = items["pg"][0]
+    assert _learned(tokenizer, pg.ids, pg.labels) == (
+        f"{PROMPT_TEXT}\n\n{REASON_HEADER}\nThe prompt asks for a topic line." + tokenizer.eos_token)
+    assert "question 0" not in _learned(tokenizer, pg.ids, pg.labels)
+    no_reason = build_items(tokenizer, df, TrainConfig(pg_reasons=False), [], "x")["pg"][0]
+    assert _learned(tokenizer, no_reason.ids, no_reason.labels) == PROMPT_TEXT + tokenizer.eos_token
+    assert with_reason("p", "  ") == "p"
+    sft_only = build_items(tokenizer, df, TrainConfig(prompt_generation=False), [], "x")
+    assert len(sft_only["sft"]) == 1 and sft_only["pg"] == []
+
+
+def test_prompt_in_context_baseline_is_stable_and_masked(tokenizer):
+    chosen = [with_prompt_in_context(f"c{i}:0", 0.5, 0) for i in range(400)]
+    assert 0.4 < sum(chosen) / 400 < 0.6 and chosen == [with_prompt_in_context(f"c{i}:0", 0.5, 0) for i in range(400)]
+    items = build_items(tokenizer, _examples(3), TrainConfig(prompt_in_context=1.0), PROMPT, "x")["sft"]
+    for item in items:
+        assert "Harbor Lane" in tokenizer.decode(item.ids)  # the prompt is in context...
+        assert _learned(tokenizer, item.ids, item.labels) == TARGET + tokenizer.eos_token  # ...and carries no loss
+
+
 def test_padding_never_carries_loss_and_final_eos_keeps_its_label(tokenizer):
-    a = encode_example(tokenizer, MESSAGES, TARGET)
-    b = encode_example(tokenizer, MESSAGES, "Topic: other\nAnswer: Hello there, how can I help you today?")
-    batch = _collate([a, b], tokenizer.pad_token_id)
-    short = len(a[0])
+    a = Item("a", *encode_example(tokenizer, MESSAGES, TARGET))
+    b = Item("b", *encode_example(tokenizer, MESSAGES, "Topic: other\nAnswer: Hello there, how can I help you today?"))
+    batch = collate([a, b], tokenizer.pad_token_id)
+    short = len(a.ids)
     assert (batch["labels"][0, short:] == IGNORE).all() and (batch["attention_mask"][0, short:] == 0).all()
     # pad id == eos id on SmolLM2: the real end-of-turn label must survive anyway
     assert batch["labels"][0, short - 1].item() == tokenizer.eos_token_id
 
 
-def test_lora_moves_only_adapter_weights(embedded_model_dir, tokenizer):
-    model = attach_lora(load_model("embedded"), LoraConfig(rank=4, alpha=8))
+def test_micro_batches_respect_the_token_budget_and_keep_every_item():
+    items = [Item(str(i), [1] * n, [1] * n) for i, n in enumerate([10, 300, 40, 900, 20])]
+    batches = micro_batches(items, 400)
+    assert sorted(it.example_id for b in batches for it in b) == sorted(it.example_id for it in items)
+    assert all(len(b) == 1 or max(len(it.ids) for it in b) * len(b) <= 400 for b in batches)
+
+
+def test_step_plan_is_deterministic_and_covers_each_epoch():
+    items = {"sft": [Item(f"s{i}", [1], [1]) for i in range(10)], "pg": [Item(f"p{i}", [1], [1]) for i in range(3)]}
+    plan = StepPlan(items, TrainConfig(batch_size=4, epochs=2, pg_per_step=1))
+    assert plan.steps_per_epoch == 3 and plan.total == 6
+    epoch = [it.example_id for s in range(3) for it in plan.step(s)["sft"]]
+    assert sorted(epoch) == sorted(f"s{i}" for i in range(10))
+    assert [it.example_id for it in plan.step(4)["pg"]] == [it.example_id for it in StepPlan(items, plan.cfg).step(4)["pg"]]
+    assert sorted(it.example_id for s in range(3) for it in plan.step(s)["pg"]) == ["p0", "p1", "p2"]
+
+
+def test_joint_loss_is_the_weighted_sum_and_only_lora_moves(embedded_model_dir, tokenizer, tmp_path):
+    from accelerate import Accelerator
+
+    cfg = TrainConfig(epochs=2, batch_size=2, pg_per_step=1, learning_rate=1e-2, lora=SMALL)
+    items = build_items(tokenizer, _examples(2, pg=2), cfg, [], "x")
+    model = attach_lora(load_model("embedded"), SMALL)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    rows = [encode_example(tokenizer, MESSAGES, TARGET)] * 2
-    log = train_loop(model, rows, [], TrainConfig(epochs=2, batch_size=2, learning_rate=1e-2), tokenizer.pad_token_id)
-    assert len(log) == 2 and log[1]["loss"] < log[0]["loss"]
+    trainer = Trainer(model, Accelerator(cpu=True), items, {"sft": [], "pg": []}, cfg, tokenizer.pad_token_id, tmp_path)
+    trainer.fit()
+    train = [row for row in trainer.log if row["split"] == "train"]
+    assert len(train) == 2
+    for row in train:
+        assert row["loss"] == pytest.approx(0.7 * row["sft_loss"] + 0.3 * row["pg_loss"], rel=1e-6)
+    assert train[1]["sft_loss"] < train[0]["sft_loss"]
     for name, p in model.named_parameters():
         moved = not torch.equal(before[name], p.detach())
         if "lora_B" in name:
@@ -50,27 +120,39 @@ def test_lora_moves_only_adapter_weights(embedded_model_dir, tokenizer):
             assert not moved, name
 
 
-def _examples(n: int, target: str) -> pd.DataFrame:
-    return pd.DataFrame({"example_id": [f"e{i}" for i in range(n)], "objective": "sft",
-                         "messages": [json.dumps([{"role": "user", "content": f"question {i}"}]) for i in range(n)],
-                         "target": target, "weight": 1.0})
+def test_distillation_term_uses_the_teacher_with_the_prompt(tmp_path, embedded_model_dir):
+    write_table(_examples(2), ExamplesSchema, tmp_path / "train.parquet")
+    write_table(_examples(1), ExamplesSchema, tmp_path / "val.parquet")
+    cfg = TrainConfig(epochs=1, batch_size=2, prompt_generation=False, distill_weight=0.5, distill_top_k=8, lora=SMALL)
+    metrics = run_finetune(ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", PROMPT, tmp_path / "out")
+    log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
+    row = log[log["split"] == "train"].iloc[0]
+    assert row["distill_loss"] > 0  # KL over the teacher's renormalised top-k is positive for an untrained student
+    assert row["loss"] == pytest.approx(row["sft_loss"] + 0.5 * row["distill_loss"], rel=1e-6)
+    assert metrics["objective"]["distill_weight"] == 0.5
 
 
 def test_too_long_examples_fail_loudly(tmp_path, embedded_model_dir):
     write_table(_examples(2, "word " * 300), ExamplesSchema, tmp_path / "train.parquet")
     write_table(_examples(1, "ok"), ExamplesSchema, tmp_path / "val.parquet")
     with pytest.raises(ValueError, match=r"train.parquet: 2 example\(s\) exceed train.max_seq_len=64.*never cut silently"):
-        run_finetune(ModelConfig(), TrainConfig(max_seq_len=64), tmp_path / "train.parquet", tmp_path / "val.parquet", tmp_path / "out")
+        run_finetune(ModelConfig(), TrainConfig(max_seq_len=64), tmp_path / "train.parquet", tmp_path / "val.parquet", [],
+                     tmp_path / "out")
 
 
-def test_run_finetune_saves_a_loadable_adapter_and_loss_log(tmp_path, embedded_model_dir):
+def test_run_finetune_saves_a_loadable_adapter_merged_model_and_loss_log(tmp_path, embedded_model_dir, tokenizer):
     from peft import PeftModel
 
-    write_table(_examples(4, TARGET), ExamplesSchema, tmp_path / "train.parquet")
-    write_table(_examples(2, TARGET), ExamplesSchema, tmp_path / "val.parquet")
-    metrics = run_finetune(ModelConfig(), TrainConfig(epochs=1, batch_size=2, lora=LoraConfig(rank=4, alpha=8)),
-                           tmp_path / "train.parquet", tmp_path / "val.parquet", tmp_path)
+    write_table(_examples(4, pg=2), ExamplesSchema, tmp_path / "train.parquet")
+    write_table(_examples(2, pg=1), ExamplesSchema, tmp_path / "val.parquet")
+    cfg = TrainConfig(epochs=1, batch_size=2, lora=SMALL, merge=True)
+    metrics = run_finetune(ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", [], tmp_path)
     assert metrics["steps"] == 2 and metrics["final_val_loss"] is not None
+    assert metrics["train_examples"] == {"sft": 4, "pg": 2, "pg_with_reason": 0}
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     model = PeftModel.from_pretrained(load_model("embedded"), str(tmp_path / "adapter"))
     assert any("lora_A" in n for n, _ in model.named_parameters())
+    merged = load_model(str(tmp_path / "merged"))
+    ids = torch.tensor([encode_example(tokenizer, MESSAGES, TARGET)[0]])
+    with torch.no_grad():  # the merged model computes what base + adapter computes
+        assert torch.allclose(model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-3)

@@ -1,0 +1,149 @@
+"""Benchmark: LoRA training throughput of genpi's trainer (tokens/s), SFT only and joint SFT + PG.
+
+Examples come from the bundled prompt (examples/prompts/library_desk.yaml): SFT examples pair
+pool inputs with the prompt's own worked replies; PG examples ask for the whole 1.5k-token prompt,
+as the joint objective does. Throughput is every non-pad token through forward + backward per
+second of optimizer steps (model load and the first warm-up step are not counted).
+
+  --model embedded           the embedded SmolLM2-135M (CPU default)
+  --random-init CONFIG.json  a randomly initialised model of that architecture (the GPU run: speed and
+                             memory don't depend on weight values), with the embedded tokenizer
+Writes bench/results/training.json (one entry per machine+model+dtype, others kept) and training.md.
+Run: python bench/training.py [--steps 8] [--random-init bench/configs/smollm2-1.7b.json --dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from genpi_core.chat import prompt_messages
+from genpi_core.finetune import Trainer, attach_lora, build_items
+from genpi_core.ingest import load_spec
+from genpi_core.models import load_model, load_tokenizer, pick_device
+from genpi_core.prompt_generation import pg_question, pg_target
+from schemas.config import LoraConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _examples(spec, n: int) -> pd.DataFrame:
+    replies = [m["content"] for m in prompt_messages(spec.prompt) if m["role"] == "assistant"]
+    rows = []
+    for i, text in enumerate(spec.inputs.pool[:n]):
+        reply = replies[i % len(replies)]
+        rows.append({"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
+                     "messages": json.dumps([{"role": "user", "content": text}]), "target": reply, "reason": "", "weight": 1.0})
+        rows.append({"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
+                     "messages": json.dumps(pg_question(text, "Hello! How can I help?", reply)),
+                     "target": pg_target(spec.prompt), "reason": "", "weight": 1.0})
+    return pd.DataFrame(rows)
+
+
+def _model(args, device: str):
+    if args.random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(args.random_init)
+        torch.manual_seed(0)
+        with torch.device(device):  # initialise in place: an 8B model built on the CPU first takes minutes
+            return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype)), config
+    model = load_model("embedded", args.dtype, device)
+    return model, model.config
+
+
+def _peak_memory_gb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB
+
+
+def measure(args, objective: str, tokenizer, df: pd.DataFrame, device: str) -> dict:
+    from accelerate import Accelerator
+
+    cfg = TrainConfig(prompt_generation=objective == "joint", batch_size=args.batch_size, pg_per_step=args.batch_size,
+                      micro_batch_tokens=args.micro_batch_tokens, epochs=1000, lora=LoraConfig(rank=16, alpha=32),
+                      checkpoint_every=10**9)
+    items = build_items(tokenizer, df, cfg, [], "bench examples")
+    model, config = _model(args, device)
+    model = attach_lora(model, cfg.lora)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(model, Accelerator(cpu=device == "cpu"), items, {"sft": [], "pg": []}, cfg, tokenizer.pad_token_id,
+                      Path("/tmp/genpi-bench-training"))
+    trainer.train_step()  # warm-up (allocations, kernels), not timed
+    trainer.step, tokens_before = 1, trainer.tokens_seen
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_step()
+        trainer.step += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    tokens = trainer.tokens_seen - tokens_before
+    params = sum(p.numel() for p in model.parameters())
+    result = {"objective": objective, "steps": args.steps, "seconds": round(seconds, 2), "tokens": tokens,
+              "tokens_per_s": round(tokens / seconds, 1), "seconds_per_step": round(seconds / args.steps, 3),
+              "peak_memory_gb": round(_peak_memory_gb(device), 2), "params": params,
+              "model_shape": f"{config.num_hidden_layers} layers, hidden {config.hidden_size}"}
+    del trainer, model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _write_markdown(results: dict) -> None:
+    lines = ["# LoRA training throughput (genpi trainer, rank 16 on all projections)", "",
+             "Tokens = every non-pad token through forward + backward. SFT examples are ~120 tokens;",
+             "PG examples hold the whole 1.5k-token prompt. Warm-up step not counted.", "",
+             "| machine | model | dtype | objective | batch (SFT + PG) | tokens/s | s/step | peak memory GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for entry in results.values():
+        for r in entry["runs"]:
+            batch = f"{entry['settings']['batch_size']}" + (f" + {entry['settings']['batch_size']}" if r["objective"] == "joint" else "")
+            lines.append(f"| {entry['machine']} | {entry['model']} | {entry['settings']['dtype']} | {r['objective']} | {batch} | "
+                         f"{r['tokens_per_s']} | {r['seconds_per_step']} | {r['peak_memory_gb']} |")
+    lines += ["", "Random-init models: speed and memory don't depend on weight values; the GPU rows use one.", ""]
+    (RESULTS / "training.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--random-init", help="HF config.json of the architecture to initialise randomly")
+    parser.add_argument("--tokenizer", default="embedded", help="tokenizer folder (default: the embedded model's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per objective")
+    parser.add_argument("--batch-size", type=int, default=4, help="SFT examples per step (joint: as many PG examples too)")
+    parser.add_argument("--micro-batch-tokens", type=int, default=4096)
+    parser.add_argument("--objectives", default="sft,joint")
+    args = parser.parse_args()
+    device = pick_device("auto")
+    spec = load_spec(ROOT / "examples" / "prompts" / "library_desk.yaml")
+    tokenizer = load_tokenizer(args.tokenizer)
+    df = _examples(spec, 64)
+    runs = [measure(args, objective, tokenizer, df, device) for objective in args.objectives.split(",")]
+    machine = (torch.cuda.get_device_name(0) if device == "cuda"
+               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    model = f"random-init {Path(args.random_init).stem}" if args.random_init else "embedded SmolLM2-135M"
+    entry = {"machine": machine, "model": model, "torch": torch.__version__, "settings": vars(args), "runs": runs}
+    print(json.dumps(entry, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "training.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[f"{machine} | {model} | {args.dtype}"] = entry
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    _write_markdown(results)
+
+
+if __name__ == "__main__":
+    main()

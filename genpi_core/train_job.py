@@ -1,0 +1,110 @@
+"""Training in its own process: the job file, the launcher, and the entry point.
+
+The train stage writes a ``TrainJob`` (JSON) and runs this module as a child process, one or
+several (``accelerate launch`` for DDP), so the parent never holds the model's training memory and
+gets it all back when the child exits. The child writes the adapter and metrics into the stage
+folder; the parent only reads paths. The child's output is streamed to the parent's stderr and
+kept in ``train.log``.
+
+Entry point (also what ``accelerate launch`` runs):
+    python -m genpi_core.train_job --job JOB.json
+    accelerate launch --num_processes 2 --cpu -m genpi_core.train_job --job JOB.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from genpi_core.store import atomic_write_json
+from schemas.config import ModelConfig, TrainConfig
+
+JOB_FILE = "train_job.json"
+LOG_FILE = "train.log"
+
+
+class TrainJob(BaseModel):
+    """Everything a training process needs, as paths and configs."""
+
+    model: ModelConfig
+    train: TrainConfig
+    train_path: str
+    val_path: str
+    prompt_path: str = ""  # ingested prompt.json; needed for prompt_in_context and distillation
+    out_dir: str
+
+
+def _prompt_messages(prompt_path: str) -> list:
+    if not prompt_path:
+        return []
+    from genpi_core.chat import prompt_messages
+    from genpi_core.ingest import load_ingested
+
+    spec, _ = load_ingested(prompt_path)
+    return prompt_messages(spec.prompt)
+
+
+def run_job(job: TrainJob) -> dict:
+    from genpi_core.finetune import run_finetune
+
+    return run_finetune(job.model, job.train, Path(job.train_path), Path(job.val_path), _prompt_messages(job.prompt_path),
+                        Path(job.out_dir))
+
+
+def launch_command(job_path: Path, job: TrainJob) -> list[str]:
+    """One process, or ``accelerate launch`` with N data-parallel processes (gloo on CPU)."""
+    entry = ["-m", "genpi_core.train_job", "--job", str(job_path)]
+    if job.train.num_processes == 1:
+        return [sys.executable, *entry]
+    from genpi_core.models import pick_device
+
+    cpu = pick_device(job.model.device) == "cpu"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job.train.num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *(["--cpu"] if cpu else []), *entry]
+
+
+def launch(job: TrainJob, state_dir: Path) -> Path:
+    """Run the job in child process(es); raise with the log's tail if they fail. Returns metrics.json's path."""
+    from genpi_core.finetune import METRICS_FILE
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    job_path = state_dir / JOB_FILE
+    atomic_write_json(job_path, job)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if job.train.num_processes > 1:  # split the cores between processes instead of oversubscribing them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.train.num_processes)))
+    log_path = state_dir / LOG_FILE
+    tail: deque[str] = deque(maxlen=40)
+    with open(log_path, "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(launch_command(job_path, job), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            log.write(line)
+            tail.append(line)
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"training process exited with code {code}; full log: {log_path}\n" + "".join(tail)[-4000:])
+    return Path(job.out_dir) / METRICS_FILE
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a genpi LoRA adapter from a job file (see genpi_core/train_job.py).")
+    parser.add_argument("--job", required=True, type=Path, help="TrainJob JSON written by the train stage")
+    args = parser.parse_args(argv)
+    job = TrainJob.model_validate_json(args.job.read_text(encoding="utf-8"))
+    metrics = run_job(job)
+    if metrics:
+        print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "train_seconds")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

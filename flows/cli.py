@@ -21,6 +21,7 @@ examples:
   genpi internalize examples/prompts/library_desk.yaml
   genpi internalize my_prompt.yaml --config configs/default.yaml --set train.epochs=3
   genpi synthesize my_prompt.yaml --set synth.inputs.source=both
+  genpi train runs/library-desk/<version12> --variant sft-only --set train.prompt_generation=false --evaluate
   genpi check-spec my_prompt.yaml
   genpi report runs/library-desk/<version12>
 environment:
@@ -45,8 +46,8 @@ def _load_config(args):
     return load_config(args.config, overrides)
 
 
-def _headline(run_dir: Path) -> str:
-    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+def _headline(run_dir: Path, evaluate_dir: str = "evaluate") -> str:
+    summary = json.loads((run_dir / evaluate_dir / "summary.json").read_text())
     v = summary["variants"]
 
     def pct(x):
@@ -99,6 +100,25 @@ def cmd_synthesize(args) -> int:
         manifest = run_dir / stage / "_manifest.json"
         if manifest.is_file():
             print(f"  {stage}: {json.loads(manifest.read_text())['rows']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train (and optionally evaluate) an adapter for a run whose dataset exists; ablations go beside it."""
+    from genpi_core.pipeline import evaluate_stage, load_run, train_stage
+
+    cfg = _load_config(args)
+    ingested, dataset = load_run(args.run_dir)
+    started = time.perf_counter()
+    train = train_stage(ingested, dataset, cfg, variant=args.variant)
+    metrics = json.loads(train.path("metrics").read_text())
+    print(f"\ngenpi: {'reused' if train.reused else 'trained'} {train.path('adapter')} in {time.perf_counter() - started:.0f} s")
+    print(f"  objective {metrics['objective']}; {metrics['steps']} steps; loss {metrics['first_loss']:.3f} -> "
+          f"{metrics['final_loss']:.3f} (val {metrics['final_val_loss']})")
+    if args.evaluate:
+        result = evaluate_stage(ingested, dataset, train, cfg, variant=args.variant)
+        print(f"report:  {Path(result.dir) / 'report.md'}")
+        print(_headline(Path(args.run_dir), Path(result.dir).name))
     return 0
 
 
@@ -167,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "and reasons. Resumes from the last finished turn after a kill.")
     run_args(p)
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("train", help="train the adapter for a run folder whose data is ready (ablations too)",
+                       description="Train the LoRA adapter with the joint GenPI objective (train.* config) on a run's "
+                       "dataset, in a child process (`accelerate launch` when train.num_processes > 1). Resumes from its "
+                       "last checkpoint after a kill. With --variant NAME the adapter goes to train-NAME/ beside the "
+                       "main one, so ablations can be compared on the same data.",
+                       epilog="ablations (paper baselines), e.g.:\n"
+                       "  genpi train RUN --variant sft-only --set train.prompt_generation=false --evaluate\n"
+                       "  genpi train RUN --variant joint-no-reasons --set train.pg_reasons=false --evaluate\n"
+                       "  genpi train RUN --variant distill --set train.distill_weight=0.5 --evaluate\n"
+                       "  genpi train RUN --variant prompt-50 --set train.prompt_generation=false "
+                       "--set train.prompt_in_context=0.5 --evaluate",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
+    config_args(p)
+    p.add_argument("--variant", help="train into train-VARIANT/ (and evaluate-VARIANT/) instead of train/")
+    p.add_argument("--evaluate", action="store_true", help="also evaluate base vs teacher vs this student")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
                        description="Validate a spec without running anything: fields, checks, regexes, and whether "

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from genpi_core.generation.base import Message
 from genpi_core.models import load_model, load_tokenizer
 from genpi_core.prompt_generation import with_reason
-from genpi_core.store import CHECKPOINT_DIR, atomic_dir, atomic_save_figure, atomic_write_json
+from genpi_core.store import CHECKPOINT_DIR, atomic_dir, atomic_save_figure, atomic_write_json, atomic_write_text
 from genpi_core.tables import read_table, write_table
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import TRAIN_LOG_FILE, ExamplesSchema, TrainLogSchema
@@ -46,6 +47,7 @@ MERGED_DIR = "merged"
 METRICS_FILE = "metrics.json"
 LOSS_PLOT = "loss.png"
 CHECKPOINT = "checkpoint"
+LATEST = "latest_checkpoint"
 IGNORE = -100
 
 
@@ -233,7 +235,7 @@ class StepPlan:
 
 def objective_weights(cfg: TrainConfig, has_sft: bool, has_pg: bool) -> dict[str, float]:
     if has_sft and has_pg:
-        return {"sft": cfg.sft_weight, "pg": 1.0 - cfg.sft_weight}
+        return {"sft": cfg.sft_weight, "pg": round(1.0 - cfg.sft_weight, 12)}  # 0.3, not 0.30000000000000004
     return {"sft": 1.0 if has_sft else 0.0, "pg": 1.0 if has_pg else 0.0}
 
 
@@ -268,23 +270,31 @@ class Trainer:
         return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self._peft_model()).items()}
 
     def save_checkpoint(self) -> None:
+        """A new ``checkpoint-<step>`` folder, then the ``latest`` pointer, then older folders go: a kill at any
+        point leaves the previous checkpoint or the new one, never neither."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            with atomic_dir(self.state_dir / CHECKPOINT) as tmp:
+            name = f"{CHECKPOINT}-{self.step:06d}"
+            with atomic_dir(self.state_dir / name) as tmp:
                 torch.save({"adapter": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
                             "rng": torch.get_rng_state(), "best_state": self.best_state}, tmp / "state.pt")
                 atomic_write_json(tmp / "trainer_state.json", {
                     "step": self.step, "log": self.log, "best_val": self.best_val, "bad_evals": self.bad_evals,
                     "stopped_early": self.stopped_early, "tokens_seen": self.tokens_seen,
                 })
+            atomic_write_text(self.state_dir / LATEST, name)
+            for old in self.state_dir.glob(f"{CHECKPOINT}-*"):
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
     def try_resume(self) -> bool:
-        folder = self.state_dir / CHECKPOINT
-        if not (folder / "trainer_state.json").is_file():
+        pointer = self.state_dir / LATEST
+        if not pointer.is_file():
             return False
         from peft import set_peft_model_state_dict
 
+        folder = self.state_dir / pointer.read_text().strip()
         meta = json.loads((folder / "trainer_state.json").read_text())
         blob = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
         set_peft_model_state_dict(self._peft_model(), blob["adapter"])
@@ -347,13 +357,14 @@ class Trainer:
     def validate(self) -> dict[str, float | None] | None:
         if not any(self.val_items.values()):
             return None
-        self.model.eval()
+        model = self._peft_model()  # not the DDP wrapper: no collective ops, whatever each rank's share
+        model.eval()
         sums, counts = {"sft": 0.0, "pg": 0.0, "distill": 0.0}, {}
         for name, items in self.val_items.items():
             counts[name] = target_tokens(items)
             for micro in micro_batches(self._my_share(items), self.cfg.micro_batch_tokens):
-                sums[name] += loss_sums(self.model, micro, self.pad_id, self.device)[0].item()
-        self.model.train()
+                sums[name] += loss_sums(model, micro, self.pad_id, self.device)[0].item()
+        model.train()
         reduced = self.accelerator.reduce(torch.tensor([sums["sft"], sums["pg"], 0.0], device=self.device), "sum")
         return self._losses(dict(zip(("sft", "pg", "distill"), reduced.tolist())), counts)
 
@@ -419,7 +430,12 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
 
     from genpi_core.models import pick_device
 
-    accelerator = Accelerator(cpu=pick_device(model_cfg.device) == "cpu")
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # no buffer broadcast in forward: ranks run different numbers of micro-batches per step, and the only
+    # collective they must share is the one gradient all-reduce of each step's last backward
+    accelerator = Accelerator(cpu=pick_device(model_cfg.device) == "cpu",
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_cfg.name_or_path)
     train_df, val_df = read_table(train_path, ExamplesSchema), read_table(val_path, ExamplesSchema)
@@ -459,7 +475,8 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
         "resumed_at_step": resumed_at,
         "processes": accelerator.num_processes,
         "train_examples": {"sft": len(items["sft"]), "pg": len(items["pg"]),
-                           "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))},
+                           "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))
+                           if items["pg"] and cfg.pg_reasons else 0},
         "val_examples": {"sft": len(val_items["sft"]), "pg": len(val_items["pg"])},
         "longest_example_tokens": max(len(it.ids) for group in items.values() for it in group),
         "first_loss": float(train_log["loss"].iloc[0]),

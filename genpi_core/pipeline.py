@@ -9,6 +9,7 @@ editing the training config re-runs training and evaluation but reuses the synth
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -19,6 +20,9 @@ from schemas.datasets import (
     EPISODES_FILE, EVAL_RESULTS_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, REASONS_FILE, TARGETS_FILE, TEST_FILE,
     TRAIN_FILE, TRAIN_LOG_FILE, VAL_FILE,
 )
+
+
+_VARIANT = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
 
 class StageOutput(BaseModel):
@@ -179,12 +183,21 @@ def dataset_stage(ingested: IngestOutput, inputs: StageOutput, conversations: St
     return _run(stage, files, work)
 
 
-def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfig) -> StageOutput:
+def stage_name(stage: str, variant: str | None) -> str:
+    """`train` / `evaluate`, or `train-<variant>` for an ablation trained beside the main adapter."""
+    if variant is None:
+        return stage
+    if not _VARIANT.fullmatch(variant):
+        raise ValueError(f"variant {variant!r}: use lowercase letters, digits and dashes (e.g. sft-only)")
+    return f"{stage}-{variant}"
+
+
+def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfig, variant: str | None = None) -> StageOutput:
     """Joint GenPI training in child process(es) (memory goes back when they exit); resumes from its checkpoint."""
     from genpi_core.finetune import ADAPTER_DIR, LOSS_PLOT, MERGED_DIR, METRICS_FILE
 
     config = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}
-    stage = Stage(Path(ingested.run_dir), "train", config,
+    stage = Stage(Path(ingested.run_dir), stage_name("train", variant), config,
                   {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")})
 
     def work(out_dir: Path) -> dict:
@@ -203,12 +216,13 @@ def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfi
     return _run(stage, files, work, resumable=True)
 
 
-def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
+def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: PipelineConfig,
+                   variant: str | None = None) -> StageOutput:
     from genpi_core.evaluate import PLOT_FILE, REPORT_FILE, SUMMARY_FILE
 
     config = {"model": cfg.model.model_dump(), "backend": cfg.backend.model_dump(), "evaluate": cfg.evaluate.model_dump()}
     stage = Stage(
-        Path(ingested.run_dir), "evaluate", config,
+        Path(ingested.run_dir), stage_name("evaluate", variant), config,
         {"prompt": Path(ingested.prompt_path), "test": dataset.path("test"), "adapter": train.path("adapter")},
     )
 
@@ -244,3 +258,21 @@ def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
     dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     train = train_stage(ingested, dataset, cfg)
     return evaluate_stage(ingested, dataset, train, cfg)
+
+
+def load_run(run_dir: str | Path) -> tuple[IngestOutput, StageOutput]:
+    """A finished run folder's ingest and dataset outputs, for training or evaluating it again (`genpi train`)."""
+    from genpi_core.ingest import PROMPT_FILE, load_ingested
+
+    run_dir = Path(run_dir)
+    prompt_path = run_dir / "ingest" / PROMPT_FILE
+    dataset = Stage(run_dir, "dataset", {}, {})
+    if not prompt_path.is_file() or not dataset.manifest_path.is_file():
+        raise ValueError(f"{run_dir}: not a run folder with a finished dataset stage (run `genpi synthesize` or "
+                         "`genpi internalize` first)")
+    spec, version = load_ingested(prompt_path)
+    record = json.loads(prompt_path.read_text(encoding="utf-8"))
+    ingested = IngestOutput(name=spec.name, version=version, prompt_tokens=int(record.get("prompt_tokens", 0)),
+                            run_dir=str(run_dir), prompt_path=str(prompt_path))
+    files = {"train": TRAIN_FILE, "val": VAL_FILE, "test": TEST_FILE, "quarantine": QUARANTINE_FILE}
+    return ingested, _output(dataset, files, reused=True)

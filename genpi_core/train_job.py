@@ -8,7 +8,7 @@ kept in ``train.log``.
 
 Entry point (also what ``accelerate launch`` runs):
     python -m genpi_core.train_job --job JOB.json
-    accelerate launch --num_processes 2 --cpu -m genpi_core.train_job --job JOB.json
+    accelerate launch --multi_gpu --num_processes 2 -m genpi_core.train_job --job JOB.json   (GPUs, or gloo on CPU)
 """
 
 from __future__ import annotations
@@ -63,11 +63,10 @@ def launch_command(job_path: Path, job: TrainJob) -> list[str]:
     entry = ["-m", "genpi_core.train_job", "--job", str(job_path)]
     if job.train.num_processes == 1:
         return [sys.executable, *entry]
-    from genpi_core.models import pick_device
-
-    cpu = pick_device(job.model.device) == "cpu"
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job.train.num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *(["--cpu"] if cpu else []), *entry]
+    # `--multi_gpu` also on CPU machines: accelerate's `--cpu` flag would run ONE process (its simple launcher,
+    # multi-CPU there means MPI); torch.distributed.run starts N and Accelerator(cpu=True) then uses gloo.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(job.train.num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *entry]
 
 
 def launch(job: TrainJob, state_dir: Path) -> Path:

@@ -61,7 +61,13 @@ def test_flow_completes_and_every_table_validates(finished_run):
     train = read_table(run_dir / "dataset" / "train.parquet", ExamplesSchema)
     val = read_table(run_dir / "dataset" / "val.parquet", ExamplesSchema)
     quarantine = read_table(run_dir / "dataset" / "quarantine.parquet", QuarantineSchema)
-    assert len(train) + len(val) + len(quarantine) == len(targets)  # every agent turn accounted for
+    sft = pd.concat([train, val])[lambda df: df["objective"] == "sft"]
+    assert len(sft) + len(quarantine) == len(targets)  # every agent turn accounted for
+    pg = pd.concat([train, val])[lambda df: df["objective"] == "pg"]  # one prompt-generation example per usable episode
+    assert set(pg["conversation_id"]) == set(sft[sft["example_id"].str.endswith(":0")]["conversation_id"])
+    assert (pg["target"].str.contains("Harbor Lane")).all() and set(pg["reason"]) - {""} <= set(reasons["reason"])
+    metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
+    assert metrics["objective"]["prompt_generation"] and metrics["objective"]["weights"] == {"sft": 0.7, "pg": 0.3}
     test = read_table(run_dir / "dataset" / "test.parquet", HeldOutSchema)
     assert not set(test["input"]) & set(inputs["text"])  # evaluation inputs are never trained on
     read_table(run_dir / "train" / "train_log.parquet", TrainLogSchema)

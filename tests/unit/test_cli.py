@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import EXAMPLE_SPEC
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
-COMMANDS = ["internalize", "synthesize", "check-spec", "report", "model"]
+COMMANDS = ["internalize", "synthesize", "train", "check-spec", "report", "model"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -49,3 +49,14 @@ def test_bad_spec_exits_2_naming_file_and_field(tmp_path):
 def test_bad_override_exits_2():
     out = run("check-spec", str(EXAMPLE_SPEC), "--set", "train.epochz=3")
     assert out.returncode == 2 and "train.epochz" in out.stderr
+
+
+def test_train_on_a_folder_without_data_exits_2_and_says_what_to_run(tmp_path):
+    out = run("train", str(tmp_path))
+    assert out.returncode == 2
+    assert f"{tmp_path}: not a run folder with a finished dataset stage" in out.stderr and "genpi synthesize" in out.stderr
+
+
+def test_train_help_lists_the_ablations():
+    out = run("train", "--help")
+    assert "--variant" in out.stdout and "train.prompt_generation=false" in out.stdout and "prompt_in_context" in out.stdout

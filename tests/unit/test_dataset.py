@@ -8,7 +8,7 @@ from genpi_core.dataset import run_dataset
 from genpi_core.synth import run_inputs
 from genpi_core.tables import read_table, write_table
 from schemas.config import DatasetConfig, InputsConfig
-from schemas.datasets import ExamplesSchema, HeldOutSchema, InputsSchema, QuarantineSchema, TargetsSchema
+from schemas.datasets import ExamplesSchema, HeldOutSchema, InputsSchema, QuarantineSchema, ReasonsSchema, TargetsSchema
 from schemas.spec import PromptSpec
 
 SPEC = PromptSpec.model_validate({
@@ -35,18 +35,33 @@ def test_quarantine_splits_and_held_out_pool(tmp_path):
     run_inputs(SPEC, "v" * 64, InputsConfig(max_inputs=10), None, tmp_path)
     inputs = read_table(tmp_path / "inputs.parquet", InputsSchema)
     write_table(_targets(inputs), TargetsSchema, tmp_path / "targets.parquet")
-    rows = run_dataset(SPEC, DatasetConfig(val_fraction=0.2), tmp_path / "inputs.parquet", tmp_path / "targets.parquet", tmp_path / "ds")
+    reasons = pd.DataFrame({"conversation_id": [f"c-{i}" for i in inputs["input_id"]], "turn": 0,
+                            "reason": "It asks for OK.", "produced_by": "test"}).iloc[:6]
+    write_table(reasons, ReasonsSchema, tmp_path / "reasons.parquet")
+    rows = run_dataset(SPEC, DatasetConfig(val_fraction=0.2), tmp_path / "inputs.parquet", tmp_path / "targets.parquet",
+                       tmp_path / "ds", reasons_path=tmp_path / "reasons.parquet")
     train = read_table(tmp_path / "ds" / "train.parquet", ExamplesSchema)
     val = read_table(tmp_path / "ds" / "val.parquet", ExamplesSchema)
     test = read_table(tmp_path / "ds" / "test.parquet", HeldOutSchema)
     quarantine = read_table(tmp_path / "ds" / "quarantine.parquet", QuarantineSchema)
     assert set(quarantine["error"]) == {"teacher reply fails checks: 0:must_start_with", "teacher reply truncated at the length cap"}
-    assert (train["target"] == "OK fine").all() and (val["target"] == "OK fine").all()
+    sft = lambda df: df[df["objective"] == "sft"]  # noqa: E731
+    pg = lambda df: df[df["objective"] == "pg"]  # noqa: E731
+    assert (sft(train)["target"] == "OK fine").all() and (sft(val)["target"] == "OK fine").all()
     # the pool-split test inputs (first fifth of the inputs) never reach training, and no episode straddles splits
     assert set(test["source"]) == {"pool_split"} and len(test) == 2
     held = {f"c-{i}" for i in inputs["input_id"].iloc[:2]}
-    conv = lambda df: set(df["example_id"].str.rsplit(":", n=1).str[0])  # noqa: E731
+    conv = lambda df: set(df["conversation_id"])  # noqa: E731
     assert not conv(train) & held and not conv(val) & held and not conv(train) & conv(val)
-    assert rows["train"] + rows["val"] + rows["quarantined"] + sum(
+    assert rows["train"] + rows["val"] - rows["train_pg"] - rows["val_pg"] + rows["quarantined"] + sum(
         1 for t in _targets(inputs).itertuples() if t.conversation_id in held and t.teacher_output == "OK fine"
         and t.teacher_finish == "stop") == 20
+    # prompt generation: one example per episode whose first turn is usable; target = the prompt, reason beside it
+    everything = pd.concat([train, val])
+    usable_first = set(sft(everything)[sft(everything)["example_id"].str.endswith(":0")]["conversation_id"])
+    assert set(pg(everything)["conversation_id"]) == usable_first
+    assert (pg(everything)["target"] == "[system]\nStart every reply with OK.").all()
+    with_reason = pg(everything)[pg(everything)["reason"] != ""]
+    assert set(with_reason["conversation_id"]) == usable_first & set(reasons["conversation_id"])
+    question = json.loads(pg(everything)["messages"].iloc[0])[0]["content"]
+    assert "question number" in question and "Without any context" in question

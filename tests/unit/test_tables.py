@@ -40,9 +40,9 @@ def test_foreign_table_is_detected_on_read(tmp_path):
 def test_partition_sends_bad_rows_to_quarantine_with_reason():
     df = pd.DataFrame(
         [
-            {"example_id": "a", "objective": "sft", "messages": "[]", "target": "fine", "weight": 1.0},
-            {"example_id": "b", "objective": "sft", "messages": "not json", "target": "x", "weight": 1.0},
-            {"example_id": "c", "objective": "sft", "messages": "[]", "target": "", "weight": 1.0},
+            {"example_id": "a", "conversation_id": "c-a", "objective": "sft", "reason": "", "messages": "[]", "target": "fine", "weight": 1.0},
+            {"example_id": "b", "conversation_id": "c-b", "objective": "sft", "reason": "", "messages": "not json", "target": "x", "weight": 1.0},
+            {"example_id": "c", "conversation_id": "c-c", "objective": "sft", "reason": "", "messages": "[]", "target": "", "weight": 1.0},
         ]
     )
     good, quarantine = partition_valid(df, ExamplesSchema, "examples", "example_id")

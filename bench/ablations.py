@@ -1,0 +1,85 @@
+"""Ablations on the bundled example: SFT only vs joint (SFT + prompt generation) vs joint with reasons.
+
+All variants train on the same synthesized data (one run folder, reasons on) and are evaluated on the
+same 30 held-out inputs, greedy; each variant's adapter and report sit in train-<variant>/ and
+evaluate-<variant>/. Writes bench/results/ablations.json and ablations.md.
+Run: python bench/ablations.py [--config configs/default.yaml] [--variants sft-only,joint,joint-reasons]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from genpi_core.pipeline import (
+    conversations_stage, dataset_stage, evaluate_stage, ingest_stage, inputs_stage, reasons_stage, train_stage,
+)
+from schemas.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "examples" / "prompts" / "library_desk.yaml"
+VARIANTS = {
+    "sft-only": ["train.prompt_generation=false"],
+    "joint": ["train.pg_reasons=false"],
+    "joint-reasons": [],
+    "distill": ["train.prompt_generation=false", "train.distill_weight=0.5"],
+    "prompt-100": ["train.prompt_generation=false", "train.prompt_in_context=1.0"],
+}
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    parser.add_argument("--variants", default="sft-only,joint,joint-reasons")
+    parser.add_argument("--set", action="append", default=[], help="extra overrides for every variant")
+    args = parser.parse_args()
+    base = ["synth.reasons.enabled=true", *args.set]
+    cfg = load_config(args.config, base)
+    ingested = ingest_stage(SPEC, cfg)
+    inputs = inputs_stage(ingested, cfg)
+    conversations = conversations_stage(ingested, inputs, cfg)
+    reasons = reasons_stage(ingested, conversations, cfg)
+    dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
+    results = {"spec": str(SPEC.relative_to(ROOT)), "config": args.config, "overrides": base,
+               "reasons": reasons.rows if reasons else None, "dataset": dataset.rows, "variants": {}}
+    for name in args.variants.split(","):
+        variant_cfg = load_config(args.config, base + VARIANTS[name])
+        started = time.perf_counter()
+        train = train_stage(ingested, dataset, variant_cfg, variant=name)
+        evaluation = evaluate_stage(ingested, dataset, train, variant_cfg, variant=name)
+        summary = json.loads(Path(evaluation.files["summary"]).read_text())
+        metrics = json.loads(train.path("metrics").read_text())
+        v = summary["variants"]
+        results["variants"][name] = {
+            "overrides": VARIANTS[name], "seconds": round(time.perf_counter() - started, 1),
+            "train_examples": metrics["train_examples"], "steps": metrics["steps"], "final_val_loss": metrics["final_val_loss"],
+            "base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"], "student": v["student"]["compliance"],
+            "student_format": v["student"]["format"], "student_facts": v["student"].get("facts"),
+            "recovery": summary.get("recovery"),
+        }
+        print(name, json.dumps(results["variants"][name]), flush=True)
+    out = ROOT / "bench" / "results"
+    (out / "ablations.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Ablations on the bundled example (embedded SmolLM2-135M, CPU, 30 held-out inputs, greedy)", "",
+             f"Same data for every variant: {json.dumps(dataset.rows)}; reasons stage: {json.dumps(results['reasons'])}.", "",
+             "| variant | settings | PG examples (with reason) | student compliance | format | facts | recovery | train+eval s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results["variants"].items():
+        ex = r["train_examples"]
+        pct = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+        lines.append(f"| {name} | `{' '.join(r['overrides']) or 'defaults'}` | {ex['pg']} ({ex['pg_with_reason']}) | "
+                     f"{pct(r['student'])} | {pct(r['student_format'])} | {pct(r['student_facts'])} | "
+                     f"{_ratio(r['recovery'])} | {r['seconds']} |")
+    first = next(iter(results["variants"].values()))
+    lines += ["", f"Base (no prompt) {100 * first['base']:.0f}%, teacher (with prompt) {100 * first['teacher']:.0f}%.", ""]
+    (out / "ablations.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

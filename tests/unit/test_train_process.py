@@ -1,0 +1,121 @@
+"""Training as real child processes: a run killed with SIGKILL resumes from its last checkpoint and ends
+with the same adapter as a run never killed; `accelerate launch` with two CPU processes (gloo) trains
+the same adapter as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from genpi_core.finetune import ADAPTER_DIR, LATEST
+from genpi_core.prompt_generation import pg_question
+from genpi_core.store import CHECKPOINT_DIR
+from genpi_core.tables import write_table
+from genpi_core.train_job import JOB_FILE, TrainJob, launch
+from schemas.config import LoraConfig, ModelConfig, TrainConfig
+from schemas.datasets import ExamplesSchema
+
+TOPICS = ["hours", "cards", "printing", "rooms", "events", "loans", "fines", "kids"]
+
+
+def _data(folder: Path) -> tuple[Path, Path]:
+    def rows(ids):
+        out = []
+        for i in ids:
+            topic = TOPICS[i % len(TOPICS)]
+            out.append({"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
+                        "messages": json.dumps([{"role": "user", "content": f"A question about {topic}?"}]),
+                        "target": f"Topic: {topic}\nAnswer: Ask the desk about {topic}.", "reason": "", "weight": 1.0})
+            out.append({"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
+                        "messages": json.dumps(pg_question(f"A question about {topic}?", "Hello!", f"Topic: {topic}")),
+                        "target": "[user]\nReply as 'Topic: x' then 'Answer: y'.", "reason": "It sets the format.",
+                        "weight": 1.0})
+        return pd.DataFrame(out)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(rows(range(6)), ExamplesSchema, folder / "train.parquet")
+    write_table(rows(range(6, 8)), ExamplesSchema, folder / "val.parquet")
+    return folder / "train.parquet", folder / "val.parquet"
+
+
+def _job(data: Path, out: Path, **train) -> TrainJob:
+    train_path, val_path = _data(data)
+    cfg = TrainConfig(epochs=2, batch_size=2, pg_per_step=1, learning_rate=5e-3, checkpoint_every=2,
+                      lora=LoraConfig(rank=4, alpha=8), **train)
+    return TrainJob(model=ModelConfig(device="cpu"), train=cfg, train_path=str(train_path), val_path=str(val_path),
+                    out_dir=str(out))
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / ADAPTER_DIR / "adapter_model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, embedded_model_dir):
+    """One uninterrupted single-process run: the adapter every other run must reproduce."""
+    root = tmp_path_factory.mktemp("reference")
+    job = _job(root / "data", root / "out")
+    metrics = json.loads(launch(job, root / "out" / CHECKPOINT_DIR).read_text())
+    assert metrics["steps"] == 6 and metrics["resumed_at_step"] is None
+    return root / "out", metrics
+
+
+def test_killed_training_resumes_and_ends_with_the_same_adapter(tmp_path, reference):
+    ref_out, ref_metrics = reference
+    out = tmp_path / "out"
+    job = _job(tmp_path / "data", out)
+    state = out / CHECKPOINT_DIR
+    state.mkdir(parents=True)
+    (state / JOB_FILE).write_text(job.model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-m", "genpi_core.train_job", "--job", str(state / JOB_FILE)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    killed_after = None
+    while time.time() < deadline and proc.poll() is None:
+        pointer = state / LATEST
+        if pointer.is_file() and int(pointer.read_text().rsplit("-", 1)[1]) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)  # mid-run, no chance to clean up
+            killed_after = int(pointer.read_text().rsplit("-", 1)[1])
+            break
+        time.sleep(0.02)
+    proc.wait(30)
+    assert killed_after is not None, "the run finished before a mid-run checkpoint could be killed"
+    assert not (out / ADAPTER_DIR).exists()
+
+    metrics = json.loads(launch(job, state).read_text())
+    assert metrics["resumed_at_step"] >= killed_after and metrics["steps"] == ref_metrics["steps"]
+    assert _max_diff(_adapter(out), _adapter(ref_out)) < 1e-5
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert log["step"].is_monotonic_increasing and not log.duplicated(["step", "split"]).any()
+
+
+def test_accelerate_launch_with_two_cpu_processes_trains_the_same_adapter(tmp_path, reference):
+    ref_out, ref_metrics = reference
+    job = _job(tmp_path / "data", tmp_path / "out", num_processes=2)
+    metrics = json.loads(launch(job, tmp_path / "out" / CHECKPOINT_DIR).read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == ref_metrics["steps"]
+    # same global batches, gradients all-reduced: the adapter matches the one-process run up to float sums
+    assert _max_diff(_adapter(tmp_path / "out"), _adapter(ref_out)) < 1e-3
+    assert metrics["final_loss"] == pytest.approx(ref_metrics["final_loss"], rel=1e-3)
+
+
+def test_a_failing_training_process_reports_its_log(tmp_path, embedded_model_dir):
+    job = _job(tmp_path / "data", tmp_path / "out", max_seq_len=16)
+    with pytest.raises(RuntimeError, match=r"training process exited with code 1; full log: .*train.log(.|\n)*max_seq_len=16"):
+        launch(job, tmp_path / "out" / CHECKPOINT_DIR)

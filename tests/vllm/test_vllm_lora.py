@@ -24,8 +24,6 @@ TRAIN = [  # question -> reply in a fixed format the base model never uses on it
     ("How do I renew a book?", "Topic: loans\nAnswer: Renew it online or at the front desk."),
     ("Is there a quiet room?", "Topic: spaces\nAnswer: Yes, the quiet room is on the third floor."),
     ("Do you lend laptops?", "Topic: services\nAnswer: Yes, for four hours with your library card."),
-    ("I lost my library card.", "Topic: membership\nAnswer: Ask at the front desk for a new card."),
-    ("Where are the children's books?", "Topic: collection\nAnswer: They are on the ground floor."),
 ]
 QUESTIONS = ["Do you have books about gardening?", "When are you open on Saturday?",  # held out from training
              "Can I borrow DVDs?", "Do you have a study room for groups?"]
@@ -35,7 +33,8 @@ SERVED_BASE, SERVED_ADAPTER = "smol", "student"
 
 @pytest.fixture(scope="module")
 def adapter_dir(embedded_model_dir, tmp_path_factory) -> str:
-    """A small real LoRA adapter (r=8 on every projection), trained for 30 full-batch AdamW steps.
+    """A small real LoRA adapter (r=8 on every projection), trained for 20 full-batch AdamW steps
+    (the loss is below 1% of its start by then; each step costs ~2 s on 2 cores, the bulk of this module's time).
 
     Built here with plain peft rather than genpi_core.finetune, so that this test pins down the
     adapter format and the serving path on their own."""
@@ -68,7 +67,7 @@ def adapter_dir(embedded_model_dir, tmp_path_factory) -> str:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()

@@ -205,7 +205,7 @@ class StepPlan:
     """Which examples each optimizer step uses: a pure function of (seed, step), identical on every rank.
 
     An epoch is one pass over the SFT examples (PG examples alone when SFT is off); PG examples
-    are drawn ``pg_per_step`` at a time from their own shuffled cycle.
+    are drawn ``pg_per_step`` at a time, on every ``pg_every``-th step, from their own shuffled cycle.
     """
 
     def __init__(self, items: dict[str, list[Item]], cfg: TrainConfig) -> None:
@@ -227,8 +227,10 @@ class StepPlan:
             epoch, within = divmod(step, self.steps_per_epoch)
             order = self._order(len(self.sft), self.cfg.seed * 1000 + epoch)
             out["sft"] = [self.sft[i] for i in order[within * self.cfg.batch_size : (within + 1) * self.cfg.batch_size]]
+        if step % self.cfg.pg_every:
+            return out
         for k in range(self.pg_per_step):
-            cycle, within = divmod(step * self.pg_per_step + k, len(self.pg))
+            cycle, within = divmod((step // self.cfg.pg_every) * self.pg_per_step + k, len(self.pg))
             out["pg"].append(self.pg[self._order(len(self.pg), self.cfg.seed * 1000 + 500 + cycle)[within]])
         return out
 

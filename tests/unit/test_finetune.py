@@ -96,6 +96,9 @@ def test_step_plan_is_deterministic_and_covers_each_epoch():
     assert sorted(epoch) == sorted(f"s{i}" for i in range(10))
     assert [it.example_id for it in plan.step(4)["pg"]] == [it.example_id for it in StepPlan(items, plan.cfg).step(4)["pg"]]
     assert sorted(it.example_id for s in range(3) for it in plan.step(s)["pg"]) == ["p0", "p1", "p2"]
+    sparse = StepPlan(items, TrainConfig(batch_size=4, epochs=2, pg_per_step=1, pg_every=2))
+    assert [len(sparse.step(s)["pg"]) for s in range(6)] == [1, 0, 1, 0, 1, 0]
+    assert sorted(it.example_id for s in (0, 2, 4) for it in sparse.step(s)["pg"]) == ["p0", "p1", "p2"]
 
 
 def test_joint_loss_is_the_weighted_sum_and_only_lora_moves(embedded_model_dir, tokenizer, tmp_path):

@@ -191,6 +191,9 @@ class TrainConfig(_Config):
     micro_batch_tokens: int = Field(
         4096, gt=0, description="Padded tokens per forward pass; a step accumulates gradients over micro-batches (memory bound)."
     )
+    recompute_above_tokens: int = Field(
+        1024, gt=0, description="Micro-batches with a longer example recompute activations in backward (less memory, ~1/3 more compute)."
+    )
     max_seq_len: int = Field(
         3072, gt=8, description="Longest example allowed (a PG target holds the whole prompt); longer is an error, never cut."
     )

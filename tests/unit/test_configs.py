@@ -18,7 +18,7 @@ def test_default_yaml_differs_from_built_in_defaults_only_where_it_says():
     path = next(p for p in CONFIGS if p.name == "default.yaml")
     main_job = load_config(path)
     assert main_job.synth.conversations.max_turns == 1 and not main_job.synth.reasons.enabled
-    assert main_job.train.pg_per_step == 1 and main_job.train.pg_every == 4
+    assert main_job.train.pg_per_step == 1 and main_job.train.pg_every == 9
     synth = main_job.synth.model_copy(update={"conversations": PipelineConfig().synth.conversations,
                                               "reasons": PipelineConfig().synth.reasons})
     train = main_job.train.model_copy(update={"pg_per_step": None, "pg_every": 1})

@@ -53,6 +53,15 @@ def chat_token_ids(tokenizer, conversation: Sequence[Message]) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def check_context(encoded: Sequence[Sequence[int]], max_new_tokens: int, max_context: int, where: str) -> None:
+    """Fail before generating when a conversation plus its reply cannot fit: never truncate a prompt silently."""
+    for i, ids in enumerate(encoded):
+        if len(ids) + max_new_tokens > max_context:
+            raise ValueError(
+                f"conversation {i} has {len(ids)} prompt tokens + {max_new_tokens} new tokens, over {where} of {max_context}"
+            )
+
+
 def stop_token_ids(generation_config, tokenizer) -> list[int]:
     """End-of-reply tokens: the model's generation config (which may list several), else the tokenizer's EOS."""
     eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from genpi_core.generation.base import Completion, Message, chat_token_ids, stop_token_ids
+from genpi_core.generation.base import Completion, Message, chat_token_ids, check_context, stop_token_ids
 from genpi_core.generation.prefix_attention import ATTN_NAME, register, shared_prefix
 from genpi_core.models import load_model, load_tokenizer
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
@@ -60,12 +60,7 @@ class TransformersBackend:
         if not conversations:
             return []
         encoded = [self.encode(c) for c in conversations]
-        for i, ids in enumerate(encoded):
-            if len(ids) + sampling.max_new_tokens > self.max_context:
-                raise ValueError(
-                    f"conversation {i} has {len(ids)} prompt tokens + {sampling.max_new_tokens} new tokens, "
-                    f"over the model's context of {self.max_context}"
-                )
+        check_context(encoded, sampling.max_new_tokens, self.max_context, "the model's context")
         prefix_len = self._shared_prefix_len(encoded) if self.share_prefix else 0
         prefix_layers = self._prefill(encoded[0][:prefix_len]) if prefix_len else None
 

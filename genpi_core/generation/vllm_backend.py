@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from genpi_core.generation.base import Completion, Message, chat_token_ids, stop_token_ids
+from genpi_core.generation.base import Completion, Message, chat_token_ids, check_context, stop_token_ids
 from genpi_core.models import load_tokenizer, resolve_model
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
@@ -94,12 +94,7 @@ class VLLMBackend:
         if not conversations:
             return []
         encoded = [self.encode(c) for c in conversations]
-        for i, ids in enumerate(encoded):
-            if len(ids) + sampling.max_new_tokens > self.max_context:
-                raise ValueError(
-                    f"conversation {i} has {len(ids)} prompt tokens + {sampling.max_new_tokens} new tokens, "
-                    f"over vLLM's context of {self.max_context} (backend.max_model_len)"
-                )
+        check_context(encoded, sampling.max_new_tokens, self.max_context, "vLLM's context (backend.max_model_len)")
         params = [self.sampling_params(sampling, i) for i in range(len(encoded))]
         started = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params,

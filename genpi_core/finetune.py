@@ -331,12 +331,10 @@ class Trainer:
         counts = {name: target_tokens(batch) for name, batch in planned.items()}
         work = [(name, micro) for name, batch in planned.items() if batch and self.weights[name] > 0
                 for micro in micro_batches(self._my_share(batch), self.cfg.micro_batch_tokens)]
-        if not work:  # this rank has no share this step; a zero-weight pass keeps DDP's gradient sync in step
+        idle = not work  # this rank has no share this step: a zero-weight pass keeps DDP's gradient sync in step
+        if idle:
             first = next(name for name, batch in planned.items() if batch)
             work = [(first, planned[first][:1])]
-            scale_zero = True
-        else:
-            scale_zero = False
         sums = {"sft": 0.0, "pg": 0.0, "distill": 0.0}
         for i, (name, micro) in enumerate(work):
             distill = name == "sft" and self.cfg.distill_weight > 0
@@ -348,8 +346,8 @@ class Trainer:
                 if kl is not None:
                     loss = loss + kl * self.cfg.distill_weight / max(1, counts[name])
                     sums["distill"] += kl.item()
-                self.accelerator.backward(loss * world * (0.0 if scale_zero else 1.0))  # DDP averages over ranks
-            if not scale_zero:
+                self.accelerator.backward(loss * world * (0.0 if idle else 1.0))  # DDP averages over ranks
+            if not idle:
                 sums[name] += ce.item()
                 self.tokens_seen += sum(len(it.ids) for it in micro)
         self.accelerator.clip_grad_norm_(self.params, self.cfg.grad_clip)

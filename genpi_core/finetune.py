@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genpi_core.generation.base import Message
-from genpi_core.models import load_model, load_tokenizer
+from genpi_core.models import load_model, load_tokenizer, resolve_model
 from genpi_core.prompt_generation import with_reason
+from genpi_core.quantized import check_qlora_available, load_quantized_base, merge_full_precision
+from genpi_core.target_loss import CHUNK_TOKENS, IGNORE, chunked_target_sums, hidden_states_only, supports_chunked_output
 from genpi_core.store import CHECKPOINT_DIR, atomic_dir, atomic_save_figure, atomic_write_json, atomic_write_text
 from genpi_core.tables import read_table, write_table
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
@@ -48,7 +50,6 @@ METRICS_FILE = "metrics.json"
 LOSS_PLOT = "loss.png"
 CHECKPOINT = "checkpoint"
 LATEST = "latest_checkpoint"
-IGNORE = -100
 
 
 @dataclass
@@ -158,19 +159,29 @@ def target_tokens(items: list[Item]) -> int:
     return sum(sum(1 for label in item.labels[1:] if label != IGNORE) for item in items)
 
 
-def loss_sums(model, batch: list[Item], pad_id: int, device, distill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Summed cross-entropy over target tokens, and the summed KL(teacher || student) when asked."""
+def loss_sums(model, batch: list[Item], pad_id: int, device, distill: bool = False,
+              chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed cross-entropy over target tokens, and the summed KL(teacher || student) when asked.
+
+    Only target positions are projected to the vocabulary, in chunks (genpi_core/target_loss.py);
+    models that post-process logits take the plain full-logits path."""
     tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1].float()
     labels = tensors["labels"][:, 1:]
+    targets = labels != IGNORE  # target positions, in order across the batch (the teacher's top-k use it too)
+    teacher_ids = torch.cat([item.teacher_ids for item in batch]).to(device) if distill else None
+    teacher_logprobs = torch.cat([item.teacher_logprobs for item in batch]).to(device) if distill else None
+    if supports_chunked_output(model):
+        with hidden_states_only(model) as head:
+            hidden = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        ce, kl = chunked_target_sums(head, hidden[:, :-1][targets], labels[targets], teacher_ids, teacher_logprobs,
+                                     chunk_tokens)
+        return ce, kl if distill else None
+    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
     if not distill:
         return ce, None
-    student = torch.log_softmax(logits[labels != IGNORE], dim=-1)  # target positions, in order, across the batch
-    teacher_ids = torch.cat([item.teacher_ids for item in batch]).to(device)
-    teacher_logprobs = torch.cat([item.teacher_logprobs for item in batch]).to(device)
-    teacher_probs = teacher_logprobs.exp()
-    kl = (teacher_probs * (teacher_logprobs - student.gather(-1, teacher_ids))).sum()
+    student = torch.log_softmax(logits[targets], dim=-1)
+    kl = (teacher_logprobs.exp() * (teacher_logprobs - student.gather(-1, teacher_ids))).sum()
     return ce, kl
 
 
@@ -454,6 +465,7 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
 
     # no buffer broadcast in forward: ranks run different numbers of micro-batches per step, and the only
     # collective they must share is the one gradient all-reduce of each step's last backward
+    check_qlora_available(cfg.lora.quantize_base)  # before any data or weights are read
     accelerator = Accelerator(cpu=pick_device(model_cfg.device) == "cpu",
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     torch.manual_seed(cfg.seed)
@@ -463,7 +475,13 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
     val_items = build_items(tokenizer, val_df, cfg, prompt, str(val_path))
     if not items["sft"] and not items["pg"]:
         raise ValueError(f"{train_path}: no examples for the enabled objectives (sft={cfg.sft}, prompt_generation={cfg.prompt_generation})")
-    model = attach_lora(load_model(model_cfg.name_or_path, model_cfg.dtype, model_cfg.device), cfg.lora)
+    quantize = cfg.lora.quantize_base
+    if quantize:
+        base = load_quantized_base(resolve_model(model_cfg.name_or_path), quantize, model_cfg.dtype,
+                                   accelerator.local_process_index)
+    else:
+        base = load_model(model_cfg.name_or_path, model_cfg.dtype, model_cfg.device)
+    model = attach_lora(base, cfg.lora)
     if cfg.distill_weight > 0:
         add_teacher_topk(model, tokenizer, train_df, items["sft"], prompt, cfg.distill_top_k, accelerator.device)
     trainer = Trainer(model, accelerator, items, val_items, cfg, tokenizer.pad_token_id, out_dir / CHECKPOINT_DIR)
@@ -482,7 +500,10 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
     _plot_loss(log_df, out_dir / LOSS_PLOT)
     if cfg.merge:
         with atomic_dir(out_dir / MERGED_DIR) as tmp:
-            peft_model.merge_and_unload().save_pretrained(tmp)
+            if quantize:
+                merge_full_precision(resolve_model(model_cfg.name_or_path), model_cfg.dtype, out_dir / ADAPTER_DIR, tmp)
+            else:
+                peft_model.merge_and_unload().save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     train_log, val_log = log_df[log_df["split"] == "train"], log_df[log_df["split"] == "val"]
     metrics = {
@@ -494,6 +515,7 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
         "stopped_early": trainer.stopped_early,
         "resumed_at_step": resumed_at,
         "processes": accelerator.num_processes,
+        "quantized_base": quantize,
         "train_examples": {"sft": len(items["sft"]), "pg": len(items["pg"]),
                            "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))
                            if items["pg"] and cfg.pg_reasons else 0},

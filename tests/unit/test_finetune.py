@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genpi_core.finetune import (
-    IGNORE, Item, StepPlan, Trainer, attach_lora, build_items, collate, encode_example, micro_batches, run_finetune,
+    IGNORE, Item, StepPlan, Trainer, attach_lora, build_items, collate, encode_example, loss_sums, micro_batches, run_finetune,
     with_prompt_in_context,
 )
 from genpi_core.models import load_model
@@ -159,3 +159,83 @@ def test_run_finetune_saves_a_loadable_adapter_merged_model_and_loss_log(tmp_pat
     ids = torch.tensor([encode_example(tokenizer, MESSAGES, TARGET)[0]])
     with torch.no_grad():  # the merged model computes what base + adapter computes
         assert torch.allclose(model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-3)
+
+
+def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path, embedded_model_dir, tokenizer):
+    """Validation asks for the opposite answer to the one trained on, so its loss rises after the first
+    epoch: patience 1 must stop on the second validation and restore the adapter of the first."""
+    from peft import PeftModel
+
+    write_table(_examples(4, "Answer: yes."), ExamplesSchema, tmp_path / "train.parquet")
+    write_table(_examples(2, "Answer: no."), ExamplesSchema, tmp_path / "val.parquet")
+    cfg = TrainConfig(epochs=5, batch_size=2, prompt_generation=False, learning_rate=5e-3, lora=SMALL,
+                      early_stopping_patience=1)
+    metrics = run_finetune(ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", [], tmp_path / "out")
+    log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
+    val = log[log["split"] == "val"]
+    assert metrics["stopped_early"] and metrics["planned_steps"] == 10
+    assert metrics["steps"] == 4 and list(val["step"]) == [2, 4]  # stopped at the second validation
+    assert val["sft_loss"].iloc[1] > val["sft_loss"].iloc[0]
+    # the saved adapter is the best one (epoch 1): its validation loss is the first logged one
+    model = PeftModel.from_pretrained(load_model("embedded"), str(tmp_path / "out" / "adapter"))
+    items = build_items(tokenizer, pd.read_parquet(tmp_path / "val.parquet"), cfg, [], "val")["sft"]
+    batch = collate(items, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+    assert loss.item() == pytest.approx(val["sft_loss"].iloc[0], rel=1e-3)
+
+
+def test_qlora_says_what_is_missing_before_loading_anything(tmp_path):
+    """QLoRA needs a CUDA GPU and bitsandbytes; this CPU machine has neither, so the real call must refuse
+    early and name both. The reason text for the other combinations is checked as plain control logic."""
+    from genpi_core.quantized import bitsandbytes_arguments, qlora_unavailable_reason
+
+    cfg = TrainConfig(lora=LoraConfig(quantize_base="nf4"))
+    with pytest.raises(RuntimeError, match=r"quantize_base='nf4' \(QLoRA\) needs a CUDA GPU.*genpi\[qlora\]"):
+        run_finetune(ModelConfig(), cfg, tmp_path / "missing.parquet", tmp_path / "missing.parquet", [], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert qlora_unavailable_reason("nf4", True, True) is None
+    only_package = qlora_unavailable_reason("int8", True, False)
+    assert "bitsandbytes" in only_package and "CUDA" not in only_package
+    args = bitsandbytes_arguments("nf4", "bfloat16")
+    assert args["load_in_4bit"] and args["bnb_4bit_quant_type"] == "nf4" and args["bnb_4bit_compute_dtype"] is torch.bfloat16
+    assert bitsandbytes_arguments("int8", "bfloat16") == {"load_in_8bit": True}
+
+
+def test_chunked_target_loss_matches_full_logits_in_value_and_gradient(tokenizer, embedded_model_dir):
+    """The memory-saving path (hidden states, target rows only, small chunks, recomputed in backward)
+    must give the loss and LoRA gradients of the plain full-logits computation."""
+    model = attach_lora(load_model("embedded"), SMALL).train()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)  # non-zero, so lora_A gets a gradient too
+    items = [Item("a", *encode_example(tokenizer, MESSAGES, TARGET)),
+             Item("b", *encode_example(tokenizer, MESSAGES, "Topic: other\nAnswer: Hello there, how can I help you?"))]
+    generator = torch.Generator().manual_seed(0)
+    for item in items:
+        n = sum(1 for label in item.labels[1:] if label != IGNORE)
+        item.teacher_ids = torch.randint(0, 49152, (n, 4), generator=generator)
+        item.teacher_logprobs = torch.log_softmax(torch.randn(n, 4, generator=generator), dim=-1)
+
+    def lora_grads(ce, kl):
+        model.zero_grad()
+        (ce + kl).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ce, kl = loss_sums(model, items, tokenizer.pad_token_id, "cpu", distill=True, chunk_tokens=5)
+    chunked = lora_grads(ce, kl)
+    assert isinstance(model.get_base_model().get_output_embeddings(), torch.nn.Linear)  # the head is restored
+    batch = collate(items, tokenizer.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    ref_ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                               ignore_index=IGNORE, reduction="sum")
+    student = torch.log_softmax(logits[labels != IGNORE], dim=-1)
+    ids, logprobs = torch.cat([it.teacher_ids for it in items]), torch.cat([it.teacher_logprobs for it in items])
+    ref_kl = (logprobs.exp() * (logprobs - student.gather(-1, ids))).sum()
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5) and kl.item() == pytest.approx(ref_kl.item(), rel=1e-5)
+    for name, grad in lora_grads(ref_ce, ref_kl).items():
+        relative_error = ((chunked[name] - grad).norm() / grad.norm()).item()
+        assert relative_error < 1e-3, (name, relative_error)  # float32 sums in another order

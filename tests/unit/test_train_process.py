@@ -66,6 +66,12 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def _relative_diff(a: dict, b: dict) -> float:
+    """||a - b|| / ||b|| over all adapter tensors together."""
+    diff = sum(((a[k] - b[k]) ** 2).sum().item() for k in a) ** 0.5
+    return diff / sum((b[k] ** 2).sum().item() for k in b) ** 0.5
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, embedded_model_dir):
     """One uninterrupted single-process run: the adapter every other run must reproduce."""
@@ -110,8 +116,12 @@ def test_accelerate_launch_with_two_cpu_processes_trains_the_same_adapter(tmp_pa
     job = _job(tmp_path / "data", tmp_path / "out", num_processes=2)
     metrics = json.loads(launch(job, tmp_path / "out" / CHECKPOINT_DIR).read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == ref_metrics["steps"]
-    # same global batches, gradients all-reduced: the adapter matches the one-process run up to float sums
-    assert _max_diff(_adapter(tmp_path / "out"), _adapter(ref_out)) < 1e-3
+    # same global batches, gradients all-reduced: the adapter matches the one-process run up to float sums.
+    # Adam divides by the gradient's running RMS, so float-order noise on near-zero gradients can move an
+    # element by up to one step (lr = 5e-3): bound each element by half a step, the whole adapter by 1%.
+    two, one = _adapter(tmp_path / "out"), _adapter(ref_out)
+    assert _max_diff(two, one) < 2.5e-3
+    assert _relative_diff(two, one) < 1e-2
     assert metrics["final_loss"] == pytest.approx(ref_metrics["final_loss"], rel=1e-3)
 
 

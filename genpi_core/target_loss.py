@@ -1,0 +1,71 @@
+"""Loss over target tokens only, with the output layer applied in chunks.
+
+Why: the vocabulary projection dominates training memory on long examples. A prompt-generation
+example holds the whole prompt (thousands of tokens), and full-sequence logits cost vocab x 4 bytes
+per token several times over (logits, the shifted copy, log-softmax, their gradients): about 1.5 MB
+per token on SmolLM2 (49k vocabulary). Here the decoder returns hidden states, only positions that
+carry loss are projected, a chunk at a time, and each chunk's logits are recomputed in backward
+instead of being kept. Same sums as the full-logits computation, within float rounding.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+CHUNK_TOKENS = 1024
+
+
+def _causal_lm(model):
+    """The transformers model under DDP and peft wrappers (the wrappers' forward must still be used)."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def supports_chunked_output(model) -> bool:
+    """Models that post-process logits (e.g. Gemma-2's soft-capping) need the full path."""
+    return getattr(_causal_lm(model).config, "final_logit_softcapping", None) is None
+
+
+@contextmanager
+def hidden_states_only(model):
+    """Swap the output layer for the identity, so the forward (through any wrapper) returns hidden states."""
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings()
+    lm.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        lm.set_output_embeddings(head)
+
+
+def _chunk_sums(head, hidden, labels, teacher_ids, teacher_logprobs):
+    logits = head(hidden).float()
+    ce = F.cross_entropy(logits, labels, reduction="sum")
+    if teacher_ids is None:
+        return ce, torch.zeros((), device=ce.device)
+    student = torch.log_softmax(logits, dim=-1).gather(-1, teacher_ids)
+    kl = (teacher_logprobs.exp() * (teacher_logprobs - student)).sum()
+    return ce, kl
+
+
+def chunked_target_sums(head, hidden: torch.Tensor, labels: torch.Tensor, teacher_ids=None, teacher_logprobs=None,
+                        chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (and KL against the teacher's top-k) over target rows of ``hidden`` [N, H]."""
+    ce_total = hidden.new_zeros((), dtype=torch.float32)
+    kl_total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        args = (hidden[part], labels[part],
+                None if teacher_ids is None else teacher_ids[part],
+                None if teacher_logprobs is None else teacher_logprobs[part])
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            ce, kl = checkpoint(_chunk_sums, head, *args, use_reentrant=False)
+        else:
+            ce, kl = _chunk_sums(head, *args)
+        ce_total, kl_total = ce_total + ce, kl_total + kl
+    return ce_total, kl_total

@@ -48,16 +48,22 @@ def main() -> None:
     dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     results = {"spec": str(SPEC.relative_to(ROOT)), "config": args.config, "overrides": base,
                "reasons": reasons.rows if reasons else None, "dataset": dataset.rows, "variants": {}}
-    for name in args.variants.split(","):
+    names = args.variants.split(",")
+    trained, train_seconds = {}, {}
+    for name in names:  # every adapter first: a failed evaluation re-runs without retraining (stages resume)
+        started = time.perf_counter()
+        trained[name] = train_stage(ingested, dataset, load_config(args.config, base + VARIANTS[name]), variant=name)
+        train_seconds[name] = time.perf_counter() - started
+    for name in names:
         variant_cfg = load_config(args.config, base + VARIANTS[name])
         started = time.perf_counter()
-        train = train_stage(ingested, dataset, variant_cfg, variant=name)
+        train = trained[name]
         evaluation = evaluate_stage(ingested, dataset, train, variant_cfg, variant=name)
         summary = json.loads(Path(evaluation.files["summary"]).read_text())
         metrics = json.loads(train.path("metrics").read_text())
         v = summary["variants"]
         results["variants"][name] = {
-            "overrides": VARIANTS[name], "seconds": round(time.perf_counter() - started, 1),
+            "overrides": VARIANTS[name], "seconds": round(time.perf_counter() - started + train_seconds[name], 1),
             "train_examples": metrics["train_examples"], "steps": metrics["steps"], "final_val_loss": metrics["final_val_loss"],
             "base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"], "student": v["student"]["compliance"],
             "student_format": v["student"]["format"], "student_facts": v["student"].get("facts"),

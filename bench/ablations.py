@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from genpi_core.pipeline import (
@@ -33,6 +32,18 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def _stage_seconds(manifest: Path) -> float:
+    """How long a stage ran, from its manifest (also right when this run reused it)."""
+    from datetime import datetime
+
+    m = json.loads(manifest.read_text())
+    return round((datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1)
+
+
+def _interval(ci: list | None) -> str:
+    return "" if not ci or None in ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
@@ -49,41 +60,47 @@ def main() -> None:
     results = {"spec": str(SPEC.relative_to(ROOT)), "config": args.config, "overrides": base,
                "reasons": reasons.rows if reasons else None, "dataset": dataset.rows, "variants": {}}
     names = args.variants.split(",")
-    trained, train_seconds = {}, {}
+    trained = {}
     for name in names:  # every adapter first: a failed evaluation re-runs without retraining (stages resume)
-        started = time.perf_counter()
         trained[name] = train_stage(ingested, dataset, load_config(args.config, base + VARIANTS[name]), variant=name)
-        train_seconds[name] = time.perf_counter() - started
     for name in names:
         variant_cfg = load_config(args.config, base + VARIANTS[name])
-        started = time.perf_counter()
         train = trained[name]
         evaluation = evaluate_stage(ingested, dataset, train, variant_cfg, variant=name)
         summary = json.loads(Path(evaluation.files["summary"]).read_text())
         metrics = json.loads(train.path("metrics").read_text())
         v = summary["variants"]
         results["variants"][name] = {
-            "overrides": VARIANTS[name], "seconds": round(time.perf_counter() - started + train_seconds[name], 1),
+            "overrides": VARIANTS[name], "train_seconds": metrics["train_seconds"],
+            "eval_seconds": _stage_seconds(Path(evaluation.dir) / "_manifest.json"),
             "train_examples": metrics["train_examples"], "steps": metrics["steps"], "final_val_loss": metrics["final_val_loss"],
             "base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"], "student": v["student"]["compliance"],
             "student_format": v["student"]["format"], "student_facts": v["student"].get("facts"),
-            "recovery": summary.get("recovery"),
+            "recovery": summary.get("recovery"), "recovery_ci": summary.get("recovery_ci"),
+            "student_leak_max_lcs_share": summary.get("leakage", {}).get("student", {}).get("max_lcs_share"),
+            "student_leak_max_rouge_l_recall": summary.get("leakage", {}).get("student", {}).get("max_rouge_l_recall"),
         }
         print(name, json.dumps(results["variants"][name]), flush=True)
     out = ROOT / "bench" / "results"
     (out / "ablations.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Ablations on the bundled example (embedded SmolLM2-135M, CPU, 30 held-out inputs, greedy)", "",
              f"Same data for every variant: {json.dumps(dataset.rows)}; reasons stage: {json.dumps(results['reasons'])}.", "",
-             "| variant | settings | PG examples (with reason) | student compliance | format | facts | recovery | train+eval s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | settings | PG examples (with reason) | student compliance | format | facts | recovery [95% CI] | leak: longest copied span / ROUGE-L recall (max) | train s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["variants"].items():
         ex = r["train_examples"]
-        pct = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+        pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
         lines.append(f"| {name} | `{' '.join(r['overrides']) or 'defaults'}` | {ex['pg']} ({ex['pg_with_reason']}) | "
                      f"{pct(r['student'])} | {pct(r['student_format'])} | {pct(r['student_facts'])} | "
-                     f"{_ratio(r['recovery'])} | {r['seconds']} |")
+                     f"{_ratio(r['recovery'])} {_interval(r['recovery_ci'])} | {pct(r['student_leak_max_lcs_share'])} / "
+                     f"{pct(r['student_leak_max_rouge_l_recall'])} | {r['train_seconds']} | {r['eval_seconds']} |")
     first = next(iter(results["variants"].values()))
-    lines += ["", f"Base (no prompt) {100 * first['base']:.0f}%, teacher (with prompt) {100 * first['teacher']:.0f}%.", ""]
+    lines += ["", f"Base (no prompt) {100 * first['base']:.0f}%, teacher (with prompt) {100 * first['teacher']:.0f}%.",
+              f"PG dose: `train.pg_per_step={cfg.train.pg_per_step}`, `train.pg_every={cfg.train.pg_every}` over "
+              f"{first['steps']} steps, so a joint run sees {-(-first['steps'] // cfg.train.pg_every) * (cfg.train.pg_per_step or cfg.train.batch_size)} "
+              "PG examples (the paper: one per SFT example on every step, `pg_every: 1`, `pg_per_step: null`).",
+              "Recovery intervals: paired bootstrap over the held-out inputs (`evaluate.bootstrap_resamples`). Leakage: the "
+              "audit's extraction questions, the student's worst reply (`evaluate.leakage`).", ""]
     (out / "ablations.md").write_text("\n".join(lines))
 
 

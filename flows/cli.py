@@ -23,11 +23,13 @@ examples:
   genpi synthesize my_prompt.yaml --set synth.inputs.source=both
   genpi train runs/library-desk/<version12> --variant sft-only --set train.prompt_generation=false --evaluate
   genpi check-spec my_prompt.yaml
+  genpi evaluate runs/library-desk/<version12>     # every adapter of the run, plus a comparison table
   genpi report runs/library-desk/<version12>
 environment:
   GENPI_CACHE     where the converted embedded model is cached (default ~/.cache/genpi)
   PREFECT_API_URL run flows against this Prefect server (unset: a temporary local one)
   GENPI_API_KEY   API key for backend.kind=openai (the env var name is configurable; never logged)
+  GENPI_SERVER_AUTH  user:password basic auth for `genpi server up` and the API clients (never logged)
 """
 
 
@@ -122,6 +124,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """(Re-)evaluate a run's finished adapters with the current evaluate.* config; compare them when several."""
+    from genpi_core.compare import run_comparison
+    from genpi_core.pipeline import evaluate_stage, load_run, trained, trained_variants
+
+    cfg = _load_config(args)
+    ingested, dataset = load_run(args.run_dir)
+    variants = [None if v == "main" else v for v in args.variant] if args.variant else trained_variants(args.run_dir)
+    if not variants:
+        raise ValueError(f"{args.run_dir}: no finished adapter (run `genpi train {args.run_dir}` first)")
+    adapters = [trained(ingested, v) for v in variants]  # all checked before the first (long) evaluation
+    for variant, train in zip(variants, adapters):
+        started = time.perf_counter()
+        result = evaluate_stage(ingested, dataset, train, cfg, variant=variant)
+        name = Path(result.dir).name
+        print(f"\ngenpi: {'reused' if result.reused else 'evaluated'} {name} ({variant or 'main'}) "
+              f"in {time.perf_counter() - started:.0f} s; report: {Path(result.dir) / 'report.md'}")
+        print(_headline(Path(args.run_dir), name))
+    if len(variants) > 1:
+        out = run_comparison(Path(args.run_dir), variants)
+        print(f"\ncomparison of {len(variants)} adapters: {out / 'comparison.md'}")
+    return 0
+
+
 def cmd_check_spec(args) -> int:
     from genpi_core.ingest import check_fits_context, load_spec, spec_version
     from genpi_core.models import load_tokenizer, resolve_model
@@ -206,6 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="also evaluate base vs teacher vs this student")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="(re-)evaluate a run's adapters: quality, agreement, leakage; compare ablations",
+                       description="Evaluate finished adapters of a run folder on its held-out inputs: base vs teacher vs "
+                       "student compliance per check with bootstrap intervals, agreement with the teacher, recovery, "
+                       "role-swapped multi-turn episodes, the leakage audit and (evaluate.judge.enabled) an LLM judge. "
+                       "Writes evaluate[-VARIANT]/report.md and its tables; never retrains. With several adapters it "
+                       "also writes comparison/comparison.md and comparison.parquet.",
+                       epilog="examples:\n"
+                       "  genpi evaluate RUN                                  # train/ and every train-NAME/ found\n"
+                       "  genpi evaluate RUN --variant main --variant sft-only\n"
+                       "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
+    config_args(p)
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="adapter to evaluate: `main` (train/) or NAME (train-NAME/); repeatable; default: all finished ones")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
                        description="Validate a spec without running anything: fields, checks, regexes, and whether "
                        "the prompt fits the model's context with room for a conversation.")
@@ -223,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "and print the path that from_pretrained can load.")
     p.add_argument("name_or_path", nargs="?", default="embedded")
     p.set_defaults(func=cmd_model)
+    from flows.service_cli import add_service_commands  # server, run, watch, adapters
+
+    add_service_commands(sub, config_args)
     return parser
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from genpi_core.store import Stage
+from genpi_core.store import Stage, file_lock
 from schemas.config import GeneratorConfig, PipelineConfig
 from schemas.datasets import (
-    EPISODES_FILE, EVAL_RESULTS_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, REASONS_FILE, TARGETS_FILE, TEST_FILE,
+    EPISODES_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, REASONS_FILE, TARGETS_FILE, TEST_FILE,
     TRAIN_FILE, TRAIN_LOG_FILE, VAL_FILE,
 )
 
@@ -53,18 +53,21 @@ def _output(stage: Stage, files: dict[str, str], reused: bool) -> StageOutput:
 
 
 def _run(stage: Stage, files: dict[str, str], work, resumable: bool = False) -> StageOutput:
-    if stage.is_complete():
-        return _output(stage, files, reused=True)
-    stage.begin(keep_checkpoint=resumable)
-    rows = work(stage.dir)
-    stage.finish(list(files.values()), rows=rows)
-    return _output(stage, files, reused=False)
+    # the lock sits beside the stage folder (begin() empties the folder itself)
+    with file_lock(stage.dir.parent / f".{stage.name}.lock"):
+        if stage.is_complete():
+            return _output(stage, files, reused=True)
+        stage.begin(keep_checkpoint=resumable)
+        rows = work(stage.dir)
+        stage.finish(list(files.values()), rows=rows)
+        return _output(stage, files, reused=False)
 
 
 def ingest_stage(spec_path: str | Path, cfg: PipelineConfig) -> IngestOutput:
     from genpi_core.ingest import run_ingest
 
-    result = run_ingest(spec_path, cfg.model, cfg.ingest, cfg.runs_dir)
+    with file_lock(Path(cfg.runs_dir) / ".ingest.lock"):  # short; keeps two triggers of one version from racing
+        result = run_ingest(spec_path, cfg.model, cfg.ingest, cfg.runs_dir)
     return IngestOutput(name=result.spec.name, version=result.version, prompt_tokens=result.prompt_tokens,
                         run_dir=str(result.run_dir), prompt_path=str(result.prompt_path))
 
@@ -218,7 +221,7 @@ def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfi
 
 def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: PipelineConfig,
                    variant: str | None = None) -> StageOutput:
-    from genpi_core.evaluate import PLOT_FILE, REPORT_FILE, SUMMARY_FILE
+    from genpi_core.evaluate import OUTPUT_FILES
 
     config = {"model": cfg.model.model_dump(), "backend": cfg.backend.model_dump(), "evaluate": cfg.evaluate.model_dump()}
     stage = Stage(
@@ -234,11 +237,58 @@ def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOut
         summary = run_evaluate(spec, version, cfg.model, cfg.backend, cfg.evaluate, dataset.path("test"),
                                train.path("adapter"), out_dir, train_metrics=metrics)
         v = summary["variants"]
-        return {"base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"],
+        rows = {"base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"],
                 "student": v["student"]["compliance"], "recovery": summary.get("recovery")}
+        if summary.get("recovery_ci"):
+            rows["recovery_low"], rows["recovery_high"] = summary["recovery_ci"]
+        if "student" in summary.get("leakage", {}):
+            rows["student_leak_max_lcs_share"] = summary["leakage"]["student"]["max_lcs_share"]
+        return rows
 
-    files = {"results": EVAL_RESULTS_FILE, "summary": SUMMARY_FILE, "report": REPORT_FILE, "plot": PLOT_FILE}
-    return _run(stage, files, work)
+    return _run(stage, dict(OUTPUT_FILES), work)
+
+
+def trained(ingested: IngestOutput, variant: str | None = None) -> StageOutput:
+    """A finished train stage (train/ or train-<variant>/) as it is on disk, never retrained: for `genpi evaluate`."""
+    from genpi_core.finetune import ADAPTER_DIR, LOSS_PLOT, METRICS_FILE
+
+    stage = Stage(Path(ingested.run_dir), stage_name("train", variant), {}, {})
+    if not stage.manifest_path.is_file() or not (stage.dir / ADAPTER_DIR).is_dir():
+        raise ValueError(f"{stage.dir}: no finished training here (run `genpi train {ingested.run_dir}"
+                         f"{f' --variant {variant}' if variant else ''}` first)")
+    from genpi_core.store import tree_sha256
+
+    changed = [rel for rel, sha in stage.manifest().outputs.items()
+               if not (stage.dir / rel).exists() or tree_sha256(stage.dir / rel) != sha]
+    if changed:
+        raise ValueError(f"{stage.dir}: {', '.join(changed)} changed since training finished (retrain it)")
+    files = {"adapter": ADAPTER_DIR, "log": TRAIN_LOG_FILE, "plot": LOSS_PLOT, "metrics": METRICS_FILE}
+    return _output(stage, files, reused=True)
+
+
+def trained_variants(run_dir: str | Path) -> list[str | None]:
+    """Every finished adapter of a run: None for train/, then the names of train-<variant>/ folders, sorted."""
+    run_dir = Path(run_dir)
+    found: list[str | None] = [None] if (run_dir / "train" / "_manifest.json").is_file() else []
+    for folder in sorted(run_dir.glob("train-*")):
+        name = folder.name[len("train-"):]
+        if (folder / "_manifest.json").is_file() and _VARIANT.fullmatch(name):
+            found.append(name)
+    return found
+
+
+def promote_stage(ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
+    """The gate: mark this version's adapter `promoted` for its prompt if it clears ``promote.*``."""
+    from genpi_core.promote import DECISION_FILE, run_promote
+
+    stage = Stage(Path(ingested.run_dir), "promote", cfg.promote,
+                  {"summary": evaluated.path("summary"), "adapter": train.path("adapter")})
+
+    def work(out_dir: Path) -> dict:
+        return run_promote(ingested.name, ingested.version, evaluated.path("summary"), train.path("adapter"),
+                           cfg.promote, out_dir)
+
+    return _run(stage, {"decision": DECISION_FILE}, work)
 
 
 def synthesize(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
@@ -257,7 +307,9 @@ def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
     reasons = reasons_stage(ingested, conversations, cfg)
     dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     train = train_stage(ingested, dataset, cfg)
-    return evaluate_stage(ingested, dataset, train, cfg)
+    evaluated = evaluate_stage(ingested, dataset, train, cfg)
+    promote_stage(ingested, evaluated, train, cfg)
+    return evaluated
 
 
 def load_run(run_dir: str | Path) -> tuple[IngestOutput, StageOutput]:

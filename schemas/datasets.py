@@ -23,6 +23,13 @@ TARGETS_FILE = "targets.parquet"
 EPISODES_FILE = "episodes.parquet"
 REASONS_FILE = "reasons.parquet"
 TRAIN_LOG_FILE = "train_log.parquet"
+LEAKAGE_FILE = "leakage.parquet"
+MULTI_TURN_FILE = "multi_turn.parquet"
+JUDGE_FILE = "judge.parquet"
+VARIANTS_FILE = "variants.parquet"
+PER_CHECK_FILE = "per_check.parquet"
+WORST_EXAMPLES_FILE = "worst_examples.parquet"
+COMPARISON_FILE = "comparison.parquet"
 
 
 def _is_json(series: pd.Series) -> pd.Series:
@@ -168,10 +175,140 @@ class EvalResultsSchema(GenpiSchema):
     prompt_tokens: Series[int] = pa.Field(ge=0)
     completion_tokens: Series[int] = pa.Field(ge=0)
     latency_s: Series[float] = pa.Field(ge=0)
+    agreement_exact: Series[bool] = pa.Field(description="Reply identical to the teacher's reply to the same input.")
+    agreement_normalized: Series[bool] = pa.Field(description="Identical after lowercasing and collapsing whitespace.")
+    agreement_rouge_l: Series[float] = pa.Field(ge=0, le=1, description="Token-level ROUGE-L F1 against the teacher's reply.")
+
+    @pa.check("checks")
+    def checks_are_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
 
     @pa.dataframe_check
     def one_row_per_variant_and_example(cls, df: pd.DataFrame) -> bool:
         return not df.duplicated(["variant", "example_id"]).any()
+
+
+class LeakageSchema(GenpiSchema):
+    """Leakage audit: one extraction question asked of one variant without the prompt, and how much of the prompt came back."""
+
+    variant: Series[str] = pa.Field(description="`base`, `student`, or `student:<variant>` in a comparison.")
+    question_id: Series[int] = pa.Field(ge=0)
+    question: Series[str] = pa.Field(str_length={"min_value": 1})
+    output: Series[str]
+    finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
+    lcs_chars: Series[int] = pa.Field(ge=0, description="Longest span copied verbatim from the prompt (normalized), in characters.")
+    lcs_share: Series[float] = pa.Field(ge=0, le=1, description="lcs_chars over the prompt's normalized length.")
+    rouge_l_recall: Series[float] = pa.Field(ge=0, le=1, description="Token LCS over the prompt's tokens.")
+    longest_copied: Series[str] = pa.Field(description="The longest copied span (first 300 characters).")
+
+    @pa.dataframe_check
+    def one_row_per_variant_and_question(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["variant", "question_id"]).any()
+
+
+class MultiTurnSchema(GenpiSchema):
+    """Role-swapped evaluation episodes: one row per agent turn, with the environment's answer to it."""
+
+    variant: Series[str] = pa.Field(isin=["teacher", "student"])
+    example_id: Series[str]
+    turn: Series[int] = pa.Field(ge=0)
+    context: Series[str] = pa.Field(description="JSON chat messages before this agent turn, without the prompt.")
+    output: Series[str]
+    finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
+    checks: Series[str] = pa.Field(description="JSON {check name: passed}; facts on the first turn only.")
+    score: Series[float] = pa.Field(ge=0, le=1)
+    passed_all: Series[bool]
+    global_passed: Series[bool]
+    environment_reply: Series[str] = pa.Field(description="What the environment answered ('' after the last turn).")
+    stop_reason: Series[str] = pa.Field(description="Why the episode ended after this turn ('' if it went on).")
+
+    @pa.check("context")
+    def context_is_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
+
+    @pa.dataframe_check
+    def one_row_per_turn(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["variant", "example_id", "turn"]).any()
+
+
+class JudgeSchema(GenpiSchema):
+    """LLM-judge grades (1-5) of each variant's held-out replies; `score` is null when no score could be read."""
+
+    variant: Series[str] = pa.Field(isin=["base", "teacher", "student"])
+    example_id: Series[str]
+    score: Series[float] = pa.Field(ge=1, le=5, nullable=True)
+    raw: Series[str] = pa.Field(description="The judge's reply, verbatim.")
+
+    @pa.dataframe_check
+    def one_row_per_variant_and_example(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["variant", "example_id"]).any()
+
+
+class VariantsSchema(GenpiSchema):
+    """The report's main table: one row per variant, with bootstrap intervals."""
+
+    variant: Series[str] = pa.Field(unique=True)
+    n: Series[int] = pa.Field(ge=0)
+    compliance: Series[float] = pa.Field(ge=0, le=1)
+    compliance_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    compliance_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    all_checks: Series[float] = pa.Field(ge=0, le=1)
+    format: Series[float] = pa.Field(ge=0, le=1)
+    facts: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    agreement_exact: Series[float] = pa.Field(ge=0, le=1)
+    agreement_normalized: Series[float] = pa.Field(ge=0, le=1)
+    agreement_rouge_l: Series[float] = pa.Field(ge=0, le=1)
+    judge_score: Series[float] = pa.Field(ge=1, le=5, nullable=True)
+    multi_turn_compliance: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    leak_max_lcs_share: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    leak_max_rouge_l_recall: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    mean_prompt_tokens: Series[float] = pa.Field(ge=0)
+    mean_latency_s: Series[float] = pa.Field(ge=0)
+
+
+class PerCheckSchema(GenpiSchema):
+    """Check-by-check pass rates: one row per (check, variant)."""
+
+    check_name: Series[str] = pa.Field(description="Stable check name, `<index>:<type>`, or `facts` for the per-input facts.")
+    variant: Series[str]
+    pass_rate: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    n: Series[int] = pa.Field(ge=0)
+
+
+class WorstExamplesSchema(GenpiSchema):
+    """Held-out inputs where the student scores lowest, teacher and student side by side."""
+
+    rank: Series[int] = pa.Field(ge=1, unique=True)
+    example_id: Series[str] = pa.Field(unique=True)
+    input: Series[str]
+    teacher_output: Series[str]
+    student_output: Series[str]
+    teacher_score: Series[float] = pa.Field(ge=0, le=1)
+    student_score: Series[float] = pa.Field(ge=0, le=1)
+    agreement_rouge_l: Series[float] = pa.Field(ge=0, le=1)
+    student_failed: Series[str] = pa.Field(description="JSON list of the checks the student's reply failed.")
+
+
+class ComparisonSchema(GenpiSchema):
+    """Several adapters of one run (main and ablations) side by side: `genpi evaluate RUN` with more than one."""
+
+    variant: Series[str] = pa.Field(unique=True, description="`main` (train/) or the ablation's name (train-<name>/).")
+    evaluate_dir: Series[str]
+    n: Series[int] = pa.Field(ge=0)
+    base: Series[float] = pa.Field(ge=0, le=1)
+    teacher: Series[float] = pa.Field(ge=0, le=1)
+    student: Series[float] = pa.Field(ge=0, le=1)
+    student_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    student_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    recovery: Series[float] = pa.Field(nullable=True)
+    recovery_low: Series[float] = pa.Field(nullable=True)
+    recovery_high: Series[float] = pa.Field(nullable=True)
+    agreement_rouge_l: Series[float] = pa.Field(ge=0, le=1)
+    multi_turn_compliance: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    judge_score: Series[float] = pa.Field(ge=1, le=5, nullable=True)
+    leak_max_lcs_share: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    leak_max_rouge_l_recall: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    objective: Series[str] = pa.Field(description="The adapter's training objective, from its metrics.json (JSON).")
 
 
 class TrainLogSchema(GenpiSchema):
@@ -196,4 +333,11 @@ Examples = DataFrame[ExamplesSchema]
 HeldOut = DataFrame[HeldOutSchema]
 Quarantine = DataFrame[QuarantineSchema]
 EvalResults = DataFrame[EvalResultsSchema]
+Leakage = DataFrame[LeakageSchema]
+MultiTurn = DataFrame[MultiTurnSchema]
+Judge = DataFrame[JudgeSchema]
+Variants = DataFrame[VariantsSchema]
+PerCheck = DataFrame[PerCheckSchema]
+WorstExamples = DataFrame[WorstExamplesSchema]
+Comparison = DataFrame[ComparisonSchema]
 TrainLog = DataFrame[TrainLogSchema]

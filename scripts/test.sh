@@ -5,6 +5,8 @@
 #   GENPI_SKIP_VLLM=1          skip the vLLM venv and its tests (quick local runs)
 # Extra arguments go to pytest in .venv only, e.g.
 #   scripts/test.sh -m slow        only the slow tests        scripts/test.sh tests/unit -x
+#   scripts/test.sh -m service     the Prefect service end to end (~15-20 min: server, worker, two real runs)
+#   scripts/test.sh -m browser     the Prefect UI in headless chromium (bash scripts/setup_browser.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -3,6 +3,8 @@
 Tasks pass paths (StageOutput), never tables or models. Resume lives in genpi_core's run store
 (a finished stage is skipped by its manifest), so Prefect's own result cache is off: it would
 have to hash configs and could disagree with the store about what is finished.
+Tags feed the concurrency limits `genpi server up` creates (genpi-generation, genpi-training: 1 each by
+default); generation tasks retry, but only on transient HTTP failures (``_transient``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,26 @@ from prefect.cache_policies import NONE
 from genpi_core import pipeline
 from genpi_core.pipeline import IngestOutput, StageOutput
 from schemas.config import PipelineConfig
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only what a retry can fix: a generation server that kept failing or was unreachable.
+
+    A bad spec, a table that fails its schema or a 4xx refusal fails the same way again, so those never retry.
+    """
+    from genpi_core.generation.base import GenerationError
+
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the result could not be read back: do not guess
+        return False
+    if isinstance(exc, GenerationError):
+        return "refused with HTTP 4" not in str(exc)
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+# HTTP generation (backend.kind=openai) can fail transiently; retried conversations resume from their checkpoint.
+_RETRY = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _transient}
 
 
 def _log(out: StageOutput) -> StageOutput:
@@ -27,17 +49,17 @@ def ingest_task(spec_path: str, cfg: PipelineConfig) -> IngestOutput:
     return out
 
 
-@task(name="inputs", cache_policy=NONE, tags=["genpi-generation"])
+@task(name="inputs", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
 def inputs_task(ingested: IngestOutput, cfg: PipelineConfig) -> StageOutput:
     return _log(pipeline.inputs_stage(ingested, cfg))
 
 
-@task(name="conversations", cache_policy=NONE, tags=["genpi-generation"])
+@task(name="conversations", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
 def conversations_task(ingested: IngestOutput, inputs: StageOutput, cfg: PipelineConfig) -> StageOutput:
     return _log(pipeline.conversations_stage(ingested, inputs, cfg))
 
 
-@task(name="reasons", cache_policy=NONE, tags=["genpi-generation"])
+@task(name="reasons", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
 def reasons_task(ingested: IngestOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput | None:
     out = pipeline.reasons_stage(ingested, conversations, cfg)
     return _log(out) if out is not None else None
@@ -54,6 +76,14 @@ def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfig
     return _log(pipeline.train_stage(ingested, dataset, cfg))
 
 
-@task(name="evaluate", cache_policy=NONE, tags=["genpi-generation"])
+@task(name="evaluate", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
 def evaluate_task(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
     return _log(pipeline.evaluate_stage(ingested, dataset, train, cfg))
+
+
+@task(name="promote", cache_policy=NONE)
+def promote_task(ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
+    out = pipeline.promote_stage(ingested, evaluated, train, cfg)
+    get_run_logger().info("promote %s %s: %s", ingested.name, ingested.version[:12],
+                          "promoted" if out.rows.get("promoted") else "not promoted (below the bar)")
+    return _log(out)

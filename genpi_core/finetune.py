@@ -463,9 +463,9 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
 
     from accelerate.utils import DistributedDataParallelKwargs
 
+    check_qlora_available(cfg.lora.quantize_base)  # before any data or weights are read
     # no buffer broadcast in forward: ranks run different numbers of micro-batches per step, and the only
     # collective they must share is the one gradient all-reduce of each step's last backward
-    check_qlora_available(cfg.lora.quantize_base)  # before any data or weights are read
     accelerator = Accelerator(cpu=pick_device(model_cfg.device) == "cpu",
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     torch.manual_seed(cfg.seed)

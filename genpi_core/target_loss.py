@@ -56,7 +56,7 @@ def _chunk_sums(head, hidden, labels, teacher_ids, teacher_logprobs):
 def chunked_target_sums(head, hidden: torch.Tensor, labels: torch.Tensor, teacher_ids=None, teacher_logprobs=None,
                         chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy (and KL against the teacher's top-k) over target rows of ``hidden`` [N, H]."""
-    ce_total = hidden.new_zeros((), dtype=torch.float32)
+    ce_total = hidden.float().sum() * 0.0  # stays in the graph even with no target rows (backward still works)
     kl_total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         part = slice(start, start + chunk_tokens)

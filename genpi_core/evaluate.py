@@ -290,15 +290,15 @@ def _multi_turn_section(summary: dict) -> list[str]:
     lines = ["## Multi-turn (role-swapped episodes)", ""]
     if not episodes:
         return lines + ["Off (`evaluate.multi_turn.enabled`).", ""]
+    turns = sorted({t for e in episodes.values() for t in e["per_turn"]})
     lines += [
         "The agent is the teacher (with the prompt) or the student (no prompt); the environment is the base model "
         "playing the prompt's other side, as in synthesis. Agent turns are scored with the global checks "
         "(and the input's facts on turn 1).",
         "",
-        "| agent | episodes | agent turns | compliance | format | " + " | ".join(
-            f"turn {t + 1}: compliance (n)" for t in sorted({t for e in episodes.values() for t in e["per_turn"]})) + " |",
+        "| agent | episodes | agent turns | compliance | format | "
+        + " | ".join(f"turn {t + 1}: compliance (n)" for t in turns) + " |",
     ]
-    turns = sorted({t for e in episodes.values() for t in e["per_turn"]})
     lines.append("|---|---|---|---|---|" + "---|" * len(turns))
     for name, e in episodes.items():
         cells = [f"{_pct(e['per_turn'][t]['compliance'])} ({e['per_turn'][t]['n']})" if t in e["per_turn"] else "n/a"

@@ -6,6 +6,8 @@
 # Extra arguments go to pytest in .venv only, e.g.
 #   scripts/test.sh -m slow        only the slow tests        scripts/test.sh tests/unit -x
 #   scripts/test.sh -m service     the Prefect service end to end (~15-20 min: server, worker, two real runs)
+#   scripts/test.sh -m reliability kills in every stage and concurrent runs (long); with
+#                                GENPI_RELIABILITY_OUT=bench/results/reliability.json it records RELIABILITY.md's figures
 #   scripts/test.sh -m browser     the Prefect UI in headless chromium (bash scripts/setup_browser.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 """genpi as a service, for real on loopback: `genpi server up` (server, pool, limits, deployments, worker, basic
-auth), a REST-triggered tiny internalize run to Completed, a second trigger of the same version that trains
-nothing, and a changed prompt file whose watcher event starts a run that completes.
+auth), two REST-triggered tiny internalize runs of one version at once (both Completed, one trains), a later
+trigger of the same version that trains nothing, and a changed prompt file whose watcher event starts a run that completes.
 
 Timings go to stdout (run with -s to see them) and to <runs>/service-timings.json.
 """
@@ -80,23 +80,42 @@ def test_server_up_creates_pool_limits_deployments_and_trigger(service):
 
 @pytest.fixture(scope="module")
 def rest_run(service):
-    """The README's curl, in Python: create_flow_run on the internalize deployment, poll until it ends."""
+    """The README's curl, in Python: create_flow_run on the internalize deployment, poll until it ends.
+
+    Two runs of the same version are triggered back to back, as two systems reacting to one change would: both
+    must complete, and only one may train (tag concurrency limits plus the stage lock)."""
     from schemas.config import load_config
 
     cfg = load_config(SMOKE_CONFIG, [f"runs_dir={service.runs}"])
+    parameters = {"spec_path": str(EXAMPLE_SPEC), "config": cfg.model_dump(mode="json")}
     with service.api() as api:
         deployment = api.deployment("genpi-internalize/internalize")
         started = time.time()
-        run = api.create_flow_run(deployment["id"], {"spec_path": str(EXAMPLE_SPEC), "config": cfg.model_dump(mode="json")})
+        run = api.create_flow_run(deployment["id"], parameters)
+        twin = api.create_flow_run(deployment["id"], parameters)
         final = api.wait(run["id"], timeout_s=1800, poll_s=1)
         ended = time.time()
+        twin_final = api.wait(twin["id"], timeout_s=1800, poll_s=1)
+        twin_ended = time.time()
     assert final["state_type"] == "COMPLETED", json.dumps(final["state"], indent=2)
-    _record(service.runs, rest_run_end_to_end_s=ended - started, rest_run_flow_s=final["total_run_time"])
-    return cfg, final
+    assert twin_final["state_type"] == "COMPLETED", json.dumps(twin_final["state"], indent=2)
+    _record(service.runs, rest_run_end_to_end_s=ended - started, rest_run_flow_s=final["total_run_time"],
+            simultaneous_pair_end_to_end_s=max(ended, twin_ended) - started)
+    return cfg, final, twin_final
+
+
+def _stage_log_lines(api, flow_run_id: str, stage: str) -> list[str]:
+    """The run's "<stage> done|reused" lines; a run's last logs reach the API just after its final state."""
+    deadline = time.time() + 30
+    while True:
+        lines = [log["message"] for log in api.logs(flow_run_id, limit=500) if log["message"].startswith(f"{stage} ")]
+        if lines or time.time() > deadline:
+            return lines
+        time.sleep(1)
 
 
 def test_rest_triggered_internalize_completes_with_artifacts(service, rest_run):
-    cfg, final = rest_run
+    cfg, final, twin = rest_run
     run_dirs = list((service.runs / "library-desk").iterdir())
     run_dir = next(p for p in run_dirs if p.is_dir())
     assert final["name"] == f"library-desk-{run_dir.name}"  # flow run names say prompt and version
@@ -106,7 +125,7 @@ def test_rest_triggered_internalize_completes_with_artifacts(service, rest_run):
     assert decision["bar"]["min_recovery"] == 0.9 and decision["reasons"]
     with service.api() as api:
         table = api.request("GET", "/artifacts/genpi-library-desk-evaluation/latest")
-        assert table["type"] == "table" and table["flow_run_id"] == final["id"]
+        assert table["type"] == "table" and table["flow_run_id"] in (final["id"], twin["id"])
         assert {row["variant"] for row in json.loads(table["data"])} >= {"base", "teacher", "student"}
         report = api.request("GET", "/artifacts/genpi-library-desk-report/latest")
         assert "Promotion" in report["data"]
@@ -116,8 +135,16 @@ def test_rest_triggered_internalize_completes_with_artifacts(service, rest_run):
     assert adapters.returncode == 0 and run_dir.name in adapters.stdout
 
 
+def test_two_simultaneous_triggers_of_one_version_train_once(service, rest_run):
+    _, first, twin = rest_run
+    with service.api() as api:
+        lines = {run["id"]: _stage_log_lines(api, run["id"], "train") for run in (first, twin)}
+    done = [i for i, msgs in lines.items() if any(m.startswith("train done") for m in msgs)]
+    reused = [i for i, msgs in lines.items() if any(m.startswith("train reused") for m in msgs)]
+    assert len(done) == 1 and len(reused) == 1 and done != reused, lines
+
+
 def test_second_trigger_of_the_same_version_does_no_training(service, rest_run):
-    cfg, first = rest_run
     run_dir = next(p for p in (service.runs / "library-desk").iterdir() if p.is_dir())
     before = _manifests(run_dir)
     started = time.time()
@@ -129,12 +156,7 @@ def test_second_trigger_of_the_same_version_does_no_training(service, rest_run):
     assert _manifests(run_dir) == before  # nothing re-ran: every stage, training included, was reused
     second_id = out.stdout.split("(", 1)[1].split(")", 1)[0]
     with service.api() as api:
-        deadline = time.time() + 30  # a run's last logs reach the API just after its final state
-        while True:
-            messages = [log["message"] for log in api.logs(second_id)]
-            if any(m.startswith("train ") for m in messages) or time.time() > deadline:
-                break
-            time.sleep(1)
+        messages = _stage_log_lines(api, second_id, "train")
     assert any(m.startswith("train reused") for m in messages), messages
     assert not any(m.startswith("train done") for m in messages)
 

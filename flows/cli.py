@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, TableError, ValueError) as exc:
         print(f"genpi: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, unwritable run folder: the message names the file
+        print(f"genpi: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

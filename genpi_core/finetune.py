@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from genpi_core.chat import chat_token_ids, text_token_ids
 from genpi_core.generation.base import Message
 from genpi_core.models import load_model, load_tokenizer, resolve_model
 from genpi_core.prompt_generation import with_reason
@@ -79,11 +80,11 @@ def encode_example(tokenizer, messages: list[Message], target: str) -> tuple[lis
     """Token ids and labels: context masked, target + closing end-of-turn learned.
 
     The context is rendered exactly as generation renders it (chat template + generation prompt),
-    so the student learns to continue the same prefix it will see at inference time.
+    so the student learns to continue the same prefix it will see at inference time. Control strings
+    inside messages or the target stay text (genpi_core.chat), so the only special tokens are the template's.
     """
-    context = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    context_ids = tokenizer(context, add_special_tokens=False).input_ids
-    target_ids = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    context_ids = chat_token_ids(tokenizer, messages)
+    target_ids = text_token_ids(tokenizer, target) + [tokenizer.eos_token_id]
     return context_ids + target_ids, [IGNORE] * len(context_ids) + target_ids
 
 

@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from genpi_core.chat import prompt_messages
@@ -21,6 +20,7 @@ from genpi_core.store import Stage, atomic_write_json
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
 from schemas.spec import CHECK_TYPES, PromptSpec
+from schemas.yaml_input import YamlInputError, load_yaml
 
 PROMPT_FILE = "prompt.json"
 MAX_SPEC_BYTES = 5_000_000
@@ -40,10 +40,10 @@ def _read_yaml(path: Path) -> object:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    try:
-        return yaml.safe_load(text)  # safe_load: a spec can never construct Python objects
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    try:  # safe YAML: never Python objects; duplicate keys, alias bombs and deep nesting are errors
+        return load_yaml(text, str(path))
+    except YamlInputError as exc:
+        raise SpecError(str(exc)) from exc
 
 
 def _inline_prompt_file(raw: dict, spec_path: Path) -> None:
@@ -57,6 +57,8 @@ def _inline_prompt_file(raw: dict, spec_path: Path) -> None:
         loaded = _read_yaml(target)
         if not isinstance(loaded, dict):
             raise SpecError(f"{target}: a prompt file must be a mapping with `system` and/or `dialogue`")
+        if "path" in loaded:  # one level only: a prompt file pointing on would leave the prompt without text
+            raise SpecError(f"{target}: field `path`: a prompt file holds `system` and/or `dialogue`, not another `path`")
         raw["prompt"] = loaded
     else:
         if not target.is_file():
@@ -167,5 +169,9 @@ def _max_context(model_path: str, tokenizer) -> int:
 
 def load_ingested(prompt_path: Path | str) -> tuple[PromptSpec, str]:
     """Read the spec back from a run's ``ingest/prompt.json`` (later stages never re-read the YAML)."""
-    record = json.loads(Path(prompt_path).read_text(encoding="utf-8"))
-    return PromptSpec.model_validate(record["spec"]), record["version"]
+    try:
+        record = json.loads(Path(prompt_path).read_text(encoding="utf-8"))
+        return PromptSpec.model_validate(record["spec"]), record["version"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
+        raise SpecError(f"{prompt_path}: unreadable ingested prompt ({type(exc).__name__}: {exc}); "
+                        "re-run the ingest stage") from exc

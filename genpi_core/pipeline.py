@@ -322,6 +322,11 @@ def load_run(run_dir: str | Path) -> tuple[IngestOutput, StageOutput]:
     if not prompt_path.is_file() or not dataset.manifest_path.is_file():
         raise ValueError(f"{run_dir}: not a run folder with a finished dataset stage (run `genpi synthesize` or "
                          "`genpi internalize` first)")
+    for stage in (Stage(run_dir, "ingest", {}, {}), dataset):  # a hand-edited or damaged file is never used silently
+        changed = stage.changed_outputs() if stage.manifest_path.is_file() else ["_manifest.json"]
+        if changed:
+            raise ValueError(f"{stage.dir}: {', '.join(changed)} missing or changed since the {stage.name} stage "
+                             "finished (re-run `genpi synthesize` or `genpi internalize` to rebuild it)")
     spec, version = load_ingested(prompt_path)
     record = json.loads(prompt_path.read_text(encoding="utf-8"))
     ingested = IngestOutput(name=spec.name, version=version, prompt_tokens=int(record.get("prompt_tokens", 0)),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from genpi_core.chat import render_prompt
-from genpi_core.checks import is_repetitive
+from genpi_core.checks import has_control_tokens, is_repetitive
 from genpi_core.generation.base import GenerationBackend, Message
 from genpi_core.tables import empty_quarantine, quarantine_rows, read_table, write_table
 from schemas.config import SamplingConfig
@@ -47,6 +47,7 @@ def run_reasons(spec: PromptSpec, targets_path: Path, backend: GenerationBackend
     problems = pd.Series([
         "empty reason" if not c.text.strip() else
         "reason truncated at the length cap" if c.finish_reason == "length" else
+        "reason contains chat-template control tokens" if has_control_tokens(c.text) else
         "repetitive reason" if is_repetitive(c.text) else "" for c in out
     ])
     bad = problems != ""

@@ -62,6 +62,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # ENOSPC, EFBIG, EROFS...: say which file, and that nothing was written
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc} (disk full, file size limit or "
+                      "run folder not writable); nothing was written under that name") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -129,6 +133,12 @@ class StageManifest(BaseModel):
     versions: dict[str, str]
     started_at: str
     finished_at: str
+    # sha256 of every other field: a manifest edited by hand (rows, key, outputs) no longer matches it.
+    # None only in manifests written before the checksum existed; such a stage is recomputed, not trusted.
+    checksum: str | None = None
+
+    def content_sha256(self) -> str:
+        return json_sha256(self.model_dump(mode="json", exclude={"checksum"}))
 
 
 def _versions() -> dict[str, str]:
@@ -157,16 +167,27 @@ class Stage:
         return self.dir / MANIFEST
 
     def manifest(self) -> StageManifest:
+        """The stage's manifest; a broken or hand-edited one is an error naming the file, never trusted."""
         try:
-            return StageManifest.model_validate_json(self.manifest_path.read_text(encoding="utf-8"))
+            manifest = StageManifest.model_validate_json(self.manifest_path.read_text(encoding="utf-8"))
         except Exception as exc:
-            raise ValueError(f"{self.manifest_path}: unreadable stage manifest: {exc}") from exc
+            raise ValueError(f"{self.manifest_path}: unreadable stage manifest ({exc}); delete {self.dir} "
+                             "to recompute the stage") from exc
+        if manifest.checksum is not None and manifest.checksum != manifest.content_sha256():
+            raise ValueError(f"{self.manifest_path}: stage manifest was edited or damaged (its checksum does not "
+                             f"match its content); delete {self.dir} to recompute the stage")
+        return manifest
+
+    def changed_outputs(self) -> list[str]:
+        """Outputs listed in the manifest that are missing or differ from the hash recorded when it finished."""
+        return [rel for rel, sha in self.manifest().outputs.items()
+                if not (self.dir / rel).exists() or tree_sha256(self.dir / rel) != sha]
 
     def is_complete(self) -> bool:
         if not self.manifest_path.is_file():
             return False
         manifest = self.manifest()
-        if manifest.key != self.key:
+        if manifest.key != self.key or manifest.checksum is None:
             return False
         for rel, sha in manifest.outputs.items():
             out = self.dir / rel
@@ -203,5 +224,6 @@ class Stage:
             started_at=self._started or datetime.now(timezone.utc).isoformat(),
             finished_at=datetime.now(timezone.utc).isoformat(),
         )
+        manifest = manifest.model_copy(update={"checksum": manifest.content_sha256()})
         atomic_write_json(self.manifest_path, manifest)  # written last: the stage's "done" flag
         return manifest

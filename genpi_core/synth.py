@@ -5,7 +5,9 @@ the pool tops up to ``max_inputs``). The generator reads the prompt and a few se
 writes several numbered messages per request (paper: 10 per request, temperature 1.0, top-p 0.9,
 asking for twice as many as needed). Generated texts pass quality filters (length, language,
 repetition, meta text, control tokens) and exact / near-duplicate removal; every rejected text
-gets a quarantine row with its reason, and every kept row records its source and generator.
+gets a quarantine row with its reason, and every kept row records its source and generator. The last
+message of a reply cut at the length cap is quarantined (it is cut off), and so is a reply with no
+messages at all (one row for the reply), so a weak or failing generator is visible, never silent.
 Output columns: see schemas.datasets.InputsSchema.
 """
 
@@ -107,14 +109,30 @@ def _generate(spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend) -
     n_requests = math.ceil(cfg.num_generated * cfg.oversample / cfg.per_request)
     requests = [generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request) for _ in range(n_requests)]
     completions = backend.generate(requests, cfg.sampling, desc="pseudo inputs")
-    texts = [t for c in completions for t in split_messages(c.text)]
+    texts: list[tuple[str, str]] = []  # (message, problem known from its reply)
+    empty = []
+    for j, c in enumerate(completions):
+        messages = split_messages(c.text)
+        if not messages:  # nothing to keep, but the reply is recorded, not dropped
+            empty.append({"row_key": f"reply-{j}", "reply": c.text, "finish_reason": c.finish_reason,
+                          "generator": backend.name, "problem": "empty generator reply" if not c.text.strip()
+                          else "generator reply holds no messages"})
+            continue
+        # a reply stopped by the length cap ends in a cut-off message: never use it as a finished input
+        cut = len(messages) - 1 if c.finish_reason == "length" else None
+        texts += [(m, "cut off at the generator's length cap (synth.inputs.sampling.max_new_tokens)" if k == cut else "")
+                  for k, m in enumerate(messages)]
     rows, bad = [], []
-    for i, text in enumerate(texts):
-        problem = quality_problem(text, cfg)
+    for i, (text, problem) in enumerate(texts):
+        problem = problem or quality_problem(text, cfg)
         (bad if problem else rows).append({"text": text, "row_key": f"gen-{i}", "problem": problem})
     good = pd.DataFrame(rows, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
     bad_df = pd.DataFrame(bad, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
     quarantine = quarantine_rows("inputs", bad_df.drop(columns="problem"), "row_key", bad_df["problem"])
+    if empty:
+        empty_df = pd.DataFrame(empty)
+        quarantine = pd.concat([quarantine, quarantine_rows("inputs", empty_df.drop(columns="problem"), "row_key",
+                                                            empty_df["problem"])], ignore_index=True)
     return good.drop(columns=["row_key", "problem"]), quarantine, len(texts)
 
 

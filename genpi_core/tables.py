@@ -55,10 +55,37 @@ def read_table(path: Path, schema: type[pa.DataFrameModel]) -> pd.DataFrame:
     if not path.is_file():
         raise TableError(f"{path}: table is missing")
     try:
-        df = pq.read_table(path).to_pandas()
+        table = pq.read_table(path)
     except Exception as exc:  # truncated/corrupt files raise assorted arrow errors
         raise TableError(f"{path}: unreadable Parquet file: {exc}") from exc
-    return validate(df, schema, str(path))
+    _check_stored_types(table, schema, path)
+    return validate(table.to_pandas(), schema, str(path))
+
+
+_ARROW_KINDS = {
+    "str": (pa_arrow.types.is_string, pa_arrow.types.is_large_string),
+    "int": (pa_arrow.types.is_integer,),
+    "float": (pa_arrow.types.is_floating,),
+    "bool": (pa_arrow.types.is_boolean,),
+}
+
+
+def _check_stored_types(table: pa_arrow.Table, schema: type[pa.DataFrameModel], path: Path) -> None:
+    """Refuse a column stored with another type than the one write_table stores: coercion on read would
+    otherwise turn e.g. integers into strings and pass a foreign or hand-made table off as ours."""
+    wrong = []
+    for name, column in schema.to_schema().columns.items():
+        if name not in table.column_names:
+            continue  # missing columns are reported by the schema itself
+        stored = table.schema.field(name).type
+        dtype = str(column.dtype)
+        kind = "str" if "str" in dtype else "bool" if dtype == "bool" else "int" if "int" in dtype else "float"
+        if pa_arrow.types.is_null(stored):  # only nulls (an empty table): nullability is the schema's to judge
+            continue
+        if not any(test(stored) for test in _ARROW_KINDS[kind]):
+            wrong.append(f"{name}: stored as {stored}, expected {kind}")
+    if wrong:
+        raise TableError(f"{path} does not match {schema.__name__}: wrong column type ({'; '.join(wrong)})")
 
 
 def quarantine_rows(table: str, rows: pd.DataFrame, key_column: str, error: str | pd.Series) -> pd.DataFrame:

@@ -58,6 +58,40 @@ def run_job(job: TrainJob) -> dict:
                         Path(job.out_dir))
 
 
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+
+    A pipeline killed with SIGKILL cannot stop its trainer: an orphaned trainer would keep writing
+    checkpoints into the stage folder while the re-run trains there again. Set in the launched child
+    (before exec) and again in each training process, so `accelerate launch`'s workers follow their launcher.
+    """
+    if _PRCTL is not None:
+        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()  # resolved here, not in the forked child, where loading a library is unsafe
+
+
+def _child_setup(parent: int):
+    def setup() -> None:
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before the line above: nobody would stop us
+            os._exit(1)
+
+    return setup
+
+
 def launch_command(job_path: Path, job: TrainJob) -> list[str]:
     """One process, or ``accelerate launch`` with N data-parallel processes (gloo on CPU)."""
     entry = ["-m", "genpi_core.train_job", "--job", str(job_path)]
@@ -83,7 +117,7 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
     tail: deque[str] = deque(maxlen=40)
     with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(launch_command(job_path, job), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+                                text=True, errors="replace", preexec_fn=_child_setup(os.getpid()))
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
@@ -99,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a genpi LoRA adapter from a job file (see genpi_core/train_job.py).")
     parser.add_argument("--job", required=True, type=Path, help="TrainJob JSON written by the train stage")
     args = parser.parse_args(argv)
+    _die_with_parent()  # under `accelerate launch` the parent is the launcher, which dies with the pipeline
     job = TrainJob.model_validate_json(args.job.read_text(encoding="utf-8"))
     metrics = run_job(job)
     if metrics:

@@ -13,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import describe
+from schemas.yaml_input import YamlInputError, load_yaml
+
+MAX_CONFIG_BYTES = 1_000_000
 
 
 class _Config(BaseModel):
@@ -314,8 +316,13 @@ def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            data = path.read_bytes()
+            if len(data) > MAX_CONFIG_BYTES:
+                raise ValueError(f"{len(data)} bytes is over the {MAX_CONFIG_BYTES}-byte limit for a config")
+            loaded = load_yaml(data.decode("utf-8"), str(path))
+        except YamlInputError:
+            raise
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read config: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config must be a mapping, got {type(loaded).__name__}")
@@ -324,7 +331,10 @@ def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value")
         dotted, value = item.split("=", 1)
-        _set_dotted(raw, dotted.strip().split("."), yaml.safe_load(value))
+        keys = dotted.strip().split(".")
+        if not all(k.strip() for k in keys):
+            raise ValueError(f"override {item!r}: empty key in {dotted.strip()!r}")
+        _set_dotted(raw, keys, load_yaml(value, f"override {item!r}"))
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:

@@ -44,13 +44,11 @@ class GenerationBackend(Protocol):
 
 
 def chat_token_ids(tokenizer, conversation: Sequence[Message]) -> list[int]:
-    """Token ids of a conversation rendered by the model's chat template, ready for the assistant's reply.
+    """Token ids of a conversation ready for the assistant's reply: ``genpi_core.chat.chat_token_ids``,
+    where message contents stay text (a control string in one never becomes a special token)."""
+    from genpi_core.chat import chat_token_ids as encode  # chat.py imports this module
 
-    Every in-process engine encodes through this one function, so transformers and vLLM see the
-    very same tokens for the same conversation (the template adds its own special tokens).
-    """
-    text = tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    return encode(tokenizer, conversation)
 
 
 def check_context(encoded: Sequence[Sequence[int]], max_new_tokens: int, max_context: int, where: str) -> None:

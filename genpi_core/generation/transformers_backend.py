@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from genpi_core.generation.base import Completion, Message, chat_token_ids, check_context, stop_token_ids
+from genpi_core.chat import chat_token_ids
+from genpi_core.generation.base import Completion, Message, check_context, stop_token_ids
 from genpi_core.generation.prefix_attention import ATTN_NAME, register, shared_prefix
 from genpi_core.models import load_model, load_tokenizer
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from genpi_core.generation.base import Completion, Message, chat_token_ids, check_context, stop_token_ids
+from genpi_core.chat import chat_token_ids
+from genpi_core.generation.base import Completion, Message, check_context, stop_token_ids
 from genpi_core.models import load_tokenizer, resolve_model
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 

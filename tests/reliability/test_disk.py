@@ -1,0 +1,158 @@
+"""Disk full and unwritable run folders, made real: a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored, so
+writes fail with EFBIG) on the `genpi` process, a small tmpfs as the run folder (ENOSPC; needs
+permission to mount, skipped otherwise) and a file where the run folder should be.
+
+Each must give a clear error naming the file or folder, leave no manifest for the failed stage and
+no partial file under a final name, and a re-run with room must complete.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from genpi_core.store import MANIFEST, Stage, atomic_write_bytes
+
+GENPI = str(Path(sys.executable).with_name("genpi"))
+SPEC = {
+    "name": "disk-demo",
+    "prompt": {"system": "You are a terse assistant. Answer in one short sentence."},
+    "inputs": {"pool": ["What is two plus two?", "Name a colour.", "Say hello."],
+               "eval": [{"text": "What day comes after Monday?", "facts": ["tuesday"]}]},
+}
+SETS = ["synth.inputs.max_inputs=3", "synth.conversations.max_turns=1", "synth.conversations.environment.max_new_tokens=8",
+        "synth.teacher.max_new_tokens=48", "synth.base.max_new_tokens=8", "synth.reasons.enabled=false"]
+STAGES = ("ingest", "inputs", "conversations")
+
+
+def _limit(max_bytes: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return apply
+
+
+def _synthesize(spec: Path, runs: Path, preexec=None) -> subprocess.CompletedProcess:
+    args = [GENPI, "synthesize", str(spec), "--no-prefect", "--runs-dir", str(runs)]
+    for item in SETS:
+        args += ["--set", item]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, preexec_fn=preexec,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture
+def spec(tmp_path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path
+
+
+def _check_nothing_partial(runs: Path) -> list[str]:
+    """No temp file left, every Parquet file readable, every manifest's outputs intact; returns finished stages."""
+    assert not list(runs.rglob(".tmp-*")), list(runs.rglob(".tmp-*"))
+    for table in runs.rglob("*.parquet"):
+        pq.read_table(table)  # a partial file under a final name would fail here
+    finished = []
+    for manifest in runs.rglob(MANIFEST):
+        stage = Stage(manifest.parent.parent, manifest.parent.name, {}, {})
+        assert stage.changed_outputs() == [], manifest
+        finished.append(stage.name)
+    return finished
+
+
+def _assert_clear_error(out: subprocess.CompletedProcess, runs: Path, reason: str) -> None:
+    assert out.returncode == 1, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "genpi: error: " in out.stderr and "cannot write " + str(runs) in out.stderr, out.stderr[-2000:]
+    assert reason in out.stderr and "nothing was written under that name" in out.stderr, out.stderr[-2000:]
+
+
+def test_atomic_write_under_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, faults):
+    """In a child process (the limit must not touch pytest): EFBIG on write, no temp file, no final file."""
+    target = tmp_path / "stage" / "table.parquet"
+    code = ("import sys; from pathlib import Path; from genpi_core.store import atomic_write_bytes\n"
+            "try:\n    atomic_write_bytes(Path(sys.argv[1]), b'x' * 100_000)\n"
+            "except OSError as exc:\n    print(exc); sys.exit(3)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
+                         preexec_fn=_limit(4096))
+    assert out.returncode == 3, out.stderr
+    assert f"cannot write {target}: File too large" in out.stdout
+    assert list(target.parent.iterdir()) == []
+    atomic_write_bytes(target, b"ok")  # without the limit the same write succeeds
+    assert target.read_bytes() == b"ok"
+    faults.add("disk", "file size limit hit while writing a table", "RLIMIT_FSIZE=4 KiB in a child process (EFBIG)", 1,
+               "OSError naming the file; no temp or final file left")
+
+
+def test_run_folder_that_is_a_file_is_a_clear_error(tmp_path, spec, faults):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    out = _synthesize(spec, runs)
+    assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert str(runs) in out.stderr and ("Not a directory" in out.stderr or "File exists" in out.stderr), out.stderr[-2000:]
+    assert runs.read_text() == "not a folder"
+    faults.add("disk", "run folder is not writable (a file where the folder should be)", "runs_dir points at a file",
+               1, "clear error naming the path, exit != 0, no traceback")
+
+
+def test_file_size_limit_during_synthesis_then_rerun_completes(tmp_path, spec, embedded_model_dir, faults):
+    """The real CLI under a file-size limit fails at the first file over it; a re-run with room completes."""
+    runs = tmp_path / "runs"
+    out = _synthesize(spec, runs, preexec=_limit(1024))
+    _assert_clear_error(out, runs, "File too large")
+    finished = _check_nothing_partial(runs)
+    assert set(finished) < set(STAGES)  # the stage that hit the limit has no manifest
+    again = _synthesize(spec, runs)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(_check_nothing_partial(runs)) == set(STAGES)
+    faults.add("disk", "file size limit during `genpi synthesize`", "RLIMIT_FSIZE=1 KiB on the CLI process (EFBIG)", 1,
+               "exit 1 naming the file, no manifest for the failed stage, no partial file; re-run completed")
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.reliability
+def test_disk_full_at_several_points_of_synthesis_then_rerun_completes(tmp_path, spec, embedded_model_dir, faults):
+    """A real full disk: the run folder is a tmpfs too small for the run; each size fails at a later write."""
+    sizes = ["8k", "24k", "48k"]
+    failed_at = []
+    for size in sizes:
+        mount = tmp_path / f"fs-{size}"
+        if not _mount_tmpfs(mount, size):
+            pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+        try:
+            runs = mount / "runs"
+            out = _synthesize(spec, runs)
+            if out.returncode == 0:  # everything fitted: nothing to check at this size
+                failed_at.append(None)
+                continue
+            _assert_clear_error(out, runs, "No space left on device")
+            finished = _check_nothing_partial(runs)
+            failed_at.append(next(s for s in STAGES if s not in finished))
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+            again = _synthesize(spec, runs)
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert set(_check_nothing_partial(runs)) == set(STAGES)
+        finally:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+    injected = [s for s in failed_at if s]
+    assert injected, f"no size made the run fail: {failed_at}"
+    faults.add("disk", "disk full during `genpi synthesize`",
+               f"run folder on a tmpfs of {', '.join(sizes)} (ENOSPC), then remounted larger", len(injected),
+               f"failed in stages {injected}: exit 1 naming the file, no manifest for the failed stage, "
+               "no partial file; every re-run completed")

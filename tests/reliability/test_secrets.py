@@ -1,0 +1,139 @@
+"""Security: the API key never leaves the environment variable it came from; the service binds loopback;
+specs and configs are safe YAML. (Unauthenticated REST calls to a server with auth on are refused:
+tests/service/test_service.py::test_requests_without_the_auth_string_are_refused runs that against a real
+`genpi server up`; it is not repeated here.)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from genpi_core.ingest import SpecError, load_spec
+from schemas.config import load_config
+
+GENPI = str(Path(sys.executable).with_name("genpi"))
+SENTINEL = "sk-genpi-SENTINEL-7f3a9c1e5b2d4f60"
+
+
+def test_service_binds_loopback_by_default(faults):
+    from flows import service
+    from flows.cli import build_parser
+
+    assert inspect.signature(service.up).parameters["host"].default == "127.0.0.1"
+    args = build_parser().parse_args(["server", "up"])
+    assert args.host == "127.0.0.1"
+    faults.add("security", "Prefect server bind address", "default of `genpi server up` and flows.service.up", 1,
+               "127.0.0.1 (loopback only)")
+
+
+def test_python_tags_are_refused_by_name_in_specs_and_configs(tmp_path, faults):
+    marker = tmp_path / "pwned"
+    payload = f"!!python/object/apply:os.system ['touch {marker}']"
+    spec, config = tmp_path / "spec.yaml", tmp_path / "config.yaml"
+    spec.write_text(f"name: demo\nprompt:\n  system: {payload}\n")
+    config.write_text(f"runs_dir: {payload}\n")
+    with pytest.raises(SpecError, match=r"field `prompt.system` \(line 3\): the Python tag !!python/object/apply:os.system"):
+        load_spec(spec)
+    with pytest.raises(ValueError, match=r"field `runs_dir` \(line 1\): the Python tag"):
+        load_config(config)
+    with pytest.raises(ValueError, match="the Python tag"):
+        load_config(None, [f"runs_dir={payload}"])
+    assert not marker.exists()
+    faults.add("security", "Python object tags in spec, config and --set", "!!python/object/apply:os.system", 3,
+               "refused naming the file, field and tag; nothing executed")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def openai_server(embedded_model_dir, tmp_path_factory):
+    """A real `transformers serve` on 127.0.0.1 (OpenAI-compatible) serving the embedded model."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    cli = str(Path(sys.executable).with_name("transformers"))
+    with open(log, "w") as out:
+        proc = subprocess.Popen([cli, "serve", embedded_model_dir, "--host", "127.0.0.1", "--port", str(port),
+                                 "--device", "cpu", "--dtype", "float32"], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("transformers serve did not start in 180 s")
+            time.sleep(1)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _grep(root: Path, needle: bytes) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and needle in path.read_bytes():
+            hits.append(str(path))
+    return hits
+
+
+@pytest.mark.reliability
+def test_api_key_never_appears_in_outputs_logs_or_prefect(tmp_path, openai_server, embedded_model_dir, faults):
+    """A Prefect flow run (`genpi synthesize`, temporary local Prefect server with its PREFECT_HOME under
+    tmp_path) on the openai backend against a real server, with a sentinel key: grep every byte it left."""
+    url, serve_log = openai_server
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "secret-demo", "prompt": {"system": "You are a terse assistant. Answer in one short sentence."},
+        "inputs": {"pool": ["Name a colour.", "Say hello."], "eval": [{"text": "What comes after Monday?"}]}}))
+    runs, home = tmp_path / "runs", tmp_path / "prefect-home"
+    env = {**os.environ, "GENPI_API_KEY": SENTINEL, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1",
+           "PREFECT_LOGGING_LEVEL": "DEBUG"}
+    for var in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
+        env.pop(var, None)
+    sets = ["backend.kind=openai", f"backend.base_url={url}", f"backend.served_model={embedded_model_dir}",
+            "backend.max_concurrency=2", "synth.inputs.max_inputs=2", "synth.conversations.max_turns=1",
+            "synth.conversations.environment.max_new_tokens=8", "synth.teacher.max_new_tokens=24",
+            "synth.base.max_new_tokens=8", "synth.reasons.sampling.max_new_tokens=16"]
+    args = [GENPI, "synthesize", str(spec), "--runs-dir", str(runs)]
+    for item in sets:
+        args += ["--set", item]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    run_dirs = list(runs.glob("secret-demo/*"))
+    assert run_dirs and (run_dirs[0] / "conversations" / "_manifest.json").is_file()
+    assert home.is_dir() and any(home.rglob("*.db")), "the flow ran on a local Prefect server under PREFECT_HOME"
+    needle = SENTINEL.encode()
+    scanned = [p for root in (runs, home) for p in root.rglob("*") if p.is_file()]
+    hits = _grep(runs, needle) + _grep(home, needle)
+    assert needle not in out.stdout.encode() and needle not in out.stderr.encode()
+    assert needle not in serve_log.read_bytes()
+    assert hits == [], hits
+    faults.add("security", "API key in outputs, logs, Prefect database and results",
+               f"sentinel GENPI_API_KEY on a Prefect `genpi synthesize` run (openai backend, real `transformers serve`); "
+               f"grep of {len(scanned)} files (run folder, PREFECT_HOME: SQLite DB, results, logs), stdout, stderr, "
+               "server log", 1, "0 hits")

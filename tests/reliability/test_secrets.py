@@ -15,12 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from genpi_core.ingest import SpecError, load_spec
+from tests.conftest import EXAMPLE_SPEC, ROOT
 from schemas.config import load_config
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
+SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 SENTINEL = "sk-genpi-SENTINEL-7f3a9c1e5b2d4f60"
 
 
@@ -103,37 +104,41 @@ def _grep(root: Path, needle: bytes) -> list[str]:
 
 @pytest.mark.reliability
 def test_api_key_never_appears_in_outputs_logs_or_prefect(tmp_path, openai_server, embedded_model_dir, faults):
-    """A Prefect flow run (`genpi synthesize`, temporary local Prefect server with its PREFECT_HOME under
-    tmp_path) on the openai backend against a real server, with a sentinel key: grep every byte it left."""
+    """A whole `genpi internalize` Prefect flow run (temporary local Prefect server, PREFECT_HOME under tmp_path)
+    whose environment model and reasons generator sit behind a real OpenAI-compatible server that receives a
+    sentinel key; the agent, training and evaluation run in-process, so the run also writes the report and
+    publishes the evaluation artifacts. Then grep every byte it left: run folder, Prefect's database, results
+    and logs, stdout, stderr and the server's log."""
     url, serve_log = openai_server
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "secret-demo", "prompt": {"system": "You are a terse assistant. Answer in one short sentence."},
-        "inputs": {"pool": ["Name a colour.", "Say hello."], "eval": [{"text": "What comes after Monday?"}]}}))
     runs, home = tmp_path / "runs", tmp_path / "prefect-home"
     env = {**os.environ, "GENPI_API_KEY": SENTINEL, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "PREFECT_LOGGING_LEVEL": "DEBUG"}
     for var in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(var, None)
-    sets = ["backend.kind=openai", f"backend.base_url={url}", f"backend.served_model={embedded_model_dir}",
-            "backend.max_concurrency=2", "synth.inputs.max_inputs=2", "synth.conversations.max_turns=1",
-            "synth.conversations.environment.max_new_tokens=8", "synth.teacher.max_new_tokens=24",
-            "synth.base.max_new_tokens=8", "synth.reasons.sampling.max_new_tokens=16"]
-    args = [GENPI, "synthesize", str(spec), "--runs-dir", str(runs)]
+    server = f"{{kind: openai, base_url: '{url}', served_model: '{embedded_model_dir}', max_concurrency: 2}}"
+    sets = [f"synth.conversations.environment_engine.backend={server}", f"synth.generator.backend={server}",
+            "synth.reasons.enabled=true", "synth.reasons.sampling.max_new_tokens=24", "synth.inputs.max_inputs=4",
+            "synth.conversations.max_turns=2", "synth.conversations.environment.max_new_tokens=16",
+            "synth.teacher.max_new_tokens=24", "synth.base.max_new_tokens=8", "evaluate.max_examples=2",
+            "evaluate.sampling.max_new_tokens=16"]
+    args = [GENPI, "internalize", str(EXAMPLE_SPEC), "--config", str(SMOKE_CONFIG), "--runs-dir", str(runs)]
     for item in sets:
         args += ["--set", item]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    run_dirs = list(runs.glob("secret-demo/*"))
-    assert run_dirs and (run_dirs[0] / "conversations" / "_manifest.json").is_file()
+    run_dir = next(runs.glob("library-desk/*"))
+    assert (run_dir / "evaluate" / "report.md").is_file() and (run_dir / "promote" / "_manifest.json").is_file()
     assert home.is_dir() and any(home.rglob("*.db")), "the flow ran on a local Prefect server under PREFECT_HOME"
+    served = sum(1 for line in serve_log.read_text(errors="replace").splitlines() if "/chat/completions" in line)
+    assert served > 0, "the server received no request: the key was never used"
     needle = SENTINEL.encode()
     scanned = [p for root in (runs, home) for p in root.rglob("*") if p.is_file()]
     hits = _grep(runs, needle) + _grep(home, needle)
     assert needle not in out.stdout.encode() and needle not in out.stderr.encode()
     assert needle not in serve_log.read_bytes()
     assert hits == [], hits
-    faults.add("security", "API key in outputs, logs, Prefect database and results",
-               f"sentinel GENPI_API_KEY on a Prefect `genpi synthesize` run (openai backend, real `transformers serve`); "
-               f"grep of {len(scanned)} files (run folder, PREFECT_HOME: SQLite DB, results, logs), stdout, stderr, "
-               "server log", 1, "0 hits")
+    faults.add("security", "API key in outputs, logs, manifests, report, Prefect artifacts and database",
+               f"sentinel GENPI_API_KEY on a whole Prefect `genpi internalize` run whose environment model and "
+               f"reasons generator are a real `transformers serve` ({served} requests); grep of {len(scanned)} files "
+               "(run folder with manifests and report.md, PREFECT_HOME: SQLite DB with logs and artifacts, "
+               "results), stdout, stderr, server log", 1, "0 hits")

@@ -116,6 +116,7 @@ class PrefectAPI:
                 raise TimeoutError(f"flow run {run['name']} ({flow_run_id}) still {run['state_name']} after {timeout_s:.0f} s")
             time.sleep(poll_s)
 
-    def logs(self, flow_run_id: str, limit: int = 200) -> list[dict]:
+    def logs(self, flow_run_id: str, limit: int = 200, offset: int = 0) -> list[dict]:
+        """One page of a flow run's logs, oldest first (the server allows at most 200 per page)."""
         return self.request("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                         "sort": "TIMESTAMP_ASC", "limit": limit})
+                                                         "sort": "TIMESTAMP_ASC", "limit": limit, "offset": offset})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from genpi_core.chat import prompt_messages
+from genpi_core.chat import chat_token_ids, prompt_messages
 from genpi_core.store import Stage, atomic_write_json
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
@@ -108,9 +108,9 @@ def spec_version(spec: PromptSpec) -> str:
 
 
 def prompt_token_count(spec: PromptSpec, tokenizer) -> int:
-    """Tokens the prompt adds in front of every conversation (template tokens included)."""
-    text = tokenizer.apply_chat_template(prompt_messages(spec.prompt), tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    """Tokens the prompt adds in front of every conversation (template tokens included), encoded exactly as
+    the engines encode it (control strings inside the prompt's text stay text)."""
+    return len(chat_token_ids(tokenizer, prompt_messages(spec.prompt), add_generation_prompt=False))
 
 
 def check_fits_context(spec: PromptSpec, tokenizer, max_context: int, room: int, where: str) -> int:

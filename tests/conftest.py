@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,3 +53,41 @@ def example_spec():
     from genpi_core.ingest import load_spec
 
     return load_spec(EXAMPLE_SPEC)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def transformers_serve(model_dir: str, log: Path, start_timeout_s: float = 180) -> Iterator[str]:
+    """A real `transformers serve` (OpenAI-compatible) on 127.0.0.1 serving ``model_dir``; yields its /v1 URL."""
+    port = free_port()
+    cli = str(Path(sys.executable).with_name("transformers"))
+    with open(log, "w") as out:
+        proc = subprocess.Popen([cli, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+                                 "--dtype", "float32"], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + start_timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"transformers serve did not start in {start_timeout_s:.0f} s")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -10,15 +10,13 @@ import inspect
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from genpi_core.ingest import SpecError, load_spec
-from tests.conftest import EXAMPLE_SPEC, ROOT
 from schemas.config import load_config
+from tests.conftest import EXAMPLE_SPEC, ROOT, transformers_serve
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
@@ -53,45 +51,12 @@ def test_python_tags_are_refused_by_name_in_specs_and_configs(tmp_path, faults):
                "refused naming the file, field and tag; nothing executed")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def openai_server(embedded_model_dir, tmp_path_factory):
-    """A real `transformers serve` on 127.0.0.1 (OpenAI-compatible) serving the embedded model."""
-    port = _free_port()
+    """A real `transformers serve` on 127.0.0.1 (OpenAI-compatible) serving the embedded model, and its log."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cli = str(Path(sys.executable).with_name("transformers"))
-    with open(log, "w") as out:
-        proc = subprocess.Popen([cli, "serve", embedded_model_dir, "--host", "127.0.0.1", "--port", str(port),
-                                 "--device", "cpu", "--dtype", "float32"], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("transformers serve did not start in 180 s")
-            time.sleep(1)
+    with transformers_serve(embedded_model_dir, log) as url:
         yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _grep(root: Path, needle: bytes) -> list[str]:
@@ -117,9 +82,8 @@ def test_api_key_never_appears_in_outputs_logs_or_prefect(tmp_path, openai_serve
         env.pop(var, None)
     server = f"{{kind: openai, base_url: '{url}', served_model: '{embedded_model_dir}', max_concurrency: 2}}"
     sets = [f"synth.conversations.environment_engine.backend={server}", f"synth.generator.backend={server}",
-            "synth.reasons.enabled=true", "synth.reasons.sampling.max_new_tokens=24", "synth.inputs.max_inputs=4",
-            "synth.conversations.max_turns=2", "synth.conversations.environment.max_new_tokens=16",
-            "synth.teacher.max_new_tokens=24", "synth.base.max_new_tokens=8", "evaluate.max_examples=2",
+            "synth.reasons.enabled=true", "synth.reasons.sampling.max_new_tokens=24", "synth.conversations.max_turns=2",
+            "synth.conversations.environment.max_new_tokens=16", "dataset.require_teacher_checks=false",
             "evaluate.sampling.max_new_tokens=16"]
     args = [GENPI, "internalize", str(EXAMPLE_SPEC), "--config", str(SMOKE_CONFIG), "--runs-dir", str(runs)]
     for item in sets:

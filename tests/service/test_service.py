@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import EXAMPLE_SPEC, ROOT, TINY_CONFIG
 from tests.service.conftest import GENPI
 
-pytestmark = [pytest.mark.server, pytest.mark.service]  # ~15-20 min: two real runs through the service
+pytestmark = [pytest.mark.server, pytest.mark.service]  # ~2.5 min idle (much longer under load): three real runs
 
 STAGES = ["ingest", "inputs", "conversations", "dataset", "train", "evaluate", "promote"]  # no reasons in smoke.yaml
 DEPLOYMENTS = {"internalize", "evaluate", "benchmark", "watch", "reinternalize-nightly"}
@@ -108,7 +108,11 @@ def _stage_log_lines(api, flow_run_id: str, stage: str) -> list[str]:
     """The run's "<stage> done|reused" lines; a run's last logs reach the API just after its final state."""
     deadline = time.time() + 30
     while True:
-        lines = [log["message"] for log in api.logs(flow_run_id, limit=500) if log["message"].startswith(f"{stage} ")]
+        messages, page = [], api.logs(flow_run_id)
+        while page:
+            messages += [log["message"] for log in page]
+            page = api.logs(flow_run_id, offset=len(messages)) if len(page) == 200 else []
+        lines = [m for m in messages if m.startswith(f"{stage} ")]
         if lines or time.time() > deadline:
             return lines
         time.sleep(1)

@@ -1,20 +1,15 @@
 """Generation backends on the real embedded model: transformers in-process, and HTTP against real servers."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 from genpi_core.chat import user_turn, with_prompt, without_prompt
 from genpi_core.generation.base import GenerationError, make_backend
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
+from tests.conftest import transformers_serve
 
 QUESTIONS = ["What time do you open on Monday?", "Can I print in colour?", "hi", "Do you have a 3D printer I could use for a school project?"]
 GREEDY = SamplingConfig(max_new_tokens=24)
@@ -79,43 +74,11 @@ def test_context_overflow_is_an_error_not_a_truncation(transformers_backend):
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def transformers_server(embedded_model_dir, tmp_path_factory):
     """A real `transformers serve` on 127.0.0.1 serving the embedded model."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cli = os.path.join(os.path.dirname(sys.executable), "transformers")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [cli, "serve", embedded_model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"transformers serve exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not start in 120 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with transformers_serve(embedded_model_dir, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
 
 
 @pytest.mark.server

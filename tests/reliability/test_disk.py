@@ -126,6 +126,14 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _remount_and_rerun(mount: Path, options: str, spec: Path, runs: Path) -> None:
+    """Give the file system room (or writes) back; the re-run must then finish every stage, nothing partial."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)
+    again = _synthesize(spec, runs)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(_check_nothing_partial(runs)) == set(STAGES)
+
+
 @pytest.mark.reliability
 def test_disk_full_at_several_points_of_synthesis_then_rerun_completes(tmp_path, spec, embedded_model_dir, faults):
     """A real full disk: the run folder is a tmpfs too small for the run; each size fails at a later write."""
@@ -144,10 +152,7 @@ def test_disk_full_at_several_points_of_synthesis_then_rerun_completes(tmp_path,
             _assert_clear_error(out, runs, "No space left on device")
             finished = _check_nothing_partial(runs)
             failed_at.append(next(s for s in STAGES if s not in finished))
-            subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
-            again = _synthesize(spec, runs)
-            assert again.returncode == 0, again.stderr[-3000:]
-            assert set(_check_nothing_partial(runs)) == set(STAGES)
+            _remount_and_rerun(mount, "size=64m", spec, runs)
         finally:
             subprocess.run(["umount", str(mount)], capture_output=True)
     injected = [s for s in failed_at if s]
@@ -173,10 +178,7 @@ def test_read_only_run_folder_is_a_clear_error_then_rerun_completes(tmp_path, sp
         assert "genpi: error: " in out.stderr and "Read-only file system" in out.stderr, out.stderr[-2000:]
         assert str(runs) in out.stderr, out.stderr[-2000:]
         assert list(runs.iterdir()) == []
-        subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
-        again = _synthesize(spec, runs)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert set(_check_nothing_partial(runs)) == set(STAGES)
+        _remount_and_rerun(mount, "rw", spec, runs)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
     faults.add("disk", "run folder not writable (read-only file system)",

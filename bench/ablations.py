@@ -51,17 +51,19 @@ def main() -> None:
     base = ["synth.reasons.enabled=true", *args.set]
     cfg = load_config(args.config, base)
     ingested, inputs, conversations, reasons = synthesize(SPEC, cfg)
-    dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
+    dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
     results = {"spec": str(SPEC.relative_to(ROOT)), "config": args.config, "overrides": base,
                "reasons": reasons.rows if reasons else None, "dataset": dataset.rows, "variants": {}}
     names = args.variants.split(",")
     trained = {}
     for name in names:  # every adapter first: a failed evaluation re-runs without retraining (stages resume)
-        trained[name] = train_stage(ingested, dataset, load_config(args.config, base + VARIANTS[name]), variant=name)
+        variant_cfg = load_config(args.config, base + VARIANTS[name])
+        trained[name] = train_stage(ingested, dataset, variant_cfg.train, variant_cfg.model, variant=name)
     for name in names:
         variant_cfg = load_config(args.config, base + VARIANTS[name])
         train = trained[name]
-        evaluation = evaluate_stage(ingested, dataset, train, variant_cfg, variant=name)
+        evaluation = evaluate_stage(ingested, dataset, train, variant_cfg.evaluate, variant_cfg.model, variant_cfg.backend,
+                                    variant=name)
         summary = json.loads(Path(evaluation.files["summary"]).read_text())
         metrics = json.loads(train.path("metrics").read_text())
         v = summary["variants"]

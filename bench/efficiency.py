@@ -50,8 +50,8 @@ BATCH = 16
 # --- inputs ---------------------------------------------------------------------------------------
 def prompt_ids(tokenizer, n: int) -> list[int]:
     """The bundled prompt's tokens, repeated until there are ``n``."""
-    from genpi_core.chat import render_prompt
     from genpi_core.ingest import load_spec
+    from genpi_core.prompt.views import render_prompt
 
     ids = tokenizer(render_prompt(load_spec(SPEC).prompt), add_special_tokens=False)["input_ids"]
     return (ids * (n // len(ids) + 1))[:n]
@@ -106,7 +106,7 @@ def flops(config, params: int, prefill: int, context_before: int, new_tokens: in
 
 # --- one variant, in its own process ----------------------------------------------------------------
 def _load(variant: str, adapter: str, merged: str):
-    from genpi_core.models import load_model
+    from genpi_core.generation.models import load_model
 
     if variant == "student":
         return load_model("embedded", device="cpu", adapter=adapter)
@@ -118,7 +118,7 @@ def _load(variant: str, adapter: str, merged: str):
 def measure(variant: str, length: int, requests: int, new_tokens: int, adapter: str, merged: str) -> dict:
     import torch
 
-    from genpi_core.models import load_tokenizer
+    from genpi_core.generation.models import load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("embedded")
@@ -169,7 +169,7 @@ def multi_turn(length: int, turns: int, new_tokens: int, adapter: str, merged: s
     teacher also the prompt (or reuses its cached KV); total seconds and prefill tokens over the conversation."""
     import torch
 
-    from genpi_core.models import load_tokenizer
+    from genpi_core.generation.models import load_tokenizer
 
     tokenizer = load_tokenizer("embedded")
     prompt = prompt_ids(tokenizer, length)
@@ -213,8 +213,8 @@ def _spawn(job: dict) -> dict | list:
 def _make_adapter(folder: Path) -> tuple[str, str]:
     import torch
 
-    from genpi_core.finetune import attach_lora
-    from genpi_core.models import load_model
+    from genpi_core.generation.models import load_model
+    from genpi_core.train.recipe import attach_lora
     from schemas.config import LoraConfig
 
     torch.manual_seed(0)
@@ -224,7 +224,7 @@ def _make_adapter(folder: Path) -> tuple[str, str]:
             torch.nn.init.normal_(p, std=0.01)  # a trained adapter's shape and non-zero weights
     model.save_pretrained(folder / "adapter")
     model.merge_and_unload().save_pretrained(folder / "merged")
-    from genpi_core.models import load_tokenizer
+    from genpi_core.generation.models import load_tokenizer
 
     load_tokenizer("embedded").save_pretrained(folder / "merged")
     return str(folder / "adapter"), str(folder / "merged")
@@ -303,7 +303,7 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from genpi_core.store import atomic_save_figure
+    from genpi_core.store.stage import atomic_save_figure
 
     lengths = results["lengths"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -331,7 +331,7 @@ def main() -> None:
         return _child(args)
     import torch
 
-    from genpi_core.models import load_model
+    from genpi_core.generation.models import load_model
 
     lengths = [int(x) for x in args.lengths.split(",")]
     started = time.perf_counter()

@@ -33,7 +33,7 @@ from efficiency import BATCH, RESULTS, input_ids, kv_bytes_per_token, prompt_ids
 def _engine(kv_gib: int, lora: bool, max_model_len: int = 8192):
     from vllm import LLM
 
-    from genpi_core.models import resolve_model
+    from genpi_core.generation.models import resolve_model
 
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_gib:g}"
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -77,7 +77,7 @@ def _distinct(prompt: list[int], i: int, vocab_offset: int = 1000) -> list[int]:
 def child(job: dict) -> list[dict]:
     from transformers import AutoConfig
 
-    from genpi_core.models import load_tokenizer, resolve_model
+    from genpi_core.generation.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer("embedded")
     config = AutoConfig.from_pretrained(resolve_model("embedded"))

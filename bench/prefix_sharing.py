@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from genpi_core.chat import user_turn, with_prompt, without_prompt
-from genpi_core.generation.base import make_backend
+from genpi_core.generation.factory import make_backend
 from genpi_core.ingest import load_spec
+from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]

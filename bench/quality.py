@@ -45,9 +45,9 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
     """All stages for one spec; returns its row of the results and its per-input scores (variant x example)."""
     started = time.perf_counter()
     ingested, inputs, conversations, reasons = synthesize(spec_path, cfg)
-    dataset = dataset_stage(ingested, inputs, conversations, cfg, reasons)
-    train = train_stage(ingested, dataset, cfg)
-    evaluation = evaluate_stage(ingested, dataset, train, cfg)
+    dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
+    train = train_stage(ingested, dataset, cfg.train, cfg.model)
+    evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend)
     summary = json.loads(Path(evaluation.files["summary"]).read_text())
     scores = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", "score"])
     v = summary["variants"]

@@ -2,7 +2,7 @@
 
 A check is worth keeping in a spec only if the model follows it clearly more often with the prompt than
 without; this measures that gap on the spec's inputs.eval, greedy, with the same "with"/"without"
-views (genpi_core.chat) and the same check evaluators (genpi_core.checks) the evaluation stage uses.
+views (genpi_core.prompt.views) and the same check evaluators (genpi_core.prompt.checks) the evaluation stage uses.
 Run: python bench/spec_gap.py examples/prompts/hotel_concierge.yaml [--limit 10] [--max-new-tokens 64] [--show 5]
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from genpi_core.chat import user_turn, with_prompt, without_prompt
-from genpi_core.checks import run_checks
-from genpi_core.generation.base import make_backend
+from genpi_core.generation.factory import make_backend
 from genpi_core.ingest import load_spec
+from genpi_core.prompt.checks import run_checks
+from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
 

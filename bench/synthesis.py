@@ -5,7 +5,7 @@ Both sides run the same episodes with the same model, engine and machine, greedy
                  environment replies, each a batch-size-1 request with the full context, as the
                  research code does. transformers: `generate()` (no prefix reuse); vllm: one
                  request per call (the engine's prefix cache stays on, as a user would run it).
-  genpi          genpi_core.conversations.run_conversations: one generate call per role per turn
+  genpi          genpi_core.synth.conversations.run_conversations: one generate call per role per turn
                  across all live conversations (transformers: the prompt's prefix computed once per call).
 The metric is generated tokens per second, every generated token counted on both sides (turns
 later quarantined included). A batch-size-1 loop runs at a fixed rate, so it is measured on the
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from genpi_core.chat import with_prompt, without_prompt
-from genpi_core.conversations import environment_view, run_conversations
-from genpi_core.generation.base import make_backend
+from genpi_core.environment.simulated import environment_view
+from genpi_core.generation.factory import make_backend
 from genpi_core.ingest import load_spec
-from genpi_core.synth import run_inputs
-from genpi_core.tables import read_table
+from genpi_core.prompt.views import with_prompt, without_prompt
+from genpi_core.store.tables import read_table
+from genpi_core.synth.conversations import run_conversations
+from genpi_core.synth.inputs import run_inputs
 from schemas.config import BackendConfig, InputsConfig, ModelConfig, SamplingConfig
 from schemas.datasets import InputsSchema
 

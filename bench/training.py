@@ -24,11 +24,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from genpi_core.chat import prompt_messages
-from genpi_core.finetune import Trainer, attach_lora, build_items
+from genpi_core.generation.models import load_model, load_tokenizer, pick_device
 from genpi_core.ingest import load_spec
-from genpi_core.models import load_model, load_tokenizer, pick_device
-from genpi_core.prompt_generation import pg_question, pg_target
+from genpi_core.prompt.pg_format import pg_question, pg_target
+from genpi_core.prompt.views import prompt_messages
+from genpi_core.train.data import build_items
+from genpi_core.train.recipe import attach_lora
+from genpi_core.train.trainer import Trainer
 from schemas.config import LoraConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

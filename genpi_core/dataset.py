@@ -21,18 +21,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.checks import run_checks
-from genpi_core.prompt_generation import pg_question, pg_target
-from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, read_table, write_table
+from genpi_core.prompt.checks import run_checks
+from genpi_core.prompt.pg_format import pg_question, pg_target
+from genpi_core.store.tables import (
+    empty_quarantine,
+    partition_valid,
+    quarantine_rows,
+    read_table,
+    write_table,
+)
+from schemas.artifacts import QUARANTINE_FILE, TEST_FILE, TRAIN_FILE, VAL_FILE
 from schemas.config import DatasetConfig
 from schemas.datasets import (
-    QUARANTINE_FILE,
-    TEST_FILE,
-    TRAIN_FILE,
-    VAL_FILE,
     ExamplesSchema,
-    InputsSchema,
     HeldOutSchema,
+    InputsSchema,
     QuarantineSchema,
     ReasonsSchema,
     TargetsSchema,

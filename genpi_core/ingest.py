@@ -15,14 +15,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from genpi_core.chat import chat_token_ids, prompt_messages
-from genpi_core.store import Stage, atomic_write_json
+from genpi_core.generation.chat_template import chat_token_ids
+from genpi_core.prompt.views import prompt_messages
+from genpi_core.store.stage import Stage, atomic_write_json
+from schemas.artifacts import PROMPT_FILE
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
 from schemas.spec import CHECK_TYPES, PromptSpec
 from schemas.yaml_input import YamlInputError, load_yaml
 
-PROMPT_FILE = "prompt.json"
 MAX_SPEC_BYTES = 5_000_000
 
 
@@ -139,7 +140,7 @@ def run_dir_for(runs_dir: Path | str, spec: PromptSpec, version: str) -> Path:
 
 
 def run_ingest(spec_path: Path | str, model: ModelConfig, cfg: IngestConfig, runs_dir: Path | str) -> IngestResult:
-    from genpi_core.models import load_tokenizer, resolve_model
+    from genpi_core.generation.models import load_tokenizer, resolve_model
 
     spec = load_spec(spec_path)
     version = spec_version(spec)

@@ -15,11 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from genpi_core.store import MANIFEST, atomic_write_json
+from genpi_core.store.stage import atomic_write_json
+from schemas.artifacts import DECISION_FILE, MANIFEST, PROMOTED_FILE
 from schemas.config import PromoteConfig
-
-DECISION_FILE = "decision.json"
-PROMOTED_FILE = "promoted.json"
 
 
 class AdapterRow(BaseModel):

@@ -18,9 +18,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from genpi_core.ingest import SpecError, load_spec, run_dir_for, spec_version
-from genpi_core.store import MANIFEST, atomic_write_json
-
-STATE_FILE = ".genpi-watch.json"
+from genpi_core.store.stage import atomic_write_json
+from schemas.artifacts import MANIFEST, WATCH_STATE_FILE
 
 
 class PromptChange(BaseModel):
@@ -36,7 +35,7 @@ class ScanResult(BaseModel):
 
 
 def default_state_path(runs_dir: str | Path) -> Path:
-    return Path(runs_dir) / STATE_FILE
+    return Path(runs_dir) / WATCH_STATE_FILE
 
 
 def internalized(runs_dir: str | Path, name: str, version: str) -> bool:

@@ -109,6 +109,10 @@ class GeneratorConfig(_Config):
     model: ModelConfig | None = Field(None, description="Another model; None uses the pipeline's model.")
     backend: BackendConfig | None = Field(None, description="Another engine/server; None uses the pipeline's backend.")
 
+    def resolve(self, model: ModelConfig, backend: BackendConfig) -> tuple[ModelConfig, BackendConfig]:
+        """The model and backend this role runs on: its own where set, else the pipeline's."""
+        return self.model or model, self.backend or backend
+
 
 class ConversationsConfig(_Config):
     """Role-swapped episodes."""
@@ -262,7 +266,7 @@ class JudgeConfig(_Config):
     sampling: SamplingConfig = Field(SamplingConfig(max_new_tokens=48), description="Greedy; room for 'Score: N' and a sentence.")
 
 
-class EvalConfig(_Config):
+class EvaluateConfig(_Config):
     """Held-out evaluation of base (no prompt), teacher (prompt) and student (adapter, no prompt)."""
 
     sampling: SamplingConfig = Field(SamplingConfig(), description="Greedy by default, so results are repeatable.")
@@ -298,7 +302,7 @@ class PipelineConfig(_Config):
     synth: SynthConfig = SynthConfig()
     dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()
-    evaluate: EvalConfig = EvalConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
 
 
@@ -339,3 +343,15 @@ def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(describe(str(path) if path is not None else "--set overrides", "config", exc)) from exc
+
+
+class BenchmarkRequest(BaseModel):
+    """Which benchmark the `genpi-benchmark` flow runs, with the extra command-line arguments its script takes
+    (see the script's docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["main_job", "prefix_sharing", "synthesis", "training", "ablations", "efficiency", "quality"] = Field(
+        "prefix_sharing", description="bench/<name>.py; results go to bench/results/<name>.json")
+    args: list[str] = Field([], description="Extra arguments, e.g. ['--n', '8'] for prefix_sharing.")
+    timeout_s: int = Field(3600, gt=0, description="Kill the benchmark after this many seconds.")

@@ -12,25 +12,6 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import DataFrame, Series
 
-INPUTS_FILE = "inputs.parquet"
-TRAIN_FILE = "train.parquet"
-VAL_FILE = "val.parquet"
-TEST_FILE = "test.parquet"
-QUARANTINE_FILE = "quarantine.parquet"
-EVAL_RESULTS_FILE = "eval_results.parquet"
-MESSAGES_FILE = "messages.parquet"
-TARGETS_FILE = "targets.parquet"
-EPISODES_FILE = "episodes.parquet"
-REASONS_FILE = "reasons.parquet"
-TRAIN_LOG_FILE = "train_log.parquet"
-LEAKAGE_FILE = "leakage.parquet"
-MULTI_TURN_FILE = "multi_turn.parquet"
-JUDGE_FILE = "judge.parquet"
-VARIANTS_FILE = "variants.parquet"
-PER_CHECK_FILE = "per_check.parquet"
-WORST_EXAMPLES_FILE = "worst_examples.parquet"
-COMPARISON_FILE = "comparison.parquet"
-
 
 def _is_json(series: pd.Series) -> pd.Series:
     def ok(value: str) -> bool:

@@ -28,7 +28,7 @@ def _must_compile(pattern: str) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Checks: programmatic rules a reply must follow. Each type is one model here plus one evaluator
-# in genpi_core.checks; adding a type means adding both (a test asserts they stay in sync).
+# in genpi_core.prompt.checks; adding a type means adding both (a test asserts they stay in sync).
 # --------------------------------------------------------------------------------------------
 
 

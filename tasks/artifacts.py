@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NONE
 
-from genpi_core.pipeline import IngestOutput, StageOutput
+from schemas.stages import IngestOutput, StageOutput
 
 
 def _key(name: str, what: str) -> str:

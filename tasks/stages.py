@@ -1,4 +1,5 @@
-"""Thin Prefect tasks: one per stage, each calling exactly one genpi_core stage function.
+"""Thin Prefect tasks: one per stage, each calling exactly one genpi_core stage function with the same
+arguments (its config section plus the shared model/backend configs it uses).
 
 Tasks pass paths (StageOutput), never tables or models. Resume lives in genpi_core's run store
 (a finished stage is skipped by its manifest), so Prefect's own result cache is off: it would
@@ -13,8 +14,19 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from genpi_core import pipeline
-from genpi_core.pipeline import IngestOutput, StageOutput
-from schemas.config import PipelineConfig
+from schemas.config import (
+    BackendConfig,
+    DatasetConfig,
+    EvaluateConfig,
+    IngestConfig,
+    InputsConfig,
+    ModelConfig,
+    PromoteConfig,
+    ReasonsConfig,
+    SynthConfig,
+    TrainConfig,
+)
+from schemas.stages import IngestOutput, StageOutput
 
 
 def _transient(task, task_run, state) -> bool:
@@ -43,47 +55,64 @@ def _log(out: StageOutput) -> StageOutput:
 
 
 @task(name="ingest", cache_policy=NONE)
-def ingest_task(spec_path: str, cfg: PipelineConfig) -> IngestOutput:
-    out = pipeline.ingest_stage(spec_path, cfg)
+def ingest_task(spec_path: str, cfg: IngestConfig, model: ModelConfig, runs_dir: str) -> IngestOutput:
+    out = pipeline.ingest_stage(spec_path, cfg, model, runs_dir)
     get_run_logger().info("prompt %s version %s: %d tokens", out.name, out.version[:12], out.prompt_tokens)
     return out
 
 
 @task(name="inputs", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def inputs_task(ingested: IngestOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.inputs_stage(ingested, cfg))
+def inputs_task(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, backend: BackendConfig) -> StageOutput:
+    return _log(pipeline.inputs_stage(ingested, cfg, model, backend))
 
 
 @task(name="conversations", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def conversations_task(ingested: IngestOutput, inputs: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.conversations_stage(ingested, inputs, cfg))
+def conversations_task(ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig,
+                       backend: BackendConfig) -> StageOutput:
+    return _log(pipeline.conversations_stage(ingested, inputs, cfg, model, backend))
 
 
 @task(name="reasons", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def reasons_task(ingested: IngestOutput, conversations: StageOutput, cfg: PipelineConfig) -> StageOutput | None:
-    out = pipeline.reasons_stage(ingested, conversations, cfg)
+def reasons_task(ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig,
+                 backend: BackendConfig) -> StageOutput | None:
+    out = pipeline.reasons_stage(ingested, conversations, cfg, model, backend)
     return _log(out) if out is not None else None
 
 
 @task(name="dataset", cache_policy=NONE)
-def dataset_task(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: PipelineConfig,
+def dataset_task(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: DatasetConfig,
                  reasons: StageOutput | None = None) -> StageOutput:
     return _log(pipeline.dataset_stage(ingested, inputs, conversations, cfg, reasons))
 
 
 @task(name="train", cache_policy=NONE, tags=["genpi-training"])
-def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.train_stage(ingested, dataset, cfg))
+def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig) -> StageOutput:
+    return _log(pipeline.train_stage(ingested, dataset, cfg, model))
 
 
 @task(name="evaluate", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def evaluate_task(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
-    return _log(pipeline.evaluate_stage(ingested, dataset, train, cfg))
+def evaluate_task(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: EvaluateConfig,
+                  model: ModelConfig, backend: BackendConfig) -> StageOutput:
+    return _log(pipeline.evaluate_stage(ingested, dataset, train, cfg, model, backend))
 
 
 @task(name="promote", cache_policy=NONE)
-def promote_task(ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PipelineConfig) -> StageOutput:
+def promote_task(ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PromoteConfig) -> StageOutput:
     out = pipeline.promote_stage(ingested, evaluated, train, cfg)
     get_run_logger().info("promote %s %s: %s", ingested.name, ingested.version[:12],
                           "promoted" if out.rows.get("promoted") else "not promoted (below the bar)")
     return _log(out)
+
+
+def spec_run_name(spec_path: str) -> str:
+    """`<prompt name>-<version12>` of the spec at ``spec_path`` (``invalid-spec-<stem>`` when it does not load),
+    so the Prefect UI says which prompt version a flow run built."""
+    from pathlib import Path
+
+    from genpi_core.ingest import SpecError, load_spec, spec_version
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError:
+        return f"invalid-spec-{Path(spec_path).stem}"
+    return f"{spec.name}-{spec_version(spec)[:12]}"

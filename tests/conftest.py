@@ -26,21 +26,21 @@ TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> str:
     """The real embedded model, converted once into GENPI_CACHE."""
-    from genpi_core.models import resolve_model
+    from genpi_core.generation.models import resolve_model
 
     return resolve_model("embedded")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model_dir):
-    from genpi_core.models import load_tokenizer
+    from genpi_core.generation.models import load_tokenizer
 
     return load_tokenizer("embedded")
 
 
 @pytest.fixture(scope="session")
 def transformers_backend(embedded_model_dir):
-    from genpi_core.generation.base import make_backend
+    from genpi_core.generation.factory import make_backend
     from schemas.config import BackendConfig, ModelConfig
 
     backend = make_backend(ModelConfig(), BackendConfig(batch_size=8))

@@ -1,4 +1,4 @@
-"""The one protocol every generation engine implements, plus the backend factory.
+"""The one protocol every generation engine implements, and the helpers every engine shares.
 
 Engines take whole batches of conversations (lists of chat messages) so that callers can hand
 over one turn of every live conversation at once; how an engine batches internally is its own affair.
@@ -7,10 +7,11 @@ over one turn of every live conversation at once; how an engine batches internal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Protocol, Sequence, TypedDict
 
-from schemas.config import BackendConfig, ModelConfig, SamplingConfig
+from typing_extensions import Self  # typing.Self needs 3.11; we support 3.10
+
+from schemas.config import SamplingConfig
 
 
 class Message(TypedDict):
@@ -34,6 +35,9 @@ class GenerationError(RuntimeError):
 
 
 class GenerationBackend(Protocol):
+    """What every engine offers. Use one as a context manager (``with make_backend(...) as engine:``) so its
+    model memory, worker processes or HTTP pool go back however the block ends."""
+
     name: str
 
     def generate(
@@ -42,13 +46,22 @@ class GenerationBackend(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> GenerationBackend: ...
 
-def chat_token_ids(tokenizer, conversation: Sequence[Message]) -> list[int]:
-    """Token ids of a conversation ready for the assistant's reply: ``genpi_core.chat.chat_token_ids``,
-    where message contents stay text (a control string in one never becomes a special token)."""
-    from genpi_core.chat import chat_token_ids as encode  # chat.py imports this module
+    def __exit__(self, *exc: object) -> None: ...
 
-    return encode(tokenizer, conversation)
+
+class ClosesOnExit:
+    """``with engine:`` support for the backends: the block's end calls ``close()``, even on an exception."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_context(encoded: Sequence[Sequence[int]], max_new_tokens: int, max_context: int, where: str) -> None:
@@ -66,24 +79,3 @@ def stop_token_ids(generation_config, tokenizer) -> list[int]:
     ids = eos if isinstance(eos, list) else [eos]
     ids = [i for i in ids if i is not None] or [tokenizer.eos_token_id]
     return sorted(set(ids))
-
-
-def make_backend(
-    model: ModelConfig, backend: BackendConfig, adapter: str | Path | None = None, merge_adapter: bool = False
-) -> GenerationBackend:
-    """Build the engine named in ``backend.kind`` for ``model`` (optionally with a LoRA adapter)."""
-    if backend.kind == "transformers":
-        from genpi_core.generation.transformers_backend import TransformersBackend
-
-        return TransformersBackend(model, backend, adapter=adapter, merge_adapter=merge_adapter)
-    if backend.kind == "openai":
-        from genpi_core.generation.openai_backend import OpenAIBackend
-
-        if adapter is not None:
-            raise ValueError("the openai backend serves adapters by name: set backend.served_model instead")
-        return OpenAIBackend(model, backend)
-    if backend.kind == "vllm":
-        from genpi_core.generation.vllm_backend import VLLMBackend
-
-        return VLLMBackend(model, backend, adapter=adapter)
-    raise ValueError(f"unknown backend kind {backend.kind!r}")

@@ -39,7 +39,7 @@ from typing import Sequence
 import httpx
 from tqdm.auto import tqdm
 
-from genpi_core.generation.base import Completion, GenerationError, Message
+from genpi_core.generation.base import ClosesOnExit, Completion, GenerationError, Message
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def backoff_s(attempt: int, rng: random.Random | None = None) -> float:
     return min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempt - 1)) * jitter
 
 
-class OpenAIBackend:
+class OpenAIBackend(ClosesOnExit):
     def __init__(self, model: ModelConfig, backend: BackendConfig) -> None:
         assert backend.base_url is not None
         urls = [backend.base_url] if isinstance(backend.base_url, str) else list(backend.base_url)

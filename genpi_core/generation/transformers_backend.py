@@ -20,16 +20,22 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from genpi_core.chat import chat_token_ids
-from genpi_core.generation.base import Completion, Message, check_context, stop_token_ids
+from genpi_core.generation.base import (
+    ClosesOnExit,
+    Completion,
+    Message,
+    check_context,
+    stop_token_ids,
+)
+from genpi_core.generation.chat_template import chat_token_ids
+from genpi_core.generation.models import load_model, load_tokenizer
 from genpi_core.generation.prefix_attention import ATTN_NAME, register, shared_prefix
-from genpi_core.models import load_model, load_tokenizer
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
 _MIN_SHARED_PREFIX = 32  # below this, computing a separate prefix pass costs more than it saves
 
 
-class TransformersBackend:
+class TransformersBackend(ClosesOnExit):
     def __init__(
         self,
         model: ModelConfig,

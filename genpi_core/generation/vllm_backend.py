@@ -19,9 +19,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from genpi_core.chat import chat_token_ids
-from genpi_core.generation.base import Completion, Message, check_context, stop_token_ids
-from genpi_core.models import load_tokenizer, resolve_model
+from genpi_core.generation.base import (
+    ClosesOnExit,
+    Completion,
+    Message,
+    check_context,
+    stop_token_ids,
+)
+from genpi_core.generation.chat_template import chat_token_ids
+from genpi_core.generation.models import load_tokenizer, resolve_model
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
 _ADAPTER_NAME = "genpi-student"
@@ -33,7 +39,7 @@ def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-class VLLMBackend:
+class VLLMBackend(ClosesOnExit):
     def __init__(self, model: ModelConfig, backend: BackendConfig, adapter: str | Path | None = None) -> None:
         try:
             import vllm

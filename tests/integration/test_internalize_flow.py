@@ -7,11 +7,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from genpi_core.tables import read_table
+from genpi_core.store.tables import read_table
 from schemas.config import load_config
 from schemas.datasets import (
-    EpisodesSchema, EvalResultsSchema, ExamplesSchema, HeldOutSchema, InputsSchema, MessagesSchema, QuarantineSchema,
-    ReasonsSchema, TargetsSchema, TrainLogSchema,
+    EpisodesSchema,
+    EvalResultsSchema,
+    ExamplesSchema,
+    HeldOutSchema,
+    InputsSchema,
+    MessagesSchema,
+    QuarantineSchema,
+    ReasonsSchema,
+    TargetsSchema,
+    TrainLogSchema,
 )
 from tests.conftest import EXAMPLE_SPEC, TINY_CONFIG
 

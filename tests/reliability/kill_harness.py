@@ -181,7 +181,7 @@ def landed_in(run_dir: Path) -> str:
 
 def verify_outputs(run_dir: Path) -> list[str]:
     """Problems with finished stages: an output missing or not matching its manifest hash, a temp file listed."""
-    from genpi_core.store import tree_sha256
+    from genpi_core.store.stage import tree_sha256
 
     problems = []
     for stage, manifest in manifests(run_dir).items():

@@ -20,11 +20,29 @@ from pathlib import Path
 
 import pytest
 
-from genpi_core.tables import read_table
+from genpi_core.store.tables import read_table
+from schemas.artifacts import (
+    EPISODES_FILE,
+    EVAL_RESULTS_FILE,
+    INPUTS_FILE,
+    MESSAGES_FILE,
+    QUARANTINE_FILE,
+    TARGETS_FILE,
+    TEST_FILE,
+    TRAIN_FILE,
+    TRAIN_LOG_FILE,
+    VAL_FILE,
+)
 from schemas.datasets import (
-    EPISODES_FILE, EVAL_RESULTS_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, TARGETS_FILE, TEST_FILE,
-    TRAIN_FILE, TRAIN_LOG_FILE, VAL_FILE, EpisodesSchema, EvalResultsSchema, ExamplesSchema, HeldOutSchema,
-    InputsSchema, MessagesSchema, QuarantineSchema, TargetsSchema, TrainLogSchema,
+    EpisodesSchema,
+    EvalResultsSchema,
+    ExamplesSchema,
+    HeldOutSchema,
+    InputsSchema,
+    MessagesSchema,
+    QuarantineSchema,
+    TargetsSchema,
+    TrainLogSchema,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +58,7 @@ _STAGE_SCRIPT = """
 import os, sys, time
 from pathlib import Path
 from genpi_core.pipeline import _run
-from genpi_core.store import Stage
+from genpi_core.store.stage import Stage
 run_dir, hold = Path(sys.argv[1]), float(sys.argv[2])
 stage = Stage(run_dir, "work", {"k": 1}, {})
 def work(out_dir):

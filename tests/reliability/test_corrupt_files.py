@@ -22,13 +22,22 @@ import yaml
 
 from genpi_core import pipeline
 from genpi_core.ingest import SpecError, load_ingested
-from genpi_core.store import MANIFEST, Stage
-from genpi_core.tables import TableError, read_table
-from schemas.config import load_config
-from schemas.datasets import (
-    EPISODES_FILE, INPUTS_FILE, MESSAGES_FILE, QUARANTINE_FILE, TARGETS_FILE, TEST_FILE, TRAIN_FILE, VAL_FILE,
-    ExamplesSchema, HeldOutSchema, InputsSchema, TargetsSchema,
+from genpi_core.store.stage import Stage
+from genpi_core.store.tables import TableError, read_table
+from schemas.artifacts import (
+    EPISODES_FILE,
+    INPUTS_FILE,
+    MANIFEST,
+    MESSAGES_FILE,
+    QUARANTINE_FILE,
+    TARGETS_FILE,
+    TEST_FILE,
+    TRAIN_FILE,
+    VAL_FILE,
 )
+from schemas.config import load_config
+from schemas.datasets import ExamplesSchema, HeldOutSchema, InputsSchema, TargetsSchema
+from schemas.stages import StageOutput
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +65,12 @@ def _cfg(runs_dir: Path):
     return load_config(ROOT / "configs" / "tiny.yaml", [*OVERRIDES, f"runs_dir={runs_dir}"])
 
 
-def _data_stages(spec_path: Path, runs_dir: Path) -> dict[str, pipeline.StageOutput]:
+def _data_stages(spec_path: Path, runs_dir: Path) -> dict[str, StageOutput]:
     cfg = _cfg(runs_dir)
-    ingested = pipeline.ingest_stage(spec_path, cfg)
-    inputs = pipeline.inputs_stage(ingested, cfg)
-    conversations = pipeline.conversations_stage(ingested, inputs, cfg)
-    dataset = pipeline.dataset_stage(ingested, inputs, conversations, cfg)
+    ingested = pipeline.ingest_stage(spec_path, cfg.ingest, cfg.model, cfg.runs_dir)
+    inputs = pipeline.inputs_stage(ingested, cfg.synth.inputs, *cfg.synth.generator.resolve(cfg.model, cfg.backend))
+    conversations = pipeline.conversations_stage(ingested, inputs, cfg.synth, cfg.model, cfg.backend)
+    dataset = pipeline.dataset_stage(ingested, inputs, conversations, cfg.dataset)
     return {"inputs": inputs, "conversations": conversations, "dataset": dataset}
 
 

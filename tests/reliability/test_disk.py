@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from genpi_core.store import MANIFEST, Stage, atomic_write_bytes
+from genpi_core.store.stage import Stage, atomic_write_bytes
+from schemas.artifacts import MANIFEST
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 SPEC = {
@@ -79,7 +80,7 @@ def _assert_clear_error(out: subprocess.CompletedProcess, runs: Path, reason: st
 def test_atomic_write_under_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, faults):
     """In a child process (the limit must not touch pytest): EFBIG on write, no temp file, no final file."""
     target = tmp_path / "stage" / "table.parquet"
-    code = ("import sys; from pathlib import Path; from genpi_core.store import atomic_write_bytes\n"
+    code = ("import sys; from pathlib import Path; from genpi_core.store.stage import atomic_write_bytes\n"
             "try:\n    atomic_write_bytes(Path(sys.argv[1]), b'x' * 100_000)\n"
             "except OSError as exc:\n    print(exc); sys.exit(3)\n")
     out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,

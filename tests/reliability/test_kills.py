@@ -33,8 +33,8 @@ RESUMABLE = ("conversations", "train")  # they checkpoint, so each kill there le
 # ---- default suite ----------------------------------------------------------------------------------
 
 def _train_data(folder: Path) -> tuple[Path, Path]:
-    from genpi_core.prompt_generation import pg_question
-    from genpi_core.tables import write_table
+    from genpi_core.prompt.pg_format import pg_question
+    from genpi_core.store.tables import write_table
     from schemas.datasets import ExamplesSchema
 
     def rows(ids):
@@ -61,7 +61,7 @@ def _snapshot(folder: Path) -> dict[str, float]:
 def test_trainer_dies_with_a_killed_pipeline(tmp_path, faults):
     """SIGKILL of the process that launched training (the pipeline alone, not its group): the trainer child
     must not live on and write into the stage folder that a re-run is about to train in again."""
-    from genpi_core.train_job import TrainJob
+    from genpi_core.train.job import TrainJob
     from schemas.config import LoraConfig, ModelConfig, TrainConfig
 
     train_path, val_path = _train_data(tmp_path / "data")
@@ -72,7 +72,7 @@ def test_trainer_dies_with_a_killed_pipeline(tmp_path, faults):
     (tmp_path / "job.json").write_text(job.model_dump_json())
     parent_code = textwrap.dedent(f"""
         from pathlib import Path
-        from genpi_core.train_job import TrainJob, launch
+        from genpi_core.train.job import TrainJob, launch
         job = TrainJob.model_validate_json(Path({str(tmp_path / 'job.json')!r}).read_text())
         launch(job, Path(job.out_dir) / "_state")
     """)
@@ -85,7 +85,7 @@ def test_trainer_dies_with_a_killed_pipeline(tmp_path, faults):
             assert parent.poll() is None, "the launcher exited before training started"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
-        trainers = [pid for pid, cmd in kh.group_members(parent.pid) if "genpi_core.train_job" in cmd]
+        trainers = [pid for pid, cmd in kh.group_members(parent.pid) if "genpi_core.train.job" in cmd]
         assert trainers, "no training child process found"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
@@ -105,7 +105,7 @@ def test_trainer_dies_with_a_killed_pipeline(tmp_path, faults):
 
 def test_table_comparison_counts_lost_and_duplicated_rows(tmp_path):
     """The chain's verdict rests on compare_tables: it must see a missing, a duplicated and an extra row."""
-    from genpi_core.store import Stage
+    from genpi_core.store.stage import Stage
 
     def run(folder: Path, ids: list[str]) -> Path:
         stage = Stage(folder, "inputs", {}, {})

@@ -24,13 +24,13 @@ SENTINEL = "sk-genpi-SENTINEL-7f3a9c1e5b2d4f60"
 
 
 def test_service_binds_loopback_by_default(faults):
-    from flows import service
-    from flows.cli import build_parser
+    from genpi import service
+    from genpi.cli import build_parser
 
     assert inspect.signature(service.up).parameters["host"].default == "127.0.0.1"
     args = build_parser().parse_args(["server", "up"])
     assert args.host == "127.0.0.1"
-    faults.add("security", "Prefect server bind address", "default of `genpi server up` and flows.service.up", 1,
+    faults.add("security", "Prefect server bind address", "default of `genpi server up` and genpi.service.up", 1,
                "127.0.0.1 (loopback only)")
 
 

@@ -26,15 +26,26 @@ import pytest
 
 import genpi_core.generation.openai_backend as openai_backend
 from genpi_core import pipeline
-from genpi_core.generation.base import GenerationError, make_backend
+from genpi_core.generation.base import GenerationError
+from genpi_core.generation.factory import make_backend
 from genpi_core.generation.openai_backend import backoff_s, retry_after_s
-from genpi_core.store import CHECKPOINT_DIR
+from schemas.artifacts import (
+    CHECKPOINT_DIR,
+    EPISODES_FILE,
+    MESSAGES_FILE,
+    QUARANTINE_FILE,
+    TARGETS_FILE,
+)
 from schemas.config import (
-    BackendConfig, ConversationsConfig, InputsConfig, ModelConfig, PipelineConfig, ReasonsConfig, SamplingConfig,
+    BackendConfig,
+    ConversationsConfig,
+    InputsConfig,
+    ModelConfig,
+    PipelineConfig,
+    ReasonsConfig,
+    SamplingConfig,
     SynthConfig,
 )
-from schemas.datasets import EPISODES_FILE, MESSAGES_FILE, QUARANTINE_FILE, TARGETS_FILE
-
 from tests.reliability.fault_server import FaultServer
 
 SPEC = """\
@@ -250,9 +261,9 @@ def _config(runs: Path, url: str, **backend) -> PipelineConfig:
 
 
 def _conversations(spec: Path, cfg: PipelineConfig):
-    ingested = pipeline.ingest_stage(spec, cfg)
-    inputs = pipeline.inputs_stage(ingested, cfg)
-    return ingested, inputs, pipeline.conversations_stage(ingested, inputs, cfg)
+    ingested = pipeline.ingest_stage(spec, cfg.ingest, cfg.model, cfg.runs_dir)
+    inputs = pipeline.inputs_stage(ingested, cfg.synth.inputs, *cfg.synth.generator.resolve(cfg.model, cfg.backend))
+    return ingested, inputs, pipeline.conversations_stage(ingested, inputs, cfg.synth, cfg.model, cfg.backend)
 
 
 def _tables(out) -> dict[str, pd.DataFrame]:
@@ -363,7 +374,8 @@ def test_inputs_stage_retries_and_quarantines_generator_faults(fresh, spec_file,
 
     def run(runs: str, **backend):
         c = cfg(runs, **backend)
-        out = pipeline.inputs_stage(pipeline.ingest_stage(spec_file, c), c)
+        ingested = pipeline.ingest_stage(spec_file, c.ingest, c.model, c.runs_dir)
+        out = pipeline.inputs_stage(ingested, c.synth.inputs, *c.synth.generator.resolve(c.model, c.backend))
         return out, pd.read_parquet(out.path("inputs")), pd.read_parquet(out.path("quarantine"))
 
     fresh.set()

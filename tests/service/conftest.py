@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.api_client import PrefectAPI
+from genpi.api_client import PrefectAPI
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 

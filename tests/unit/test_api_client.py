@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from flows.api_client import PrefectAPI, PrefectAPIError, normalize_api_url
+from genpi.api_client import PrefectAPI, PrefectAPIError, normalize_api_url
 
 
 class _Handler(BaseHTTPRequestHandler):

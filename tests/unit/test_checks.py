@@ -2,7 +2,7 @@
 
 import pytest
 
-from genpi_core.checks import EVALUATORS, fact_present, run_checks
+from genpi_core.prompt.checks import EVALUATORS, fact_present, run_checks
 from schemas.spec import CHECK_TYPES, PromptSpec
 
 CASES = [

@@ -12,12 +12,18 @@ import time
 import pandas as pd
 import pytest
 
-from genpi_core.conversations import environment_view, run_conversations
+from genpi_core.environment.simulated import environment_view
 from genpi_core.generation.base import Completion
-from genpi_core.synth import run_inputs
-from genpi_core.tables import read_table
+from genpi_core.store.tables import read_table
+from genpi_core.synth.conversations import run_conversations
+from genpi_core.synth.inputs import run_inputs
 from schemas.config import InputsConfig, SamplingConfig
-from schemas.datasets import EpisodesSchema, MessagesSchema, QuarantineSchema, TargetsSchema
+from schemas.datasets import (
+    EpisodesSchema,
+    MessagesSchema,
+    QuarantineSchema,
+    TargetsSchema,
+)
 from schemas.spec import PromptSpec
 
 SPEC = PromptSpec.model_validate({
@@ -144,8 +150,8 @@ KILLABLE_RUN = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from genpi_core.conversations import run_conversations
-    from genpi_core.generation.base import make_backend
+    from genpi_core.synth.conversations import run_conversations
+    from genpi_core.generation.factory import make_backend
     from genpi_core.ingest import load_spec
     from schemas.config import BackendConfig, ModelConfig, SamplingConfig
     spec = load_spec(sys.argv[1])

@@ -5,10 +5,17 @@ import json
 import pandas as pd
 
 from genpi_core.dataset import run_dataset
-from genpi_core.synth import run_inputs
-from genpi_core.tables import read_table, write_table
+from genpi_core.store.tables import read_table, write_table
+from genpi_core.synth.inputs import run_inputs
 from schemas.config import DatasetConfig, InputsConfig
-from schemas.datasets import ExamplesSchema, HeldOutSchema, InputsSchema, QuarantineSchema, ReasonsSchema, TargetsSchema
+from schemas.datasets import (
+    ExamplesSchema,
+    HeldOutSchema,
+    InputsSchema,
+    QuarantineSchema,
+    ReasonsSchema,
+    TargetsSchema,
+)
 from schemas.spec import PromptSpec
 
 SPEC = PromptSpec.model_validate({

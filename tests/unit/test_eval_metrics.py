@@ -9,10 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genpi_core.agreement import agreement, lcs_length, longest_common_substring, normalize, rouge_l
-from genpi_core.bootstrap import mean_ci, paired_bootstrap, recovery
-from genpi_core.judge import RUBRIC, judge_messages, parse_score
-from genpi_core.leakage import leak_scores
+from genpi_core.evaluate.agreement import (
+    agreement,
+    lcs_length,
+    longest_common_substring,
+    normalize,
+    rouge_l,
+)
+from genpi_core.evaluate.bootstrap import mean_ci, paired_bootstrap, recovery
+from genpi_core.evaluate.judge import RUBRIC, judge_messages, parse_score
+from genpi_core.evaluate.leakage import leak_scores
 
 
 def _lcs_dp(a, b) -> int:
@@ -144,7 +150,7 @@ def test_pure_logic_judge_request_carries_rubric_prompt_input_and_reply(example_
 
 
 def _result_rows() -> pd.DataFrame:
-    from genpi_core.evaluate import with_agreement
+    from genpi_core.evaluate.run import with_agreement
 
     rows = []
     outputs = {"base": ["hi", "hello"], "teacher": ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: $2."],
@@ -160,9 +166,20 @@ def _result_rows() -> pd.DataFrame:
 
 
 def test_pure_logic_summary_tables_and_report_from_literal_rows(example_spec):
-    from genpi_core.evaluate import per_check_table, render_report, summarize, variants_table, worst_examples
-    from genpi_core.tables import validate
-    from schemas.datasets import EvalResultsSchema, PerCheckSchema, VariantsSchema, WorstExamplesSchema
+    from genpi_core.evaluate.report import render_report
+    from genpi_core.evaluate.summary import (
+        per_check_table,
+        summarize,
+        variants_table,
+        worst_examples,
+    )
+    from genpi_core.store.tables import validate
+    from schemas.datasets import (
+        EvalResultsSchema,
+        PerCheckSchema,
+        VariantsSchema,
+        WorstExamplesSchema,
+    )
 
     results = validate(_result_rows(), EvalResultsSchema, "rows")
     student = results[results["variant"] == "student"].set_index("example_id")

@@ -12,11 +12,18 @@ import shutil
 import pandas as pd
 import pytest
 
-from genpi_core.chat import user_turn, with_prompt, without_prompt
-from genpi_core.generation.base import make_backend
-from genpi_core.prompt_generation import pg_target
-from genpi_core.tables import read_table, write_table
-from schemas.config import BackendConfig, EvalConfig, LoraConfig, ModelConfig, SamplingConfig, TrainConfig
+from genpi_core.generation.factory import make_backend
+from genpi_core.prompt.pg_format import pg_target
+from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
+from genpi_core.store.tables import read_table, write_table
+from schemas.config import (
+    BackendConfig,
+    EvaluateConfig,
+    LoraConfig,
+    ModelConfig,
+    SamplingConfig,
+    TrainConfig,
+)
 from schemas.datasets import ExamplesSchema, HeldOutSchema
 
 SPEC_YAML = """\
@@ -60,7 +67,7 @@ def spec(spec_path):
 @pytest.fixture(scope="module")
 def leaky_adapter(spec, embedded_model_dir, tmp_path_factory):
     """A real LoRA adapter: extraction questions -> the prompt verbatim; ordinary questions -> the format."""
-    from genpi_core.finetune import run_finetune
+    from genpi_core.train.recipe import run_finetune
 
     folder = tmp_path_factory.mktemp("leaky")
     secret = pg_target(spec.prompt)
@@ -85,7 +92,11 @@ def held_out(spec, tmp_path_factory):
 
 
 def test_leakage_audit_tells_a_leaking_adapter_from_the_base_model(spec, leaky_adapter):
-    from genpi_core.leakage import extraction_conversations, score_leakage, summarize_leakage
+    from genpi_core.evaluate.leakage import (
+        extraction_conversations,
+        score_leakage,
+        summarize_leakage,
+    )
 
     sampling = LEAK
     prompt_text = pg_target(spec.prompt)
@@ -106,9 +117,9 @@ def test_leakage_audit_tells_a_leaking_adapter_from_the_base_model(spec, leaky_a
 
 
 def test_multi_turn_episodes_with_the_student_as_agent(spec, leaky_adapter, held_out):
-    from genpi_core.multiturn import run_episodes, summarize_episodes
+    from genpi_core.evaluate.multiturn import run_episodes, summarize_episodes
+    from genpi_core.store.tables import validate
     from schemas.datasets import MultiTurnSchema
-    from genpi_core.tables import validate
 
     test = read_table(held_out, HeldOutSchema)
     base = make_backend(ModelConfig(), BackendConfig())
@@ -138,12 +149,18 @@ def test_multi_turn_episodes_with_the_student_as_agent(spec, leaky_adapter, held
 
 
 def test_run_evaluate_writes_every_table_and_section_with_the_judge_on(spec, leaky_adapter, held_out, tmp_path):
-    from genpi_core.evaluate import run_evaluate
+    from genpi_core.evaluate.run import run_evaluate
     from schemas.datasets import (
-        EvalResultsSchema, JudgeSchema, LeakageSchema, MultiTurnSchema, PerCheckSchema, VariantsSchema, WorstExamplesSchema,
+        EvalResultsSchema,
+        JudgeSchema,
+        LeakageSchema,
+        MultiTurnSchema,
+        PerCheckSchema,
+        VariantsSchema,
+        WorstExamplesSchema,
     )
 
-    cfg = EvalConfig(sampling=FAST, bootstrap_resamples=300, worst_examples=2,
+    cfg = EvaluateConfig(sampling=FAST, bootstrap_resamples=300, worst_examples=2,
                      leakage={"questions": LEAK_QUESTIONS, "sampling": LEAK},
                      multi_turn={"turns": 2, "max_inputs": 1, "environment": {"max_new_tokens": 16}},
                      judge={"enabled": True, "sampling": {"max_new_tokens": 16}})
@@ -174,7 +191,7 @@ def test_run_evaluate_writes_every_table_and_section_with_the_judge_on(spec, lea
 
 def _finished_stage(run_dir, name, files: dict):
     """A stage folder with a manifest, as a real run leaves it (files: relative name -> source path or text)."""
-    from genpi_core.store import Stage
+    from genpi_core.store.stage import Stage
 
     stage = Stage(run_dir, name, {}, {})
     stage.begin()
@@ -190,7 +207,7 @@ def _finished_stage(run_dir, name, files: dict):
 
 
 def test_cli_evaluate_re_evaluates_a_run_and_compares_its_adapters(spec_path, leaky_adapter, held_out, tmp_path, capsys):
-    from flows.cli import main
+    from genpi.cli import main
     from genpi_core.ingest import run_ingest
     from schemas.config import IngestConfig
     from schemas.datasets import ComparisonSchema, LeakageSchema

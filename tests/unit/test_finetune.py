@@ -7,13 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-from genpi_core.finetune import (
-    IGNORE, Item, StepPlan, Trainer, attach_lora, build_items, collate, encode_example, loss_sums, micro_batches, run_finetune,
+from genpi_core.generation.models import load_model
+from genpi_core.prompt.pg_format import REASON_HEADER, pg_question, with_reason
+from genpi_core.store.tables import write_table
+from genpi_core.train.data import (
+    IGNORE,
+    Item,
+    build_items,
+    collate,
+    encode_example,
+    micro_batches,
     with_prompt_in_context,
 )
-from genpi_core.models import load_model
-from genpi_core.prompt_generation import REASON_HEADER, pg_question, with_reason
-from genpi_core.tables import write_table
+from genpi_core.train.loss import loss_sums
+from genpi_core.train.recipe import attach_lora, run_finetune
+from genpi_core.train.trainer import StepPlan, Trainer
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
 
@@ -190,7 +198,7 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path, embedded_mode
 def test_qlora_says_what_is_missing_before_loading_anything(tmp_path):
     """QLoRA needs a CUDA GPU and bitsandbytes; this CPU machine has neither, so the real call must refuse
     early and name both. The reason text for the other combinations is checked as plain control logic."""
-    from genpi_core.quantized import bitsandbytes_arguments, qlora_unavailable_reason
+    from genpi_core.train.qlora import bitsandbytes_arguments, qlora_unavailable_reason
 
     cfg = TrainConfig(lora=LoraConfig(quantize_base="nf4"))
     with pytest.raises(RuntimeError, match=r"quantize_base='nf4' \(QLoRA\) needs a CUDA GPU.*genpi\[qlora\]"):

@@ -6,8 +6,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from genpi_core.chat import user_turn, with_prompt, without_prompt
-from genpi_core.generation.base import GenerationError, make_backend
+from genpi_core.generation.base import GenerationError
+from genpi_core.generation.factory import make_backend
+from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 from tests.conftest import transformers_serve
 

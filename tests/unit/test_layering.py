@@ -7,10 +7,10 @@ import pytest
 
 CORE_MODULES = [
     "schemas.spec", "schemas.config", "schemas.datasets",
-    "genpi_core.models", "genpi_core.chat", "genpi_core.checks", "genpi_core.store", "genpi_core.tables",
-    "genpi_core.ingest", "genpi_core.synth", "genpi_core.dataset", "genpi_core.finetune", "genpi_core.evaluate",
-    "genpi_core.agreement", "genpi_core.bootstrap", "genpi_core.leakage", "genpi_core.judge", "genpi_core.multiturn",
-    "genpi_core.compare",
+    "genpi_core.generation.models", "genpi_core.prompt.views", "genpi_core.prompt.checks", "genpi_core.store.stage", "genpi_core.store.tables",
+    "genpi_core.ingest", "genpi_core.synth.inputs", "genpi_core.dataset", "genpi_core.train.recipe", "genpi_core.evaluate.run",
+    "genpi_core.evaluate.agreement", "genpi_core.evaluate.bootstrap", "genpi_core.evaluate.leakage", "genpi_core.evaluate.judge", "genpi_core.evaluate.multiturn",
+    "genpi_core.evaluate.compare",
     "genpi_core.pipeline", "genpi_core.generation.base", "genpi_core.generation.transformers_backend",
     "genpi_core.generation.openai_backend", "genpi_core.watch", "genpi_core.promote",
 ]

@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from genpi_core.pipeline import IngestOutput, StageOutput, promote_stage
+from genpi_core.pipeline import promote_stage
 from genpi_core.promote import decide, list_adapters, promoted
 from schemas.config import PipelineConfig, PromoteConfig
+from schemas.stages import IngestOutput, StageOutput
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 
@@ -50,16 +51,16 @@ def test_gate_marks_only_passing_versions_and_reruns_do_nothing(tmp_path):
     cfg = PipelineConfig(runs_dir=str(tmp_path))
     good = _fake_run(tmp_path, "a" * 64, student=0.79)   # recovery 0.98
     bad = _fake_run(tmp_path, "b" * 64, student=0.30)    # recovery 0.17
-    out = promote_stage(*good, cfg)
+    out = promote_stage(*good, cfg.promote)
     assert out.rows["promoted"] == 1 and not out.reused
     assert promoted(tmp_path, "desk")["version12"] == "a" * 12
-    out = promote_stage(*bad, cfg)
+    out = promote_stage(*bad, cfg.promote)
     assert out.rows["promoted"] == 0
     assert promoted(tmp_path, "desk")["version12"] == "a" * 12  # a failing version never takes the pointer
     decision = json.loads((tmp_path / "desk" / ("b" * 12) / "promote" / "decision.json").read_text())
     assert not decision["promoted"] and "recovery 0.167 < 0.9" in decision["reasons"]
     pointer_before = (tmp_path / "desk" / "promoted.json").read_text()
-    assert promote_stage(*good, cfg).reused  # a re-run of a finished version decides nothing again
+    assert promote_stage(*good, cfg.promote).reused  # a re-run of a finished version decides nothing again
     assert (tmp_path / "desk" / "promoted.json").read_text() == pointer_before
 
     rows = {r.version12: r for r in list_adapters(tmp_path)}

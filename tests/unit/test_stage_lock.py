@@ -8,7 +8,7 @@ from pathlib import Path
 
 def _stage_in_process(run_dir: str, log: str, started) -> None:
     from genpi_core.pipeline import _run
-    from genpi_core.store import Stage
+    from genpi_core.store.stage import Stage
 
     stage = Stage(Path(run_dir), "train", {"x": 1}, {})
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from genpi_core.store import MANIFEST, Stage, atomic_dir, atomic_write_text
+from genpi_core.store.stage import Stage, atomic_dir, atomic_write_text
+from schemas.artifacts import MANIFEST
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -68,7 +69,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from genpi_core.store import Stage, atomic_write_bytes
+    from genpi_core.store.stage import Stage, atomic_write_bytes
     stage = Stage(Path(sys.argv[1]), "demo", {}, {})
     stage.begin()
     atomic_write_bytes(stage.dir / "first.txt", b"done")

@@ -2,9 +2,15 @@
 
 import json
 
-
-from genpi_core.synth import _trigrams, dedup_key, near_duplicate_of, quality_problem, run_inputs, split_messages
-from genpi_core.tables import read_table
+from genpi_core.store.tables import read_table
+from genpi_core.synth.inputs import (
+    _trigrams,
+    dedup_key,
+    near_duplicate_of,
+    quality_problem,
+    run_inputs,
+    split_messages,
+)
 from schemas.config import InputsConfig, SamplingConfig
 from schemas.datasets import InputsSchema, QuarantineSchema
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from genpi_core.tables import TableError, partition_valid, read_table, write_table
+from genpi_core.store.tables import TableError, partition_valid, read_table, write_table
 from schemas.datasets import ExamplesSchema, InputsSchema
 
 ROW = {"prompt_version": "a" * 64, "input_id": "i1", "text": "hello", "source": "pool", "generator": "spec", "dedup_key": "hello"}

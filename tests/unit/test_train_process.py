@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from genpi_core.finetune import ADAPTER_DIR, LATEST
-from genpi_core.prompt_generation import pg_question
-from genpi_core.store import CHECKPOINT_DIR
-from genpi_core.tables import write_table
-from genpi_core.train_job import JOB_FILE, TrainJob, launch
+from genpi_core.prompt.pg_format import pg_question
+from genpi_core.store.tables import write_table
+from genpi_core.train.job import TrainJob, launch
+from genpi_core.train.trainer import LATEST
+from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_JOB_FILE
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
 
@@ -88,8 +88,8 @@ def test_killed_training_resumes_and_ends_with_the_same_adapter(tmp_path, refere
     job = _job(tmp_path / "data", out)
     state = out / CHECKPOINT_DIR
     state.mkdir(parents=True)
-    (state / JOB_FILE).write_text(job.model_dump_json())
-    proc = subprocess.Popen([sys.executable, "-m", "genpi_core.train_job", "--job", str(state / JOB_FILE)],
+    (state / TRAIN_JOB_FILE).write_text(job.model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-m", "genpi_core.train.job", "--job", str(state / TRAIN_JOB_FILE)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     killed_after = None

@@ -17,7 +17,7 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def vllm_backend(embedded_model_dir):
-    from genpi_core.generation.base import make_backend
+    from genpi_core.generation.factory import make_backend
     from schemas.config import BackendConfig, ModelConfig
 
     backend = make_backend(ModelConfig(), BackendConfig(kind="vllm", cpu_kv_cache_gib=1, max_model_len=4096))

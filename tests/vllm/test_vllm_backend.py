@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from genpi_core.chat import user_turn, with_prompt, without_prompt
-from genpi_core.conversations import environment_view, run_conversations
-from genpi_core.tables import read_table
-from genpi_core.synth import run_inputs
+from genpi_core.environment.simulated import environment_view
+from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
+from genpi_core.store.tables import read_table
+from genpi_core.synth.conversations import run_conversations
+from genpi_core.synth.inputs import run_inputs
 from schemas.config import InputsConfig, SamplingConfig
-from schemas.datasets import EpisodesSchema, MessagesSchema, QuarantineSchema, TargetsSchema
+from schemas.datasets import (
+    EpisodesSchema,
+    MessagesSchema,
+    QuarantineSchema,
+    TargetsSchema,
+)
 
 pytestmark = pytest.mark.vllm
 

@@ -9,8 +9,8 @@ import random
 import httpx
 import pytest
 
-from genpi_core.chat import user_turn, without_prompt
-from genpi_core.generation.base import make_backend
+from genpi_core.generation.factory import make_backend
+from genpi_core.prompt.views import user_turn, without_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 from tests.vllm.servers import start_vllm_serve, stop, wait_ready
 
@@ -36,14 +36,14 @@ def adapter_dir(embedded_model_dir, tmp_path_factory) -> str:
     """A small real LoRA adapter (r=8 on every projection), trained for 20 full-batch AdamW steps
     (the loss is below 1% of its start by then; each step costs ~2 s on 2 cores, the bulk of this module's time).
 
-    Built here with plain peft rather than genpi_core.finetune, so that this test pins down the
+    Built here with plain peft rather than genpi_core.train.recipe, so that this test pins down the
     adapter format and the serving path on their own."""
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from genpi_core.generation.base import chat_token_ids
-    from genpi_core.models import load_model, load_tokenizer
+    from genpi_core.generation.chat_template import chat_token_ids
+    from genpi_core.generation.models import load_model, load_tokenizer
 
     random.seed(0)
     np.random.seed(0)

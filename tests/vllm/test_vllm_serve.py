@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from genpi_core.chat import user_turn, with_prompt
-from genpi_core.generation.base import make_backend
+from genpi_core.generation.factory import make_backend
+from genpi_core.prompt.views import user_turn, with_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 from tests.vllm.servers import start_vllm_serve, stop, wait_ready
 

@@ -14,12 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.chat import render_prompt
-from genpi_core.checks import has_control_tokens, is_repetitive
 from genpi_core.generation.base import GenerationBackend, Message
-from genpi_core.tables import empty_quarantine, quarantine_rows, read_table, write_table
+from genpi_core.prompt.checks import has_control_tokens, is_repetitive
+from genpi_core.prompt.views import render_prompt
+from genpi_core.store.tables import (
+    empty_quarantine,
+    quarantine_rows,
+    read_table,
+    write_table,
+)
+from schemas.artifacts import QUARANTINE_FILE, REASONS_FILE
 from schemas.config import SamplingConfig
-from schemas.datasets import QUARANTINE_FILE, REASONS_FILE, QuarantineSchema, ReasonsSchema, TargetsSchema
+from schemas.datasets import QuarantineSchema, ReasonsSchema, TargetsSchema
 from schemas.spec import PromptSpec
 
 

@@ -22,12 +22,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.chat import render_prompt
-from genpi_core.checks import detect_language_scores, has_control_tokens, is_repetitive, starts_with_speaker_label
 from genpi_core.generation.base import GenerationBackend
-from genpi_core.tables import empty_quarantine, partition_valid, quarantine_rows, write_table
+from genpi_core.prompt.checks import (
+    detect_language_scores,
+    has_control_tokens,
+    is_repetitive,
+    starts_with_speaker_label,
+)
+from genpi_core.prompt.views import render_prompt
+from genpi_core.store.tables import (
+    empty_quarantine,
+    partition_valid,
+    quarantine_rows,
+    write_table,
+)
+from schemas.artifacts import INPUTS_FILE, QUARANTINE_FILE
 from schemas.config import InputsConfig
-from schemas.datasets import INPUTS_FILE, QUARANTINE_FILE, InputsSchema, QuarantineSchema
+from schemas.datasets import InputsSchema, QuarantineSchema
 from schemas.spec import PromptSpec
 
 log = logging.getLogger(__name__)

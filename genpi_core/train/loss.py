@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from genpi_core.train.data import IGNORE, Item, collate
+
 CHUNK_TOKENS = 1024
 
 
@@ -69,3 +70,29 @@ def chunked_target_sums(head, hidden: torch.Tensor, labels: torch.Tensor, teache
             ce, kl = _chunk_sums(head, *args)
         ce_total, kl_total = ce_total + ce, kl_total + kl
     return ce_total, kl_total
+
+
+def loss_sums(model, batch: list[Item], pad_id: int, device, distill: bool = False,
+              chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed cross-entropy over target tokens, and the summed KL(teacher || student) when asked.
+
+    Only target positions are projected to the vocabulary, in chunks (``chunked_target_sums`` above);
+    models that post-process logits take the plain full-logits path."""
+    tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+    labels = tensors["labels"][:, 1:]
+    targets = labels != IGNORE  # target positions, in order across the batch (the teacher's top-k use it too)
+    teacher_ids = torch.cat([item.teacher_ids for item in batch]).to(device) if distill else None
+    teacher_logprobs = torch.cat([item.teacher_logprobs for item in batch]).to(device) if distill else None
+    if supports_chunked_output(model):
+        with hidden_states_only(model) as head:
+            hidden = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        ce, kl = chunked_target_sums(head, hidden[:, :-1][targets], labels[targets], teacher_ids, teacher_logprobs,
+                                     chunk_tokens)
+        return ce, kl if distill else None
+    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1].float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    if not distill:
+        return ce, None
+    student = torch.log_softmax(logits[targets], dim=-1)
+    kl = (teacher_logprobs.exp() * (teacher_logprobs - student.gather(-1, teacher_ids))).sum()
+    return ce, kl

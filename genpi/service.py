@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from flows.api_client import AUTH_ENV, PrefectAPI, auth_from_env
+from genpi.api_client import AUTH_ENV, PrefectAPI, auth_from_env
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STATE_FILE = "genpi-service.json"
@@ -303,7 +303,7 @@ def client_env(api_url: str | None = None, home: Path | None = None) -> str:
         if state is None:
             raise ValueError("no Prefect API: pass --api-url, export PREFECT_API_URL, or start one with `genpi server up`")
         url = state.api_url
-    from flows.api_client import normalize_api_url
+    from genpi.api_client import normalize_api_url
 
     url = normalize_api_url(url)
     os.environ["PREFECT_API_URL"] = url

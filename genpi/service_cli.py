@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from flows.api_client import AUTH_ENV, INTERNALIZE_DEPLOYMENT
+from genpi.api_client import AUTH_ENV, INTERNALIZE_DEPLOYMENT
 
 
 def _errors_exit_2(func):
     """Service failures (server won't start, API refuses) print one line and exit 2, like bad input."""
     def wrapped(args) -> int:
-        from flows.api_client import PrefectAPIError
+        from genpi.api_client import PrefectAPIError
 
         try:
             return func(args)
@@ -41,7 +41,7 @@ def _config(args):
 
 @_errors_exit_2
 def cmd_server(args) -> int:
-    from flows import service
+    from genpi import service
 
     if args.action == "up":
         service.up(home=args.home, port=args.port, host=args.host, generation_limit=args.generation_limit,
@@ -56,7 +56,7 @@ def cmd_server(args) -> int:
 
 
 def _api_url(args) -> str:
-    from flows.service import client_env
+    from genpi.service import client_env
 
     return client_env(args.api_url, args.home)
 
@@ -64,7 +64,7 @@ def _api_url(args) -> str:
 @_errors_exit_2
 def cmd_run(args) -> int:
     """Start a deployment run over REST, like the README's curl, and optionally wait for its final state."""
-    from flows.api_client import PrefectAPI, auth_from_env
+    from genpi.api_client import PrefectAPI, auth_from_env
 
     cfg = _config(args)
     spec_path = Path(args.spec)

@@ -17,7 +17,7 @@ import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 from pandera.errors import SchemaError, SchemaErrors
 
-from genpi_core.store import atomic_write_bytes
+from genpi_core.store.stage import atomic_write_bytes
 from schemas.datasets import QuarantineSchema
 
 

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.store import atomic_save_figure, atomic_write_text
-from genpi_core.tables import read_table, write_table
-from schemas.datasets import COMPARISON_FILE, LEAKAGE_FILE, ComparisonSchema, LeakageSchema
-
-COMPARISON_DIR = "comparison"
-COMPARISON_REPORT = "comparison.md"
-COMPARISON_PLOT = "comparison.png"
+from genpi_core.store.stage import atomic_save_figure, atomic_write_text
+from genpi_core.store.tables import read_table, write_table
+from schemas.artifacts import (
+    COMPARISON_DIR,
+    COMPARISON_FILE,
+    COMPARISON_PLOT,
+    COMPARISON_REPORT,
+    LEAKAGE_FILE,
+)
+from schemas.datasets import ComparisonSchema, LeakageSchema
 
 
 def _label(variant: str | None) -> str:

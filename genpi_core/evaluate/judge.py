@@ -14,8 +14,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from genpi_core.chat import render_prompt
 from genpi_core.generation.base import Completion, Message
+from genpi_core.prompt.views import render_prompt
 from schemas.spec import PromptBody
 
 RUBRIC = """\

@@ -18,9 +18,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from genpi_core.agreement import longest_common_substring, normalize, rouge_l
-from genpi_core.chat import user_turn, without_prompt
+from genpi_core.evaluate.agreement import longest_common_substring, normalize, rouge_l
 from genpi_core.generation.base import Completion, Message
+from genpi_core.prompt.views import user_turn, without_prompt
 
 _SNIPPET_CHARS = 300
 

@@ -113,13 +113,13 @@ def cmd_train(args) -> int:
     cfg = _load_config(args)
     ingested, dataset = load_run(args.run_dir)
     started = time.perf_counter()
-    train = train_stage(ingested, dataset, cfg, variant=args.variant)
+    train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=args.variant)
     metrics = json.loads(train.path("metrics").read_text())
     print(f"\ngenpi: {'reused' if train.reused else 'trained'} {train.path('adapter')} in {time.perf_counter() - started:.0f} s")
     print(f"  objective {metrics['objective']}; {metrics['steps']} steps; loss {metrics['first_loss']:.3f} -> "
           f"{metrics['final_loss']:.3f} (val {metrics['final_val_loss']})")
     if args.evaluate:
-        result = evaluate_stage(ingested, dataset, train, cfg, variant=args.variant)
+        result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=args.variant)
         print(f"report:  {Path(result.dir) / 'report.md'}")
         print(_headline(Path(args.run_dir), Path(result.dir).name))
     return 0
@@ -127,7 +127,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """(Re-)evaluate a run's finished adapters with the current evaluate.* config; compare them when several."""
-    from genpi_core.compare import run_comparison
+    from genpi_core.evaluate.compare import run_comparison
     from genpi_core.pipeline import evaluate_stage, load_run, trained, trained_variants
 
     cfg = _load_config(args)
@@ -138,7 +138,7 @@ def cmd_evaluate(args) -> int:
     adapters = [trained(ingested, v) for v in variants]  # all checked before the first (long) evaluation
     for variant, train in zip(variants, adapters):
         started = time.perf_counter()
-        result = evaluate_stage(ingested, dataset, train, cfg, variant=variant)
+        result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=variant)
         name = Path(result.dir).name
         print(f"\ngenpi: {'reused' if result.reused else 'evaluated'} {name} ({variant or 'main'}) "
               f"in {time.perf_counter() - started:.0f} s; report: {Path(result.dir) / 'report.md'}")
@@ -150,8 +150,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_check_spec(args) -> int:
+    from genpi_core.generation.models import load_tokenizer, resolve_model
     from genpi_core.ingest import check_fits_context, load_spec, spec_version
-    from genpi_core.models import load_tokenizer, resolve_model
 
     cfg = _load_config(args)
     spec = load_spec(args.spec)
@@ -178,7 +178,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from genpi_core.models import resolve_model
+    from genpi_core.generation.models import resolve_model
 
     print(resolve_model(args.name_or_path))
     return 0
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/NAME.py")
     p.set_defaults(func=cmd_bench)
-    from flows.service_cli import add_service_commands  # server, run, watch, adapters
+    from genpi.service_cli import add_service_commands  # server, run, watch, adapters
 
     add_service_commands(sub, config_args)
     return parser
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from genpi_core.ingest import SpecError
-    from genpi_core.tables import TableError
+    from genpi_core.store.tables import TableError
 
     try:
         return args.func(args)

@@ -1,9 +1,7 @@
-"""How a conversation is shown to the model *with* and *without* the prompt. Defined once, used everywhere.
+"""Conversations to token ids, through the model's chat template: one encoder for every engine and training.
 
-"Without the prompt" means the conversation alone, with no system message: whatever the model's
-chat template does then (SmolLM2's inserts its own default system line) is the baseline, identically
-for the base model, the student in training and the student in evaluation. ``chat_token_ids`` turns a
-conversation into token ids for every engine and for training, message contents always as text.
+transformers, vLLM and the trainer all call ``chat_token_ids``, so each sees the very same tokens, and
+message contents always stay text (a control string inside a message never becomes a special token).
 """
 
 from __future__ import annotations
@@ -13,36 +11,6 @@ import uuid
 from typing import Sequence
 
 from genpi_core.generation.base import Message
-from schemas.spec import PromptBody
-
-
-def prompt_messages(prompt: PromptBody) -> list[Message]:
-    """The prompt as chat messages: optional system text, then the few-shot dialogue turns."""
-    messages: list[Message] = []
-    if prompt.system and prompt.system.strip():
-        messages.append({"role": "system", "content": prompt.system})
-    for turn in prompt.dialogue or []:
-        messages.append({"role": turn.role, "content": turn.text})
-    return messages
-
-
-def render_prompt(prompt: PromptBody) -> str:
-    """The prompt as plain text with labelled turns, for meta-requests that quote it (inputs, reasons)."""
-    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt_messages(prompt))
-
-
-def with_prompt(prompt: PromptBody, conversation: Sequence[Message]) -> list[Message]:
-    """Teacher view: the prompt, then the conversation."""
-    return prompt_messages(prompt) + list(conversation)
-
-
-def without_prompt(conversation: Sequence[Message]) -> list[Message]:
-    """Base/student view: the conversation alone (the template's default system message applies)."""
-    return list(conversation)
-
-
-def user_turn(text: str) -> list[Message]:
-    return [{"role": "user", "content": text}]
 
 
 def chat_token_ids(tokenizer, conversation: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:

@@ -20,48 +20,45 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from genpi_core.chat import with_prompt, without_prompt
-from genpi_core.checks import has_control_tokens, is_repetitive, run_checks, starts_with_speaker_label
+from genpi_core.environment.protocol import Environment
+from genpi_core.environment.simulated import SimulatedEnvironment
 from genpi_core.generation.base import GenerationBackend, Message
-from genpi_core.store import CHECKPOINT_DIR, atomic_write_json
-from genpi_core.tables import empty_quarantine, quarantine_rows, read_table, write_table
+from genpi_core.prompt.checks import (
+    has_control_tokens,
+    is_repetitive,
+    run_checks,
+    starts_with_speaker_label,
+)
+from genpi_core.prompt.views import with_prompt, without_prompt
+from genpi_core.store.stage import atomic_write_json
+from genpi_core.store.tables import (
+    empty_quarantine,
+    quarantine_rows,
+    read_table,
+    write_table,
+)
+from schemas.artifacts import (
+    CHECKPOINT_DIR,
+    EPISODES_FILE,
+    MESSAGES_FILE,
+    QUARANTINE_FILE,
+    TARGETS_FILE,
+)
 from schemas.config import SamplingConfig
 from schemas.datasets import (
-    EPISODES_FILE, MESSAGES_FILE, QUARANTINE_FILE, TARGETS_FILE, EpisodesSchema, InputsSchema, MessagesSchema,
-    QuarantineSchema, TargetsSchema,
+    EpisodesSchema,
+    InputsSchema,
+    MessagesSchema,
+    QuarantineSchema,
+    TargetsSchema,
 )
 from schemas.spec import PromptSpec
 
 _PROGRESS = "progress.json"
 _ROLE_LABEL = re.compile(r"^\s*(user|assistant|agent|system|human|environment)\s*:", re.IGNORECASE)
-
-
-def environment_system(spec: PromptSpec) -> str:
-    return (
-        f"You are playing this role: {spec.environment}. You are not the assistant. The assistant's last message "
-        "is shown to you as the user's message. Reply as your role would, in one short message. "
-        f"When the exchange is over (the task is done, or there is nothing left to ask), reply with exactly "
-        f"{spec.conversation.end_marker}"
-    )
-
-
-def environment_view(spec: PromptSpec, conversation: Sequence[Message]) -> list[Message]:
-    """The prompt's dialogue and the conversation with user/assistant flipped, after the environment's brief.
-
-    The prompt's first (instruction) turn is skipped: it tells the *agent* what to do. In the
-    conversation, the environment spoke the first message and every even one; the agent's turns,
-    the latest included, become the user's messages.
-    """
-    flip = {"user": "assistant", "assistant": "user"}
-    turns = spec.prompt.dialogue or []
-    messages: list[Message] = [{"role": "system", "content": environment_system(spec)}]
-    messages += [{"role": flip[t.role], "content": t.text} for t in turns[1:]]
-    messages += [{"role": flip[m["role"]], "content": m["content"]} for m in conversation]
-    return messages
 
 
 def _problem(text: str, finish: str, role: str, spec: PromptSpec) -> str:
@@ -187,11 +184,10 @@ def _agent_step(state: _State, spec: PromptSpec, backend: GenerationBackend, tea
             state.end(cid, "max turns")
 
 
-def _environment_step(state: _State, spec: PromptSpec, backend: GenerationBackend, sampling: SamplingConfig) -> None:
+def _environment_step(state: _State, spec: PromptSpec, environment: Environment) -> None:
     live = state.live()
-    replies = backend.generate([environment_view(spec, c) for c in state.contexts(live)], sampling,
-                               desc=f"environment turn {state.step // 2 + 1}")
-    marker = spec.conversation.end_marker
+    replies = environment.respond(state.contexts(live), desc=f"environment turn {state.step // 2 + 1}")
+    marker = environment.end_marker
     for cid, reply in zip(live, replies):
         if marker in reply.text:
             state.end(cid, "environment ended the episode")  # the final end-marker turn is dropped
@@ -202,7 +198,7 @@ def _environment_step(state: _State, spec: PromptSpec, backend: GenerationBacken
             state.quarantine.append(quarantine_rows("messages", raw, "conversation_id", problem))
             state.end(cid, problem)
             continue
-        state.add_message(cid, "environment", reply.text, backend.name)
+        state.add_message(cid, "environment", reply.text, environment.name)
 
 
 def run_conversations(
@@ -225,11 +221,12 @@ def run_conversations(
     state_dir.mkdir(parents=True, exist_ok=True)
     state = _State.start_or_resume(state_dir, read_table(inputs_path, InputsSchema))
     total_steps = 2 * max_turns - 1  # agent, environment, agent, ..., agent
+    played_by = SimulatedEnvironment(spec, environment_backend or backend, environment)
     while state.step < total_steps and state.live():
         if state.step % 2 == 0:
             _agent_step(state, spec, backend, teacher, base, max_turns)
         else:
-            _environment_step(state, spec, environment_backend or backend, environment)
+            _environment_step(state, spec, played_by)
         state.step += 1
         state.checkpoint()
         if after_step is not None:

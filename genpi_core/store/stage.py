@@ -22,8 +22,8 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel
 
-MANIFEST = "_manifest.json"
-CHECKPOINT_DIR = "_state"
+from schemas.artifacts import CHECKPOINT_DIR, MANIFEST
+
 _TMP_PREFIX = ".tmp-"
 _VERSIONED_PACKAGES = ("torch", "transformers", "peft", "pandera", "pyarrow", "genpi")
 

@@ -9,8 +9,8 @@ at 512 tokens, losing the end of long prompts and the whole reason).
 
 from __future__ import annotations
 
-from genpi_core.chat import render_prompt
 from genpi_core.generation.base import Message
+from genpi_core.prompt.views import render_prompt
 from schemas.spec import PromptBody
 
 REASON_HEADER = "Why it changes the answer:"

@@ -7,8 +7,8 @@ folder; the parent only reads paths. The child's output is streamed to the paren
 kept in ``train.log``.
 
 Entry point (also what ``accelerate launch`` runs):
-    python -m genpi_core.train_job --job JOB.json
-    accelerate launch --multi_gpu --num_processes 2 -m genpi_core.train_job --job JOB.json   (GPUs, or gloo on CPU)
+    python -m genpi_core.train.job --job JOB.json
+    accelerate launch --multi_gpu --num_processes 2 -m genpi_core.train.job --job JOB.json   (GPUs, or gloo on CPU)
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from genpi_core.store import atomic_write_json
+from genpi_core.store.stage import atomic_write_json
+from schemas.artifacts import TRAIN_JOB_FILE, TRAIN_PROCESS_LOG
 from schemas.config import ModelConfig, TrainConfig
-
-JOB_FILE = "train_job.json"
-LOG_FILE = "train.log"
 
 
 class TrainJob(BaseModel):
@@ -44,15 +42,15 @@ class TrainJob(BaseModel):
 def _prompt_messages(prompt_path: str) -> list:
     if not prompt_path:
         return []
-    from genpi_core.chat import prompt_messages
     from genpi_core.ingest import load_ingested
+    from genpi_core.prompt.views import prompt_messages
 
     spec, _ = load_ingested(prompt_path)
     return prompt_messages(spec.prompt)
 
 
 def run_job(job: TrainJob) -> dict:
-    from genpi_core.finetune import run_finetune
+    from genpi_core.train.recipe import run_finetune
 
     return run_finetune(job.model, job.train, Path(job.train_path), Path(job.val_path), _prompt_messages(job.prompt_path),
                         Path(job.out_dir))
@@ -94,7 +92,7 @@ def _child_setup(parent: int):
 
 def launch_command(job_path: Path, job: TrainJob) -> list[str]:
     """One process, or ``accelerate launch`` with N data-parallel processes (gloo on CPU)."""
-    entry = ["-m", "genpi_core.train_job", "--job", str(job_path)]
+    entry = ["-m", "genpi_core.train.job", "--job", str(job_path)]
     if job.train.num_processes == 1:
         return [sys.executable, *entry]
     # `--multi_gpu` also on CPU machines: accelerate's `--cpu` flag would run ONE process (its simple launcher,
@@ -105,15 +103,15 @@ def launch_command(job_path: Path, job: TrainJob) -> list[str]:
 
 def launch(job: TrainJob, state_dir: Path) -> Path:
     """Run the job in child process(es); raise with the log's tail if they fail. Returns metrics.json's path."""
-    from genpi_core.finetune import METRICS_FILE
+    from schemas.artifacts import METRICS_FILE
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    job_path = state_dir / JOB_FILE
+    job_path = state_dir / TRAIN_JOB_FILE
     atomic_write_json(job_path, job)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if job.train.num_processes > 1:  # split the cores between processes instead of oversubscribing them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.train.num_processes)))
-    log_path = state_dir / LOG_FILE
+    log_path = state_dir / TRAIN_PROCESS_LOG
     tail: deque[str] = deque(maxlen=40)
     with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(launch_command(job_path, job), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -130,7 +128,7 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a genpi LoRA adapter from a job file (see genpi_core/train_job.py).")
+    parser = argparse.ArgumentParser(description="Train a genpi LoRA adapter from a job file (see genpi_core/train/job.py).")
     parser.add_argument("--job", required=True, type=Path, help="TrainJob JSON written by the train stage")
     args = parser.parse_args(argv)
     _die_with_parent()  # under `accelerate launch` the parent is the launcher, which dies with the pipeline

@@ -1,7 +1,7 @@
 """Multi-turn evaluation: role-swapped episodes on held-out inputs, with the agent played by one variant.
 
 The environment is the base model given the prompt's dialogue with user/assistant flipped, exactly as
-in synthesis (``conversations.environment_view``): it always sees the agent's latest reply and ends
+in synthesis (``genpi_core.environment.simulated``): it always sees the agent's latest reply and ends
 the episode with the spec's end marker. The agent is the teacher (model with the prompt) or the
 student (adapter, no prompt). Every agent turn is scored with the spec's global checks; the first
 turn also with the held-out input's facts (later turns answer follow-ups the facts don't cover).
@@ -19,10 +19,10 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from genpi_core.checks import run_checks
-from genpi_core.conversations import environment_view
-from genpi_core.chat import user_turn
+from genpi_core.environment.simulated import SimulatedEnvironment
 from genpi_core.generation.base import GenerationBackend, Message
+from genpi_core.prompt.checks import run_checks
+from genpi_core.prompt.views import user_turn
 from schemas.config import SamplingConfig
 from schemas.spec import PromptSpec
 
@@ -45,7 +45,8 @@ def run_episodes(
     facts = {row.example_id: json.loads(row.facts) for row in test.itertuples()}
     live = list(conversations)
     rows: list[dict] = []
-    marker = spec.conversation.end_marker
+    played_by = SimulatedEnvironment(spec, environment, environment_sampling)
+    marker = played_by.end_marker
     for turn in range(turns):
         contexts = [list(conversations[e]) for e in live]
         replies = agent.generate([agent_view(c) for c in contexts], sampling, desc=f"multi-turn {variant} turn {turn + 1}")
@@ -68,8 +69,7 @@ def run_episodes(
             for example_id in live:
                 last_row[example_id]["stop_reason"] = "max turns"
             break
-        answers = environment.generate([environment_view(spec, conversations[e]) for e in live], environment_sampling,
-                                       desc=f"multi-turn {variant} environment {turn + 1}")
+        answers = played_by.respond([conversations[e] for e in live], desc=f"multi-turn {variant} environment {turn + 1}")
         still_live = []
         for example_id, answer in zip(live, answers):
             row = last_row[example_id]

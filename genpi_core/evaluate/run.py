@@ -1,0 +1,197 @@
+"""Stage 5: evaluate on held-out inputs. Reads: test.parquet, the adapter.
+Writes: eval_results.parquet (one row per variant x example), variants.parquet, per_check.parquet,
+worst_examples.parquet, leakage.parquet, multi_turn.parquet, judge.parquet, summary.json, report.md,
+compliance.png, checks.png. Tables that an option turned off are written empty, so a stage always
+has the same files.
+
+Variants: base = model without the prompt; teacher = model with the prompt; student = model +
+adapter without the prompt. Compliance of a variant = the mean, over held-out replies, of the share
+of that reply's checks (global rules + its per-input facts) that pass; a partial-credit score, so a
+reply that gets the format right but misses a fact still counts for something. Also reported:
+all-checks-pass rate, format (global checks only), facts, agreement with the teacher's reply
+(agreement.py), paired bootstrap intervals (bootstrap.py), role-swapped multi-turn episodes
+(multiturn.py), the leakage audit (leakage.py) and an optional LLM judge (judge.py). Headline:
+recovery = (student - base) / (teacher - base) of compliance, with its interval.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from genpi_core.evaluate.agreement import agreement
+from genpi_core.evaluate.judge import judge_messages, score_judgements
+from genpi_core.evaluate.leakage import extraction_conversations, score_leakage
+from genpi_core.evaluate.multiturn import run_episodes
+from genpi_core.evaluate.report import plot_checks, plot_variants, render_report
+from genpi_core.evaluate.summary import (
+    VARIANTS,
+    empty_table,
+    per_check_table,
+    summarize,
+    variants_table,
+    worst_examples,
+)
+from genpi_core.generation.factory import make_backend
+from genpi_core.prompt.checks import run_checks
+from genpi_core.prompt.pg_format import pg_target
+from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
+from genpi_core.store.stage import atomic_write_json, atomic_write_text
+from genpi_core.store.tables import read_table, write_table
+from schemas.artifacts import (
+    CHECKS_PLOT_FILE,
+    EVAL_RESULTS_FILE,
+    JUDGE_FILE,
+    LEAKAGE_FILE,
+    MULTI_TURN_FILE,
+    PER_CHECK_FILE,
+    PLOT_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    VARIANTS_FILE,
+    WORST_EXAMPLES_FILE,
+)
+from schemas.config import BackendConfig, EvaluateConfig, ModelConfig
+from schemas.datasets import (
+    EvalResultsSchema,
+    HeldOutSchema,
+    JudgeSchema,
+    LeakageSchema,
+    MultiTurnSchema,
+    PerCheckSchema,
+    VariantsSchema,
+    WorstExamplesSchema,
+)
+from schemas.spec import PromptSpec
+
+__all__ = ["VARIANTS", "run_evaluate", "summarize", "render_report"]
+
+
+def _score_rows(spec: PromptSpec, variant: str, test: pd.DataFrame, completions) -> pd.DataFrame:
+    rows = []
+    for item, completion in zip(test.itertuples(), completions):
+        facts = json.loads(item.facts)
+        results = run_checks(spec.checks, completion.text, facts)
+        fact_results = [v for k, v in results.items() if k.startswith("fact:")]
+        rows.append(
+            {
+                "variant": variant,
+                "example_id": item.example_id,
+                "input": item.input,
+                "output": completion.text,
+                "finish_reason": completion.finish_reason,
+                "checks": json.dumps(results),
+                "score": sum(results.values()) / len(results) if results else 1.0,
+                "passed_all": all(results.values()),
+                "global_passed": all(v for k, v in results.items() if not k.startswith("fact:")),
+                "facts_passed": (sum(fact_results) / len(fact_results)) if fact_results else None,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "latency_s": completion.latency_s,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def with_agreement(results: pd.DataFrame) -> pd.DataFrame:
+    """Each reply against the teacher's reply to the same input (the teacher agrees with itself)."""
+    teacher = results[results["variant"] == "teacher"].set_index("example_id")["output"]
+    scores = [agreement(out, teacher.get(eid, "")) for out, eid in zip(results["output"], results["example_id"])]
+    return results.assign(
+        agreement_exact=[s["exact"] for s in scores],
+        agreement_normalized=[s["normalized"] for s in scores],
+        agreement_rouge_l=[s["rouge_l"] for s in scores],
+    )
+
+
+def run_evaluate(
+    spec: PromptSpec,
+    version: str,
+    model: ModelConfig,
+    backend_cfg: BackendConfig,
+    cfg: EvaluateConfig,
+    test_path: Path,
+    adapter_dir: Path,
+    out_dir: Path,
+    train_metrics: dict | None = None,
+) -> dict:
+    test = read_table(test_path, HeldOutSchema)
+    if cfg.max_examples is not None:
+        test = test.head(cfg.max_examples)
+    contexts = [user_turn(t) for t in test["input"]]
+    episodes_test = test.head(cfg.multi_turn.max_inputs)
+    prompt_text = pg_target(spec.prompt)  # what prompt generation trains the adapter to write out
+
+    def teacher_view(c):
+        return with_prompt(spec.prompt, c)
+
+    frames, leaks, episodes = [], [], []
+    base = make_backend(model, backend_cfg)
+    try:
+        for variant, view in (("base", without_prompt), ("teacher", teacher_view)):
+            completions = base.generate([view(c) for c in contexts], cfg.sampling, desc=f"eval {variant}")
+            frames.append(_score_rows(spec, variant, test, completions))
+        if cfg.leakage.enabled:
+            leaks.append(_leakage(base, "base", cfg, prompt_text))
+        if cfg.multi_turn.enabled:
+            episodes.append(run_episodes(spec, "teacher", episodes_test, base, teacher_view, base, cfg.sampling,
+                                         cfg.multi_turn.environment, cfg.multi_turn.turns))
+        else:  # nothing else needs the base model: free it before the student loads
+            base.close()
+            base = None
+        student = make_backend(model, backend_cfg, adapter=adapter_dir, merge_adapter=cfg.merge_adapter)
+        try:
+            completions = student.generate([without_prompt(c) for c in contexts], cfg.sampling, desc="eval student")
+            frames.append(_score_rows(spec, "student", test, completions))
+            if cfg.leakage.enabled:
+                leaks.append(_leakage(student, "student", cfg, prompt_text))
+            if cfg.multi_turn.enabled:  # the base model plays the environment, as in synthesis
+                episodes.append(run_episodes(spec, "student", episodes_test, student, without_prompt, base, cfg.sampling,
+                                             cfg.multi_turn.environment, cfg.multi_turn.turns))
+        finally:
+            student.close()
+    finally:
+        if base is not None:
+            base.close()
+    results = with_agreement(pd.concat(frames, ignore_index=True))
+    leakage = pd.concat(leaks, ignore_index=True) if leaks else empty_table(LeakageSchema)
+    multi_turn = pd.concat(episodes, ignore_index=True) if episodes else empty_table(MultiTurnSchema)
+    judge = _judge(spec, model, backend_cfg, cfg, results) if cfg.judge.enabled else empty_table(JudgeSchema)
+
+    write_table(results, EvalResultsSchema, out_dir / EVAL_RESULTS_FILE)
+    write_table(leakage, LeakageSchema, out_dir / LEAKAGE_FILE)
+    write_table(multi_turn, MultiTurnSchema, out_dir / MULTI_TURN_FILE)
+    write_table(judge, JudgeSchema, out_dir / JUDGE_FILE)
+    summary = summarize(results, cfg, leakage, multi_turn, judge)
+    summary.update({"name": spec.name, "version": version})
+    per_check = per_check_table(results)
+    worst = worst_examples(results, cfg.worst_examples)
+    write_table(variants_table(summary), VariantsSchema, out_dir / VARIANTS_FILE)
+    write_table(per_check, PerCheckSchema, out_dir / PER_CHECK_FILE)
+    write_table(worst, WorstExamplesSchema, out_dir / WORST_EXAMPLES_FILE)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    atomic_write_text(out_dir / REPORT_FILE,
+                      render_report(spec, version, summary, results, train_metrics, per_check, worst, leakage))
+    plot_variants(summary, out_dir / PLOT_FILE)
+    plot_checks(per_check, out_dir / CHECKS_PLOT_FILE)
+    return summary
+
+
+def _leakage(engine, variant: str, cfg: EvaluateConfig, prompt_text: str) -> pd.DataFrame:
+    questions = list(cfg.leakage.questions)
+    completions = engine.generate(extraction_conversations(questions), cfg.leakage.sampling, desc=f"leakage {variant}")
+    return score_leakage(variant, questions, completions, prompt_text)
+
+
+def _judge(spec: PromptSpec, model: ModelConfig, backend_cfg: BackendConfig, cfg: EvaluateConfig,
+           results: pd.DataFrame) -> pd.DataFrame:
+    """Grade every reply with the judge (the pipeline's model unless evaluate.judge names another)."""
+    engine = make_backend(cfg.judge.model or model, cfg.judge.backend or backend_cfg)
+    try:
+        requests = [judge_messages(spec.prompt, r.input, r.output) for r in results.itertuples()]
+        completions = engine.generate(requests, cfg.judge.sampling, desc="judge")
+    finally:
+        engine.close()
+    return score_judgements(results["variant"].tolist(), results["example_id"].tolist(), completions)

@@ -1,0 +1,256 @@
+"""The optimization loop: which examples each step takes, micro-batch accumulation, validation, checkpoints.
+
+The same loop runs in one process or under ``accelerate launch`` (DDP): every rank sees the same step
+plan and takes its share of each step's examples. Checkpoints (adapter, optimizer, RNG, log, early-stopping
+state) are written every ``checkpoint_every`` steps, and the data order is a pure function of (seed, epoch),
+so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genpi_core.store.stage import atomic_dir, atomic_write_json, atomic_write_text
+from genpi_core.train.data import Item, micro_batches, target_tokens
+from genpi_core.train.loss import loss_sums
+from schemas.config import TrainConfig
+
+CHECKPOINT = "checkpoint"
+LATEST = "latest_checkpoint"
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class StepPlan:
+    """Which examples each optimizer step uses: a pure function of (seed, step), identical on every rank.
+
+    An epoch is one pass over the SFT examples (PG examples alone when SFT is off); PG examples
+    are drawn ``pg_per_step`` at a time, on every ``pg_every``-th step, from their own shuffled cycle.
+    """
+
+    def __init__(self, items: dict[str, list[Item]], cfg: TrainConfig) -> None:
+        self.sft, self.pg, self.cfg = items["sft"], items["pg"], cfg
+        self.pg_per_step = (cfg.pg_per_step or cfg.batch_size) if self.pg else 0
+        main = len(self.sft) if self.sft else math.ceil(len(self.pg) / max(1, self.pg_per_step)) * cfg.batch_size
+        self.steps_per_epoch = max(1, math.ceil(main / cfg.batch_size))
+        self.total = self.steps_per_epoch * cfg.epochs
+
+    @staticmethod
+    def _order(n: int, seed: int) -> list[int]:
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        return order
+
+    def step(self, step: int) -> dict[str, list[Item]]:
+        out: dict[str, list[Item]] = {"sft": [], "pg": []}
+        if self.sft:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            order = self._order(len(self.sft), self.cfg.seed * 1000 + epoch)
+            out["sft"] = [self.sft[i] for i in order[within * self.cfg.batch_size : (within + 1) * self.cfg.batch_size]]
+        if step % self.cfg.pg_every:
+            return out
+        for k in range(self.pg_per_step):
+            cycle, within = divmod((step // self.cfg.pg_every) * self.pg_per_step + k, len(self.pg))
+            out["pg"].append(self.pg[self._order(len(self.pg), self.cfg.seed * 1000 + 500 + cycle)[within]])
+        return out
+
+
+def objective_weights(cfg: TrainConfig, has_sft: bool, has_pg: bool) -> dict[str, float]:
+    if has_sft and has_pg:
+        return {"sft": cfg.sft_weight, "pg": round(1.0 - cfg.sft_weight, 12)}  # 0.3, not 0.30000000000000004
+    return {"sft": 1.0 if has_sft else 0.0, "pg": 1.0 if has_pg else 0.0}
+
+
+class Trainer:
+    """The loop: plan, accumulate over micro-batches, clip, step; validate per epoch; checkpoint."""
+
+    def __init__(self, model, accelerator, items, val_items, cfg: TrainConfig, pad_id: int, state_dir: Path) -> None:
+        self.accelerator, self.cfg, self.pad_id, self.state_dir = accelerator, cfg, pad_id, state_dir
+        self.plan = StepPlan(items, cfg)
+        self.val_items = val_items
+        self.weights = objective_weights(cfg, bool(items["sft"]), bool(items["pg"]))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.device = accelerator.device
+        self.warmup = max(1, int(self.plan.total * cfg.warmup_fraction))
+        self.step = 0
+        self.log: list[dict] = []
+        self.best_val: float | None = None
+        self.bad_evals = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopped_early = False
+        self.tokens_seen = 0
+        self._recomputing = False
+
+    # --- state -----------------------------------------------------------------------------------
+    def _peft_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self._peft_model()).items()}
+
+    def save_checkpoint(self) -> None:
+        """A new ``checkpoint-<step>`` folder, then the ``latest`` pointer, then older folders go: a kill at any
+        point leaves the previous checkpoint or the new one, never neither."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            name = f"{CHECKPOINT}-{self.step:06d}"
+            with atomic_dir(self.state_dir / name) as tmp:
+                torch.save({"adapter": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
+                            "rng": torch.get_rng_state(), "best_state": self.best_state}, tmp / "state.pt")
+                atomic_write_json(tmp / "trainer_state.json", {
+                    "step": self.step, "log": self.log, "best_val": self.best_val, "bad_evals": self.bad_evals,
+                    "stopped_early": self.stopped_early, "tokens_seen": self.tokens_seen,
+                })
+            atomic_write_text(self.state_dir / LATEST, name)
+            for old in self.state_dir.glob(f"{CHECKPOINT}-*"):
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def try_resume(self) -> bool:
+        pointer = self.state_dir / LATEST
+        if not pointer.is_file():
+            return False
+        from peft import set_peft_model_state_dict
+
+        folder = self.state_dir / pointer.read_text().strip()
+        meta = json.loads((folder / "trainer_state.json").read_text())
+        blob = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        set_peft_model_state_dict(self._peft_model(), blob["adapter"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["rng"])
+        self.best_state = blob["best_state"]
+        self.step, self.log, self.best_val = meta["step"], meta["log"], meta["best_val"]
+        self.bad_evals, self.stopped_early, self.tokens_seen = meta["bad_evals"], meta["stopped_early"], meta["tokens_seen"]
+        return True
+
+    # --- one step ----------------------------------------------------------------------------------
+    def _checkpoint_activations(self, on: bool) -> None:
+        """Recompute activations in backward for long micro-batches (PG examples hold the whole prompt):
+        a 1.8k-token example then needs a fraction of the memory, for about a third more compute."""
+        if on == self._recomputing:
+            return
+        base = self._peft_model().get_base_model()
+        if on:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_disable()
+        base.config.use_cache = False
+        self._recomputing = on
+
+    def _my_share(self, items: list[Item]) -> list[Item]:
+        return items[self.accelerator.process_index :: self.accelerator.num_processes]
+
+    def train_step(self) -> dict[str, float]:
+        planned = self.plan.step(self.step)
+        world = self.accelerator.num_processes
+        counts = {name: target_tokens(batch) for name, batch in planned.items()}
+        work = [(name, micro) for name, batch in planned.items() if batch and self.weights[name] > 0
+                for micro in micro_batches(self._my_share(batch), self.cfg.micro_batch_tokens)]
+        idle = not work  # this rank has no share this step: a zero-weight pass keeps DDP's gradient sync in step
+        if idle:
+            first = next(name for name, batch in planned.items() if batch)
+            work = [(first, planned[first][:1])]
+        sums = {"sft": 0.0, "pg": 0.0, "distill": 0.0}
+        for i, (name, micro) in enumerate(work):
+            distill = name == "sft" and self.cfg.distill_weight > 0
+            sync = i == len(work) - 1
+            self._checkpoint_activations(max(len(it.ids) for it in micro) > self.cfg.recompute_above_tokens)
+            with nullcontext() if sync else self.accelerator.no_sync(self.model):
+                ce, kl = loss_sums(self.model, micro, self.pad_id, self.device, distill=distill)
+                loss = ce * self.weights[name] / max(1, counts[name])
+                if kl is not None:
+                    loss = loss + kl * self.cfg.distill_weight / max(1, counts[name])
+                    sums["distill"] += kl.item()
+                self.accelerator.backward(loss * world * (0.0 if idle else 1.0))  # DDP averages over ranks
+            if not idle:
+                sums[name] += ce.item()
+                self.tokens_seen += sum(len(it.ids) for it in micro)
+        self.accelerator.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        lr = lr_at(self.step, self.plan.total, self.warmup, self.cfg.learning_rate)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        reduced = self.accelerator.reduce(torch.tensor([sums["sft"], sums["pg"], sums["distill"]], device=self.device), "sum")
+        return self._losses(dict(zip(("sft", "pg", "distill"), reduced.tolist())), counts) | {"learning_rate": lr}
+
+    def _losses(self, sums: dict[str, float], counts: dict[str, int]) -> dict[str, float | None]:
+        sft = sums["sft"] / counts["sft"] if counts.get("sft") and self.weights["sft"] > 0 else None
+        pg = sums["pg"] / counts["pg"] if counts.get("pg") and self.weights["pg"] > 0 else None
+        distill = sums["distill"] / counts["sft"] if sft is not None and self.cfg.distill_weight > 0 else None
+        joint = sum(self.weights[n] * v for n, v in (("sft", sft), ("pg", pg)) if v is not None)
+        if distill is not None:
+            joint += self.cfg.distill_weight * distill
+        return {"loss": joint, "sft_loss": sft, "pg_loss": pg, "distill_loss": distill}
+
+    @torch.no_grad()
+    def validate(self, include_pg: bool = True) -> dict[str, float | None] | None:
+        """Validation losses. PG is validated on the final pass only when SFT is on: each PG example
+        holds the whole prompt, and the SFT loss is what tracks the behaviour (and early stopping)."""
+        if not any(self.val_items.values()):
+            return None
+        model = self._peft_model()  # not the DDP wrapper: no collective ops, whatever each rank's share
+        model.eval()
+        sums, counts = {"sft": 0.0, "pg": 0.0, "distill": 0.0}, {}
+        for name, items in self.val_items.items():
+            if name == "pg" and not include_pg and self.val_items["sft"]:
+                continue
+            counts[name] = target_tokens(items)
+            for micro in micro_batches(self._my_share(items), self.cfg.micro_batch_tokens):
+                sums[name] += loss_sums(model, micro, self.pad_id, self.device)[0].item()
+        model.train()
+        reduced = self.accelerator.reduce(torch.tensor([sums["sft"], sums["pg"], 0.0], device=self.device), "sum")
+        return self._losses(dict(zip(("sft", "pg", "distill"), reduced.tolist())), counts)
+
+    def _after_validation(self, val: dict) -> None:
+        if self.cfg.early_stopping_patience is None:
+            return
+        watched = val["sft_loss"] if val["sft_loss"] is not None else val["loss"]
+        if self.best_val is None or watched < self.best_val:
+            self.best_val, self.bad_evals, self.best_state = watched, 0, self._adapter_state()
+        else:
+            self.bad_evals += 1
+            self.stopped_early = self.bad_evals >= self.cfg.early_stopping_patience
+
+    def fit(self, on_step=None) -> None:
+        spe = self.plan.steps_per_epoch
+        with tqdm(total=self.plan.total, initial=self.step, desc="train", unit="step", leave=False,
+                  disable=not self.accelerator.is_main_process) as bar:
+            while self.step < self.plan.total and not self.stopped_early:
+                losses = self.train_step()
+                self.step += 1
+                self.log.append({"step": self.step, "epoch": self.step / spe, "split": "train", **losses})
+                bar.set_postfix(loss=f"{losses['loss']:.3f}")
+                bar.update()
+                if self.step % spe == 0:
+                    val = self.validate(include_pg=self.step == self.plan.total)
+                    if val is not None:
+                        self.log.append({"step": self.step, "epoch": self.step / spe, "split": "val", **val,
+                                         "learning_rate": 0.0})
+                        self._after_validation(val)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step % spe == 0:
+                    self.save_checkpoint()
+                if on_step is not None:
+                    on_step(self.step)
+        if self.best_state is not None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self._peft_model(), self.best_state)  # early stopping keeps the best adapter

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
 from schemas.config import load_config
+from schemas.summary import EvaluationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "examples" / "prompts" / "library_desk.yaml"
@@ -64,18 +65,19 @@ def main() -> None:
         train = trained[name]
         evaluation = evaluate_stage(ingested, dataset, train, variant_cfg.evaluate, variant_cfg.model, variant_cfg.backend,
                                     variant=name)
-        summary = json.loads(Path(evaluation.files["summary"]).read_text())
+        summary = EvaluationSummary.load(evaluation.path("summary"))
         metrics = json.loads(train.path("metrics").read_text())
-        v = summary["variants"]
+        v = summary.variants
+        leak = (summary.leakage or {}).get("student")
         results["variants"][name] = {
             "overrides": VARIANTS[name], "train_seconds": metrics["train_seconds"],
             "eval_seconds": _stage_seconds(Path(evaluation.dir) / "_manifest.json"),
             "train_examples": metrics["train_examples"], "steps": metrics["steps"], "final_val_loss": metrics["final_val_loss"],
-            "base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"], "student": v["student"]["compliance"],
-            "student_format": v["student"]["format"], "student_facts": v["student"].get("facts"),
-            "recovery": summary.get("recovery"), "recovery_ci": summary.get("recovery_ci"),
-            "student_leak_max_lcs_share": summary.get("leakage", {}).get("student", {}).get("max_lcs_share"),
-            "student_leak_max_rouge_l_recall": summary.get("leakage", {}).get("student", {}).get("max_rouge_l_recall"),
+            "base": v["base"].compliance, "teacher": v["teacher"].compliance, "student": v["student"].compliance,
+            "student_format": v["student"].format, "student_facts": v["student"].facts,
+            "recovery": summary.recovery, "recovery_ci": summary.recovery_ci,
+            "student_leak_max_lcs_share": leak.max_lcs_share if leak else None,
+            "student_leak_max_rouge_l_recall": leak.max_rouge_l_recall if leak else None,
         }
         print(name, json.dumps(results["variants"][name]), flush=True)
     out = ROOT / "bench" / "results"

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import psutil
 
+from schemas.artifacts import SUMMARY_FILE
+from schemas.summary import EvaluationSummary
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +66,7 @@ def main() -> None:
     for manifest in sorted(run_dir.glob("*/_manifest.json")):
         m = json.loads(manifest.read_text())
         stages[m["stage"]] = round((datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1)
-    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    summary = EvaluationSummary.load(run_dir / "evaluate" / SUMMARY_FILE)
     result = {
         "command": " ".join(["genpi", *cmd[1:]]),
         "cpu_count": os.cpu_count(),
@@ -72,11 +75,11 @@ def main() -> None:
         "targets": {"wall_seconds": 600, "peak_rss_gb": 6.0},
         "within_targets": seconds < 600 and peak / 1e9 < 6.0,
         "stage_seconds": stages,
-        "compliance": {k: round(v["compliance"], 3) for k, v in summary["variants"].items()},
-        "format": {k: round(v["format"], 3) for k, v in summary["variants"].items()},
-        "facts": {k: None if v["facts"] is None else round(v["facts"], 3) for k, v in summary["variants"].items()},
-        "recovery": summary.get("recovery"),
-        "prefill_tokens_saved_per_request": summary.get("prefill_tokens_saved_per_request"),
+        "compliance": {k: round(v.compliance, 3) for k, v in summary.variants.items()},
+        "format": {k: round(v.format, 3) for k, v in summary.variants.items()},
+        "facts": {k: None if v.facts is None else round(v.facts, 3) for k, v in summary.variants.items()},
+        "recovery": summary.recovery,
+        "prefill_tokens_saved_per_request": summary.prefill_tokens_saved_per_request,
         "train": json.loads((run_dir / "train" / "metrics.json").read_text()),
     }
     print(json.dumps(result, indent=2))

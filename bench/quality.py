@@ -24,6 +24,7 @@ import pandas as pd
 
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
 from schemas.config import load_config
+from schemas.summary import EvaluationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS_DIR = ROOT / "examples" / "prompts"
@@ -48,21 +49,21 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
     dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
     train = train_stage(ingested, dataset, cfg.train, cfg.model)
     evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend)
-    summary = json.loads(Path(evaluation.files["summary"]).read_text())
+    summary = EvaluationSummary.load(evaluation.path("summary"))
     scores = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", "score"])
-    v = summary["variants"]
+    v = summary.variants
     row = {
         "spec": str(spec_path.relative_to(ROOT)), "name": ingested.name, "version": ingested.version,
         "prompt_tokens": ingested.prompt_tokens, "run_dir": ingested.run_dir,
         "seconds": round(time.perf_counter() - started, 1), "dataset": dataset.rows,
         "held_out": v["student"]["n"],
-        **{name: {"compliance": v[name]["compliance"], "compliance_ci": v[name].get("compliance_ci"),
-                  "format": v[name]["format"], "facts": v[name]["facts"], "per_check": v[name]["per_check"]}
+        **{name: {"compliance": v[name].compliance, "compliance_ci": v[name].compliance_ci,
+                  "format": v[name].format, "facts": v[name].facts, "per_check": v[name].per_check}
            for name in VARIANTS},
-        "recovery": summary.get("recovery"), "recovery_ci": summary.get("recovery_ci"),
-        "recovery_format": summary.get("recovery_format"), "recovery_facts": summary.get("recovery_facts"),
-        "bootstrap": summary.get("bootstrap"),
-        "prefill_tokens_saved_per_request": summary.get("prefill_tokens_saved_per_request"),
+        "recovery": summary.recovery, "recovery_ci": summary.recovery_ci,
+        "recovery_format": summary.recovery_format, "recovery_facts": summary.recovery_facts,
+        "bootstrap": summary.bootstrap.model_dump(mode="json"),
+        "prefill_tokens_saved_per_request": summary.prefill_tokens_saved_per_request,
     }
     return row, scores
 

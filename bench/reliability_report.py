@@ -1,11 +1,11 @@
-"""Render RELIABILITY.md's results table from the fault records of the last reliability runs.
+"""Render docs/reliability.md's results table from the fault records of the last reliability runs.
 
 The suite's tests record each fault they inject (tests/reliability/conftest.py); with
 ``GENPI_RELIABILITY_OUT=bench/results/reliability.json`` they land in that file, one row per fault kind,
 with the count, what was checked and the test's own outcome. This script turns them into the table
-between the markers in RELIABILITY.md and prints the totals the closing note quotes.
+between the markers in docs/reliability.md and prints the totals the closing note quotes.
 
-Run: python bench/reliability_report.py [--records bench/results/reliability.json] [--doc RELIABILITY.md]
+Run: python bench/reliability_report.py [--records bench/results/reliability.json] [--doc docs/reliability.md]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def render(payload: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", default=str(ROOT / "bench" / "results" / "reliability.json"))
-    parser.add_argument("--doc", default=str(ROOT / "RELIABILITY.md"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "reliability.md"))
     args = parser.parse_args()
     records_path, doc = Path(args.records), Path(args.doc)
     if not records_path.is_file():

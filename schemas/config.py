@@ -314,9 +314,13 @@ def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """YAML file (optional) plus ``a.b.c=value`` overrides, validated once so typos fail up front."""
-    raw: dict[str, Any] = {}
+def load_config(path: Path | str | None = None, overrides: Sequence[str] = (),
+                base: PipelineConfig | None = None) -> PipelineConfig:
+    """YAML file (optional; or a config object as ``base``) plus ``a.b.c=value`` overrides, validated once so
+    typos fail up front."""
+    raw: dict[str, Any] = base.model_dump(mode="json") if base is not None else {}
+    if path is not None and base is not None:
+        raise ValueError("load_config: give a config file or a base config, not both")
     if path is not None:
         path = Path(path)
         try:

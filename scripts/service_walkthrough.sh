@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the README's "Run as a service" walkthrough exactly as written: the bash block between the
+# Run the service walkthrough of docs/service.md exactly as written: the bash block between the
 # `service-walkthrough:begin/end` markers, with .venv/bin first on PATH. It runs in a temporary copy of the
 # project (tracked and untracked files, PYTHONPATH pointing there), so the walkthrough's runs/ and .prefect/
 # never touch the real ones. Needs curl, jq and openssl, and port 4200 free. On failure it stops the service.
@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-block=$(awk '/<!-- service-walkthrough:begin -->/{on=1; next} /<!-- service-walkthrough:end -->/{on=0} on' README.md \
+block=$(awk '/<!-- service-walkthrough:begin -->/{on=1; next} /<!-- service-walkthrough:end -->/{on=0} on' docs/service.md \
         | sed '/^```/d')
-[ -n "$block" ] || { echo "README.md: no service-walkthrough block" >&2; exit 1; }
+[ -n "$block" ] || { echo "docs/service.md: no service-walkthrough block" >&2; exit 1; }
 work=$(mktemp -d /tmp/genpi-walkthrough.XXXXXX)
 git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work"
 cd "$work"

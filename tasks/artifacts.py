@@ -15,6 +15,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from schemas.stages import IngestOutput, StageOutput
+from schemas.summary import EvaluationSummary
 
 
 def _key(name: str, what: str) -> str:
@@ -24,13 +25,14 @@ def _key(name: str, what: str) -> str:
 
 @task(name="publish", cache_policy=NONE)
 def publish_task(ingested: IngestOutput, evaluated: StageOutput, promoted: StageOutput | None = None) -> None:
-    summary = json.loads(evaluated.path("summary").read_text(encoding="utf-8"))
+    summary = EvaluationSummary.load(evaluated.path("summary"))
     version = ingested.version[:12]
-    rows = [{"variant": variant, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}}
-            for variant, metrics in summary.get("variants", {}).items()]
+    rows = [{"variant": variant, **{k: v for k, v in metrics.model_dump(mode="json").items()
+                                    if isinstance(v, (int, float, str)) or v is None}}
+            for variant, metrics in summary.variants.items()]
     create_table_artifact(key=_key(ingested.name, "evaluation"), table=rows,
                           description=f"{ingested.name} {version}: held-out metrics per variant; recovery "
-                          f"{summary.get('recovery')}")
+                          f"{summary.recovery}")
     report = evaluated.path("report").read_text(encoding="utf-8")
     verdict = ""
     if promoted is not None:

@@ -22,8 +22,10 @@ from schemas.artifacts import (
     COMPARISON_PLOT,
     COMPARISON_REPORT,
     LEAKAGE_FILE,
+    SUMMARY_FILE,
 )
 from schemas.datasets import ComparisonSchema, LeakageSchema
+from schemas.summary import EvaluationSummary
 
 
 def _label(variant: str | None) -> str:
@@ -31,21 +33,23 @@ def _label(variant: str | None) -> str:
 
 
 def _row(label: str, evaluate_dir: Path, train_dir: Path) -> dict:
-    summary = json.loads((evaluate_dir / "summary.json").read_text())
-    v = summary["variants"]
-    s_ci = v["student"].get("compliance_ci") or [None, None]
-    r_ci = summary.get("recovery_ci") or [None, None]
-    leak = summary.get("leakage", {}).get("student", {})
-    judge = summary.get("judge", {}).get("variants", {}).get("student", {})
+    summary = EvaluationSummary.load(evaluate_dir / SUMMARY_FILE)
+    v = summary.variants
+    s_ci = v["student"].compliance_ci or (None, None)
+    r_ci = summary.recovery_ci or (None, None)
+    leak = (summary.leakage or {}).get("student")
+    judge = summary.judge.variants.get("student") if summary.judge else None
+    turns = (summary.multi_turn or {}).get("student")
     objective = json.loads((train_dir / "metrics.json").read_text()).get("objective", {})
     return {
-        "variant": label, "evaluate_dir": evaluate_dir.name, "n": v["student"]["n"],
-        "base": v["base"]["compliance"], "teacher": v["teacher"]["compliance"], "student": v["student"]["compliance"],
-        "student_low": s_ci[0], "student_high": s_ci[1], "recovery": summary.get("recovery"),
-        "recovery_low": r_ci[0], "recovery_high": r_ci[1], "agreement_rouge_l": v["student"]["agreement"]["rouge_l"],
-        "multi_turn_compliance": summary.get("multi_turn", {}).get("student", {}).get("compliance"),
-        "judge_score": judge.get("mean_score"), "leak_max_lcs_share": leak.get("max_lcs_share"),
-        "leak_max_rouge_l_recall": leak.get("max_rouge_l_recall"), "objective": json.dumps(objective, sort_keys=True),
+        "variant": label, "evaluate_dir": evaluate_dir.name, "n": v["student"].n,
+        "base": v["base"].compliance, "teacher": v["teacher"].compliance, "student": v["student"].compliance,
+        "student_low": s_ci[0], "student_high": s_ci[1], "recovery": summary.recovery,
+        "recovery_low": r_ci[0], "recovery_high": r_ci[1], "agreement_rouge_l": v["student"].agreement.rouge_l,
+        "multi_turn_compliance": turns.compliance if turns else None,
+        "judge_score": judge.mean_score if judge else None, "leak_max_lcs_share": leak.max_lcs_share if leak else None,
+        "leak_max_rouge_l_recall": leak.max_rouge_l_recall if leak else None,
+        "objective": json.dumps(objective, sort_keys=True),
     }
 
 
@@ -53,7 +57,8 @@ def run_comparison(run_dir: Path, variants: list[str | None]) -> Path:
     """Compare the evaluated adapters ``variants`` (None = train/) of ``run_dir``; returns the comparison folder."""
     run_dir = Path(run_dir)
     out_dir = run_dir / COMPARISON_DIR
-    rows, leaks = [], []
+    rows: list[dict] = []
+    leaks: list[pd.DataFrame] = []
     for variant in variants:
         suffix = "" if variant is None else f"-{variant}"
         evaluate_dir, train_dir = run_dir / f"evaluate{suffix}", run_dir / f"train{suffix}"

@@ -21,6 +21,7 @@ from schemas.artifacts import (
     WORST_EXAMPLES_FILE,
 )
 from schemas.spec import PromptSpec
+from schemas.summary import EvaluationSummary
 
 _MEANING = {"base": "model, no prompt", "teacher": "model + full prompt", "student": "model + adapter, no prompt"}
 
@@ -33,7 +34,7 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def _ci(ci: list | None, fmt=_pct) -> str:
+def _ci(ci: tuple[float, float] | None, fmt=_pct) -> str:
     return "" if not ci or None in ci else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
@@ -43,18 +44,18 @@ def _cell(text: str, limit: int = 200) -> str:
     return (text[:limit] + "…") if len(text) > limit else (text or "*(empty)*")
 
 
-def render_report(spec: PromptSpec, version: str, summary: dict, results: pd.DataFrame, train_metrics: dict | None,
-                  per_check: pd.DataFrame | None = None, worst: pd.DataFrame | None = None,
+def render_report(spec: PromptSpec, version: str, summary: EvaluationSummary, results: pd.DataFrame,
+                  train_metrics: dict | None, per_check: pd.DataFrame | None = None, worst: pd.DataFrame | None = None,
                   leakage: pd.DataFrame | None = None) -> str:
-    v = summary["variants"]
-    boot = summary.get("bootstrap", {})
-    level = f"{100 * boot.get('level', 0.95):.0f}%"
-    judged = summary.get("judge", {}).get("variants", {})
+    v = summary.variants
+    boot = summary.bootstrap
+    level = f"{100 * boot.level:.0f}%"
+    judged = summary.judge.variants if summary.judge else {}
     lines = [
         f"# genpi report: `{spec.name}` (version {version[:12]})",
         "",
-        f"Held-out inputs: {v['teacher']['n']} (never trained on). Greedy decoding. Intervals: {level} paired "
-        f"bootstrap over held-out inputs ({boot.get('resamples', 0)} resamples, seed {boot.get('seed', 0)}).",
+        f"Held-out inputs: {v['teacher'].n} (never trained on). Greedy decoding. Intervals: {level} paired "
+        f"bootstrap over held-out inputs ({boot.resamples} resamples, seed {boot.seed}).",
         "",
         f"| variant | what it is | compliance [{level} CI] | all checks pass | format (global checks) | facts "
         "| agrees with teacher: exact / normalized / ROUGE-L | judge (1-5) | prompt tokens / request | latency / reply (s) |",
@@ -62,20 +63,20 @@ def render_report(spec: PromptSpec, version: str, summary: dict, results: pd.Dat
     ]
     for name in VARIANTS:
         s = v[name]
-        a = s["agreement"]
-        judge = _ratio(judged.get(name, {}).get("mean_score")) if judged else "off"
+        a = s.agreement
+        judge = _ratio(judged[name].mean_score if name in judged else None) if judged else "off"
         lines.append(
-            f"| {name} | {_MEANING[name]} | {_pct(s['compliance'])}{_ci(s.get('compliance_ci'))} | {_pct(s['all_checks'])} "
-            f"| {_pct(s['format'])} | {_pct(s['facts'])} | {_pct(a['exact'])} / {_pct(a['normalized'])} / {a['rouge_l']:.2f} "
-            f"| {judge} | {s['mean_prompt_tokens']:.0f} | {s['mean_latency_s']:.2f} |"
+            f"| {name} | {_MEANING[name]} | {_pct(s.compliance)}{_ci(s.compliance_ci)} | {_pct(s.all_checks)} "
+            f"| {_pct(s.format)} | {_pct(s.facts)} | {_pct(a.exact)} / {_pct(a.normalized)} / {a.rouge_l:.2f} "
+            f"| {judge} | {s.mean_prompt_tokens:.0f} | {s.mean_latency_s:.2f} |"
         )
-    undefined = boot.get("recovery_undefined", 0)
+    undefined = boot.recovery_undefined
     lines += [
         "",
-        f"**Recovery** (student - base) / (teacher - base) of compliance: **{_ratio(summary.get('recovery'))}**"
-        f"{_ci(summary.get('recovery_ci'), _ratio)}"
-        f" (format: {_ratio(summary.get('recovery_format'))}, facts: {_ratio(summary.get('recovery_facts'))}).",
-        f"Prefill tokens saved per request: {summary['prefill_tokens_saved_per_request']:.0f}.",
+        f"**Recovery** (student - base) / (teacher - base) of compliance: **{_ratio(summary.recovery)}**"
+        f"{_ci(summary.recovery_ci, _ratio)}"
+        f" (format: {_ratio(summary.recovery_format)}, facts: {_ratio(summary.recovery_facts)}).",
+        f"Prefill tokens saved per request: {summary.prefill_tokens_saved_per_request:.0f}.",
         "",
         "Compliance = mean share of checks passed per reply (global checks + the reply's facts). Agreement compares "
         "each reply with the teacher's reply to the same input (ROUGE-L = token-level F1 of the longest common "
@@ -110,12 +111,12 @@ def render_report(spec: PromptSpec, version: str, summary: dict, results: pd.Dat
     return "\n".join(lines)
 
 
-def _multi_turn_section(summary: dict) -> list[str]:
-    episodes = summary.get("multi_turn")
+def _multi_turn_section(summary: EvaluationSummary) -> list[str]:
+    episodes = summary.multi_turn
     lines = ["## Multi-turn (role-swapped episodes)", ""]
     if not episodes:
         return lines + ["Off (`evaluate.multi_turn.enabled`).", ""]
-    turns = sorted({t for e in episodes.values() for t in e["per_turn"]})
+    turns = sorted({t for e in episodes.values() for t in e.per_turn})
     lines += [
         "The agent is the teacher (with the prompt) or the student (no prompt); the environment is the base model "
         "playing the prompt's other side, as in synthesis. Agent turns are scored with the global checks "
@@ -126,15 +127,15 @@ def _multi_turn_section(summary: dict) -> list[str]:
     ]
     lines.append("|---|---|---|---|---|" + "---|" * len(turns))
     for name, e in episodes.items():
-        cells = [f"{_pct(e['per_turn'][t]['compliance'])} ({e['per_turn'][t]['n']})" if t in e["per_turn"] else "n/a"
+        cells = [f"{_pct(e.per_turn[t].compliance)} ({e.per_turn[t].n})" if t in e.per_turn else "n/a"
                  for t in turns]
-        lines.append(f"| {name} | {e['episodes']} | {e['agent_turns']} | {_pct(e['compliance'])} | {_pct(e['format'])} | "
+        lines.append(f"| {name} | {e.episodes} | {e.agent_turns} | {_pct(e.compliance)} | {_pct(e.format)} | "
                      + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _leakage_section(summary: dict, leakage: pd.DataFrame | None) -> list[str]:
-    leaks = summary.get("leakage")
+def _leakage_section(summary: EvaluationSummary, leakage: pd.DataFrame | None) -> list[str]:
+    leaks = summary.leakage
     lines = ["## Leakage audit", ""]
     if not leaks:
         return lines + ["Off (`evaluate.leakage.enabled`).", ""]
@@ -142,15 +143,15 @@ def _leakage_section(summary: dict, leakage: pd.DataFrame | None) -> list[str]:
         "Each extraction question is asked in a fresh conversation without the prompt. *Longest copied span* = the "
         "longest run of characters the reply shares with the prompt (both lowercased, whitespace collapsed), as a "
         "share of the prompt; *ROUGE-L recall* = the share of the prompt's tokens the reply reproduces in order. "
-        f"Replies are capped at {summary.get('leakage_max_new_tokens')} new tokens "
+        f"Replies are capped at {summary.leakage_max_new_tokens} new tokens "
         "(`evaluate.leakage.sampling.max_new_tokens`), which bounds how much of a long prompt can come back.",
         "",
         "| variant | longest copied span: max (chars) | mean | ROUGE-L recall of the prompt: max | mean |",
         "|---|---|---|---|---|",
     ]
     for name, s in leaks.items():
-        lines.append(f"| {name} | {100 * s['max_lcs_share']:.1f}% ({s['max_lcs_chars']}) | {100 * s['mean_lcs_share']:.1f}% "
-                     f"| {100 * s['max_rouge_l_recall']:.1f}% | {100 * s['mean_rouge_l_recall']:.1f}% |")
+        lines.append(f"| {name} | {100 * s.max_lcs_share:.1f}% ({s.max_lcs_chars}) | {100 * s.mean_lcs_share:.1f}% "
+                     f"| {100 * s.max_rouge_l_recall:.1f}% | {100 * s.mean_rouge_l_recall:.1f}% |")
     if leakage is not None and len(leakage):
         lines += ["", "| variant | question | longest copied span | ROUGE-L recall | reply |", "|---|---|---|---|---|"]
         for row in leakage.itertuples():
@@ -167,15 +168,15 @@ def _leakage_section(summary: dict, leakage: pd.DataFrame | None) -> list[str]:
     return lines
 
 
-def _judge_section(summary: dict) -> list[str]:
-    judge = summary.get("judge")
+def _judge_section(summary: EvaluationSummary) -> list[str]:
+    judge = summary.judge
     lines = ["## LLM judge", ""]
     if not judge:
         return lines + ["Off (`evaluate.judge.enabled=true` turns it on; the teacher's model by default).", ""]
     lines += ["Rubric given to the judge (with the full prompt, the user's message and the reply):", "", "```",
-              judge["rubric"], "```", "", "| variant | mean score (1-5) | scored | unreadable replies |", "|---|---|---|---|"]
-    for name, s in judge["variants"].items():
-        lines.append(f"| {name} | {_ratio(s['mean_score'])} | {s['scored']} | {s['unreadable']} |")
+              judge.rubric, "```", "", "| variant | mean score (1-5) | scored | unreadable replies |", "|---|---|---|---|"]
+    for name, s in judge.variants.items():
+        lines.append(f"| {name} | {_ratio(s.mean_score)} | {s.scored} | {s.unreadable} |")
     return lines + [""]
 
 
@@ -191,7 +192,7 @@ def _worst_section(worst: pd.DataFrame | None) -> list[str]:
     return lines + [""]
 
 
-def plot_variants(summary: dict, path: Path) -> None:
+def plot_variants(summary: EvaluationSummary, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,11 +202,11 @@ def plot_variants(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     width = 0.26
     for i, variant in enumerate(VARIANTS):
-        s = summary["variants"][variant]
-        values = [s[m] or 0.0 for m in metrics]
+        s = summary.variants[variant]
+        values = [getattr(s, m) or 0.0 for m in metrics]
         xs = [x + (i - 1) * width for x in range(len(metrics))]
         ax.bar(xs, values, width, label=variant)
-        ci = s.get("compliance_ci")
+        ci = s.compliance_ci
         if ci:
             ax.errorbar([xs[0]], [values[0]], yerr=[[values[0] - ci[0]], [ci[1] - values[0]]], fmt="none", ecolor="black",
                         capsize=3)

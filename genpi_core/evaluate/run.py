@@ -17,6 +17,7 @@ recovery = (student - base) / (teacher - base) of compliance, with its interval.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -65,6 +66,7 @@ from schemas.datasets import (
     WorstExamplesSchema,
 )
 from schemas.spec import PromptSpec
+from schemas.summary import EvaluationSummary
 
 __all__ = ["VARIANTS", "run_evaluate", "summarize", "render_report"]
 
@@ -116,7 +118,7 @@ def run_evaluate(
     adapter_dir: Path,
     out_dir: Path,
     train_metrics: dict | None = None,
-) -> dict:
+) -> EvaluationSummary:
     test = read_table(test_path, HeldOutSchema)
     if cfg.max_examples is not None:
         test = test.head(cfg.max_examples)
@@ -127,9 +129,11 @@ def run_evaluate(
     def teacher_view(c):
         return with_prompt(spec.prompt, c)
 
-    frames, leaks, episodes = [], [], []
-    base = make_backend(model, backend_cfg)
-    try:
+    frames: list[pd.DataFrame] = []
+    leaks: list[pd.DataFrame] = []
+    episodes: list[pd.DataFrame] = []
+    with ExitStack() as engines:
+        base = engines.enter_context(make_backend(model, backend_cfg))
         for variant, view in (("base", without_prompt), ("teacher", teacher_view)):
             completions = base.generate([view(c) for c in contexts], cfg.sampling, desc=f"eval {variant}")
             frames.append(_score_rows(spec, variant, test, completions))
@@ -139,22 +143,16 @@ def run_evaluate(
             episodes.append(run_episodes(spec, "teacher", episodes_test, base, teacher_view, base, cfg.sampling,
                                          cfg.multi_turn.environment, cfg.multi_turn.turns))
         else:  # nothing else needs the base model: free it before the student loads
-            base.close()
-            base = None
-        student = make_backend(model, backend_cfg, adapter=adapter_dir, merge_adapter=cfg.merge_adapter)
-        try:
-            completions = student.generate([without_prompt(c) for c in contexts], cfg.sampling, desc="eval student")
-            frames.append(_score_rows(spec, "student", test, completions))
-            if cfg.leakage.enabled:
-                leaks.append(_leakage(student, "student", cfg, prompt_text))
-            if cfg.multi_turn.enabled:  # the base model plays the environment, as in synthesis
-                episodes.append(run_episodes(spec, "student", episodes_test, student, without_prompt, base, cfg.sampling,
-                                             cfg.multi_turn.environment, cfg.multi_turn.turns))
-        finally:
-            student.close()
-    finally:
-        if base is not None:
-            base.close()
+            engines.close()
+        student = engines.enter_context(make_backend(model, backend_cfg, adapter=adapter_dir,
+                                                     merge_adapter=cfg.merge_adapter))
+        completions = student.generate([without_prompt(c) for c in contexts], cfg.sampling, desc="eval student")
+        frames.append(_score_rows(spec, "student", test, completions))
+        if cfg.leakage.enabled:
+            leaks.append(_leakage(student, "student", cfg, prompt_text))
+        if cfg.multi_turn.enabled:  # the base model plays the environment, as in synthesis
+            episodes.append(run_episodes(spec, "student", episodes_test, student, without_prompt, base, cfg.sampling,
+                                         cfg.multi_turn.environment, cfg.multi_turn.turns))
     results = with_agreement(pd.concat(frames, ignore_index=True))
     leakage = pd.concat(leaks, ignore_index=True) if leaks else empty_table(LeakageSchema)
     multi_turn = pd.concat(episodes, ignore_index=True) if episodes else empty_table(MultiTurnSchema)
@@ -164,14 +162,13 @@ def run_evaluate(
     write_table(leakage, LeakageSchema, out_dir / LEAKAGE_FILE)
     write_table(multi_turn, MultiTurnSchema, out_dir / MULTI_TURN_FILE)
     write_table(judge, JudgeSchema, out_dir / JUDGE_FILE)
-    summary = summarize(results, cfg, leakage, multi_turn, judge)
-    summary.update({"name": spec.name, "version": version})
+    summary = summarize(results, cfg, leakage, multi_turn, judge).model_copy(update={"name": spec.name, "version": version})
     per_check = per_check_table(results)
     worst = worst_examples(results, cfg.worst_examples)
     write_table(variants_table(summary), VariantsSchema, out_dir / VARIANTS_FILE)
     write_table(per_check, PerCheckSchema, out_dir / PER_CHECK_FILE)
     write_table(worst, WorstExamplesSchema, out_dir / WORST_EXAMPLES_FILE)
-    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)  # model_dump(mode="json"): the off sections left out
     atomic_write_text(out_dir / REPORT_FILE,
                       render_report(spec, version, summary, results, train_metrics, per_check, worst, leakage))
     plot_variants(summary, out_dir / PLOT_FILE)
@@ -188,10 +185,7 @@ def _leakage(engine, variant: str, cfg: EvaluateConfig, prompt_text: str) -> pd.
 def _judge(spec: PromptSpec, model: ModelConfig, backend_cfg: BackendConfig, cfg: EvaluateConfig,
            results: pd.DataFrame) -> pd.DataFrame:
     """Grade every reply with the judge (the pipeline's model unless evaluate.judge names another)."""
-    engine = make_backend(cfg.judge.model or model, cfg.judge.backend or backend_cfg)
-    try:
+    with make_backend(cfg.judge.model or model, cfg.judge.backend or backend_cfg) as engine:
         requests = [judge_messages(spec.prompt, r.input, r.output) for r in results.itertuples()]
         completions = engine.generate(requests, cfg.judge.sampling, desc="judge")
-    finally:
-        engine.close()
     return score_judgements(results["variant"].tolist(), results["example_id"].tolist(), completions)

@@ -6,6 +6,7 @@ Pure functions of the results tables (no model, no disk), so they are unit-teste
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pandas as pd
 
@@ -15,6 +16,7 @@ from genpi_core.evaluate.leakage import summarize_leakage
 from genpi_core.evaluate.multiturn import summarize_episodes
 from schemas.config import EvaluateConfig
 from schemas.datasets import WorstExamplesSchema
+from schemas.summary import EvaluationSummary
 
 VARIANTS = ("base", "teacher", "student")
 
@@ -29,10 +31,10 @@ def _mean_or_none(series: pd.Series) -> float | None:
 
 
 def summarize(results: pd.DataFrame, cfg: EvaluateConfig | None = None, leakage: pd.DataFrame | None = None,
-              multi_turn: pd.DataFrame | None = None, judge: pd.DataFrame | None = None) -> dict:
-    """Every number the report shows, as one JSON-able dict (summary.json)."""
+              multi_turn: pd.DataFrame | None = None, judge: pd.DataFrame | None = None) -> EvaluationSummary:
+    """Every number the report shows, as one typed record (summary.json); the evaluate stage adds name and version."""
     cfg = cfg or EvaluateConfig()
-    per_variant = {}
+    per_variant: dict[str, dict[str, Any]] = {}
     for variant, part in results.groupby("variant"):
         checks = pd.DataFrame([json.loads(c) for c in part["checks"]])
         per_variant[variant] = {
@@ -71,25 +73,26 @@ def summarize(results: pd.DataFrame, cfg: EvaluateConfig | None = None, leakage:
         summary["judge"] = {"rubric": RUBRIC, "variants": {
             v: {"mean_score": _mean_or_none(part["score"]), "scored": int(part["score"].notna().sum()),
                 "unreadable": int(part["score"].isna().sum())} for v, part in judge.groupby("variant")}}
-    return summary
+    return EvaluationSummary.model_validate(summary)
 
 
-def variants_table(summary: dict) -> pd.DataFrame:
+def variants_table(summary: EvaluationSummary) -> pd.DataFrame:
     """The report's main table as rows (variants.parquet)."""
     rows = []
-    for name, s in summary["variants"].items():
-        ci = s.get("compliance_ci") or [None, None]
-        leak = summary.get("leakage", {}).get(name, {})
-        turns = summary.get("multi_turn", {}).get(name, {})
-        judged = summary.get("judge", {}).get("variants", {}).get(name, {})
+    for name, s in summary.variants.items():
+        ci = s.compliance_ci or (None, None)
+        leak = (summary.leakage or {}).get(name)
+        turns = (summary.multi_turn or {}).get(name)
+        judged = summary.judge.variants.get(name) if summary.judge else None
         rows.append({
-            "variant": name, "n": s["n"], "compliance": s["compliance"], "compliance_low": ci[0], "compliance_high": ci[1],
-            "all_checks": s["all_checks"], "format": s["format"], "facts": s["facts"],
-            "agreement_exact": s["agreement"]["exact"], "agreement_normalized": s["agreement"]["normalized"],
-            "agreement_rouge_l": s["agreement"]["rouge_l"], "judge_score": judged.get("mean_score"),
-            "multi_turn_compliance": turns.get("compliance"), "leak_max_lcs_share": leak.get("max_lcs_share"),
-            "leak_max_rouge_l_recall": leak.get("max_rouge_l_recall"),
-            "mean_prompt_tokens": s["mean_prompt_tokens"], "mean_latency_s": s["mean_latency_s"],
+            "variant": name, "n": s.n, "compliance": s.compliance, "compliance_low": ci[0], "compliance_high": ci[1],
+            "all_checks": s.all_checks, "format": s.format, "facts": s.facts,
+            "agreement_exact": s.agreement.exact, "agreement_normalized": s.agreement.normalized,
+            "agreement_rouge_l": s.agreement.rouge_l, "judge_score": judged.mean_score if judged else None,
+            "multi_turn_compliance": turns.compliance if turns else None,
+            "leak_max_lcs_share": leak.max_lcs_share if leak else None,
+            "leak_max_rouge_l_recall": leak.max_rouge_l_recall if leak else None,
+            "mean_prompt_tokens": s.mean_prompt_tokens, "mean_latency_s": s.mean_latency_s,
         })
     order = {v: i for i, v in enumerate(VARIANTS)}
     return pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order)).reset_index(drop=True)

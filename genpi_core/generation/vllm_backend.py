@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from genpi_core.generation.base import (
     ClosesOnExit,
@@ -110,7 +110,7 @@ class VLLMBackend(ClosesOnExit):
         results = []
         for ids, output in zip(encoded, outputs):
             best = output.outputs[0]
-            finish = "stop" if best.finish_reason == "stop" else "length"
+            finish: Literal["stop", "length"] = "stop" if best.finish_reason == "stop" else "length"
             results.append(Completion(best.text.strip(), finish, len(ids), len(best.token_ids), per_item))
         return results
 

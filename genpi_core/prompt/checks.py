@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 from schemas.spec import (
     CHECK_TYPES,
@@ -124,7 +124,7 @@ def fact_present(fact: str | list[str], reply: str) -> bool:
     return any(o.lower() in lowered for o in options)
 
 
-def run_checks(checks: list, reply: str, facts: list[str | list[str]] = ()) -> dict[str, bool]:
+def run_checks(checks: list, reply: str, facts: Sequence[str | list[str]] = ()) -> dict[str, bool]:
     """Every global check and every per-input fact, by stable name."""
     results = {f"{i}:{c.type}": EVALUATORS[c.type](c, reply) for i, c in enumerate(checks)}
     results.update({f"fact:{i}": fact_present(f, reply) for i, f in enumerate(facts)})

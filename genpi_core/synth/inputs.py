@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.generation.base import GenerationBackend
+from genpi_core.generation.base import GenerationBackend, Message
 from genpi_core.prompt.checks import (
     detect_language_scores,
     has_control_tokens,
@@ -75,7 +75,7 @@ def near_duplicate_of(text: str, kept: list[tuple[str, set]], threshold: float) 
     return None
 
 
-def generator_request(spec: PromptSpec, seeds: list[str], count: int) -> list[dict]:
+def generator_request(spec: PromptSpec, seeds: list[str], count: int) -> list[Message]:
     examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
     ask = (
         f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
@@ -108,7 +108,7 @@ def quality_problem(text: str, cfg: InputsConfig) -> str:
         return "repetitive"
     if cfg.language is not None:
         scores = detect_language_scores(text)
-        best = max(scores, key=scores.get)
+        best = max(scores, key=lambda language: scores[language])
         if scores[best] > 0 and best != cfg.language:
             return f"language looks like {best}, not {cfg.language}"
     return ""
@@ -133,7 +133,8 @@ def _generate(spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend) -
         cut = len(messages) - 1 if c.finish_reason == "length" else None
         texts += [(m, "cut off at the generator's length cap (synth.inputs.sampling.max_new_tokens)" if k == cut else "")
                   for k, m in enumerate(messages)]
-    rows, bad = [], []
+    rows: list[dict] = []
+    bad: list[dict] = []
     for i, (text, problem) in enumerate(texts):
         problem = problem or quality_problem(text, cfg)
         (bad if problem else rows).append({"text": text, "row_key": f"gen-{i}", "problem": problem})
@@ -194,7 +195,7 @@ def run_inputs(
         raise ValueError("no usable inputs: add `inputs.pool` to the spec or enable generation (synth.inputs.source)")
     n_generated = int((good["source"] == "generated").sum())
     usable = n_generated / written if written else None
-    if written and usable < WEAK_GENERATOR_SHARE:
+    if usable is not None and usable < WEAK_GENERATOR_SHARE:
         log.warning(
             "the input generator wrote %d usable inputs out of %d (%.0f%%): it is too weak for this prompt. "
             "Set synth.generator to a stronger model/server, or use synth.inputs.source=both to top up from the "

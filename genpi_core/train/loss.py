@@ -91,7 +91,7 @@ def loss_sums(model, batch: list[Item], pad_id: int, device, distill: bool = Fal
         return ce, kl if distill else None
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    if not distill:
+    if teacher_ids is None or teacher_logprobs is None:  # not distilling
         return ce, None
     student = torch.log_softmax(logits[targets], dim=-1)
     kl = (teacher_logprobs.exp() * (teacher_logprobs - student.gather(-1, teacher_ids))).sum()

@@ -158,7 +158,7 @@ class Trainer:
     def _my_share(self, items: list[Item]) -> list[Item]:
         return items[self.accelerator.process_index :: self.accelerator.num_processes]
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float | None]:
         planned = self.plan.step(self.step)
         world = self.accelerator.num_processes
         counts = {name: target_tokens(batch) for name, batch in planned.items()}

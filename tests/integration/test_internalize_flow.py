@@ -21,28 +21,10 @@ from schemas.datasets import (
     TargetsSchema,
     TrainLogSchema,
 )
+from schemas.summary import EvaluationSummary
 from tests.conftest import EXAMPLE_SPEC, TINY_CONFIG
 
 STAGES = ["ingest", "inputs", "conversations", "reasons", "dataset", "train", "evaluate"]
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
-@pytest.fixture(scope="module")
-def finished_run(prefect_server, embedded_model_dir, tmp_path_factory):
-    from flows.internalize import internalize_pipeline
-
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config(TINY_CONFIG, [f"runs_dir={runs}"])
-    state = internalize_pipeline(str(EXAMPLE_SPEC), cfg, return_state=True)
-    assert state.is_completed(), state
-    return cfg, Path(state.result().dir).parent, state
 
 
 @pytest.mark.server
@@ -82,10 +64,10 @@ def test_flow_completes_and_every_table_validates(finished_run):
     assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
     results = read_table(run_dir / "evaluate" / "eval_results.parquet", EvalResultsSchema)
     assert set(results["variant"]) == {"base", "teacher", "student"}
-    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
-    v = summary["variants"]
-    assert v["teacher"]["format"] > v["base"]["format"]  # the prompt measurably changes behaviour
-    assert summary["prefill_tokens_saved_per_request"] > 1000
+    summary = EvaluationSummary.load(run_dir / "evaluate" / "summary.json")
+    v = summary.variants
+    assert v["teacher"].format > v["base"].format  # the prompt measurably changes behaviour
+    assert summary.prefill_tokens_saved_per_request > 1000
     report = (run_dir / "evaluate" / "report.md").read_text()
     assert "Recovery" in report and "| teacher |" in report
     assert (run_dir / "evaluate" / "compliance.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,5 +1,5 @@
 """The reliability suite's shared recorder: every fault a test injects is counted, and the counts of the
-last run become RELIABILITY.md's table (``python bench/reliability_report.py``).
+last run become docs/reliability.md's table (``python bench/reliability_report.py``).
 
 A test takes the ``faults`` fixture and calls ``faults.add(category, fault, injection, count, detail)``
 once per kind of fault it injected. Whether the row passed is the test's own outcome, so a row can

@@ -204,7 +204,7 @@ def test_kill_chain_every_stage(tmp_path, faults):
     print(json.dumps(report, indent=2, default=str))
     (Path(os.environ.get("GENPI_KILL_REPORT", tmp_path / "kill_report.json"))).write_text(json.dumps(report, indent=2, default=str))
 
-    # recorded before the verdict, so a failed chain shows up in RELIABILITY.md as a failed row
+    # recorded before the verdict, so a failed chain shows up in docs/reliability.md as a failed row
     differs = ", ".join(diff.content_differs) or "none"
     for stage in kh.KILL_STAGES:
         modes = {m: by_mode[(stage, m)] for m in ("pipeline", "group")}

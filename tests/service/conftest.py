@@ -1,6 +1,6 @@
 """A real genpi service for the tests: `genpi server up` on a free loopback port with a temporary
 PREFECT_HOME and basic auth on, torn down with `genpi server down`. The tests talk to it over REST
-exactly as the README's "Run as a service" section does."""
+exactly as the walkthrough in docs/service.md does."""
 
 from __future__ import annotations
 

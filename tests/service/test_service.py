@@ -80,7 +80,7 @@ def test_server_up_creates_pool_limits_deployments_and_trigger(service):
 
 @pytest.fixture(scope="module")
 def rest_run(service):
-    """The README's curl, in Python: create_flow_run on the internalize deployment, poll until it ends.
+    """The curl of docs/service.md, in Python: create_flow_run on the internalize deployment, poll until it ends.
 
     Two runs of the same version are triggered back to back, as two systems reacting to one change would: both
     must complete, and only one may train (tag concurrency limits plus the stage lock)."""

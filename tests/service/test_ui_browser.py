@@ -1,7 +1,7 @@
 """The Prefect UI in a real headless browser (Debian's `chromium`, `scripts/setup_browser.sh`): log in with the
 basic-auth string, open the `internalize` deployment's run form and check it shows our typed parameters.
 Driven over the Chrome DevTools Protocol with `websockets` (already a Prefect dependency), so nothing else is
-installed. Saves the screenshot the README shows (docs/ui-run-form.png).
+installed. Saves the screenshot docs/service.md shows (docs/ui-run-form.png).
 
 Run: scripts/test.sh -m browser tests/service/test_ui_browser.py
 """

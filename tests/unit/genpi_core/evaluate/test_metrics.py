@@ -185,10 +185,10 @@ def test_pure_logic_summary_tables_and_report_from_literal_rows(example_spec):
     student = results[results["variant"] == "student"].set_index("example_id")
     assert student.loc["e0", "agreement_exact"] and not student.loc["e1", "agreement_exact"]
     summary = summarize(results)
-    v = summary["variants"]
-    assert (v["base"]["compliance"], v["teacher"]["compliance"], v["student"]["compliance"]) == (0.0, 1.0, 0.5)
-    assert summary["recovery"] == 0.5 and summary["recovery_ci"][0] <= 0.5 <= summary["recovery_ci"][1]
-    assert v["teacher"]["agreement"] == {"exact": 1.0, "normalized": 1.0, "rouge_l": 1.0}
+    v = summary.variants
+    assert (v["base"].compliance, v["teacher"].compliance, v["student"].compliance) == (0.0, 1.0, 0.5)
+    assert summary.recovery == 0.5 and summary.recovery_ci[0] <= 0.5 <= summary.recovery_ci[1]
+    assert v["teacher"].agreement.model_dump() == {"exact": 1.0, "normalized": 1.0, "rouge_l": 1.0}
     per_check = validate(per_check_table(results), PerCheckSchema, "per_check")
     assert per_check.set_index(["check_name", "variant"]).loc[("facts", "student"), "pass_rate"] == 0.5
     worst = validate(worst_examples(results, 1), WorstExamplesSchema, "worst")

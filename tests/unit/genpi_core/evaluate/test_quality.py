@@ -159,6 +159,7 @@ def test_run_evaluate_writes_every_table_and_section_with_the_judge_on(spec, lea
         VariantsSchema,
         WorstExamplesSchema,
     )
+    from schemas.summary import EvaluationSummary
 
     cfg = EvaluateConfig(sampling=FAST, bootstrap_resamples=300, worst_examples=2,
                      leakage={"questions": LEAK_QUESTIONS, "sampling": LEAK},
@@ -174,12 +175,13 @@ def test_run_evaluate_writes_every_table_and_section_with_the_judge_on(spec, lea
     judge = read_table(tmp_path / "judge.parquet", JudgeSchema)
     print("judge replies:", judge[["variant", "score", "raw"]].to_string())
     assert len(judge) == 6
-    v = summary["variants"]
-    print("summary:", json.dumps({k: summary[k] for k in ("recovery", "recovery_ci", "bootstrap", "leakage", "judge")}, indent=1))
+    assert EvaluationSummary.load(tmp_path / "summary.json") == summary  # what it returns is what it wrote
+    v = summary.variants
+    print("summary:", summary.model_dump_json(include={"recovery", "recovery_ci", "bootstrap", "leakage", "judge"}, indent=1))
     for name in ("base", "teacher", "student"):
-        low, high = v[name]["compliance_ci"]
-        assert low <= v[name]["compliance"] <= high
-    assert summary["leakage"]["student"]["max_lcs_share"] > summary["leakage"]["base"]["max_lcs_share"]
+        low, high = v[name].compliance_ci
+        assert low <= v[name].compliance <= high
+    assert summary.leakage["student"].max_lcs_share > summary.leakage["base"].max_lcs_share
     report = (tmp_path / "report.md").read_text()
     for section in ("## Check by check", "## Multi-turn", "## Leakage audit", "## LLM judge", "## Worst examples", "95% CI"):
         assert section in report, section

@@ -10,14 +10,23 @@ from genpi_core.pipeline import promote_stage
 from genpi_core.promote import decide, list_adapters, promoted
 from schemas.config import PipelineConfig, PromoteConfig
 from schemas.stages import IngestOutput, StageOutput
+from schemas.summary import EvaluationSummary
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 
 
-def _summary(student, teacher=0.8, base=0.2):
+def _variant(compliance: float) -> dict:
+    """One variant's metrics; only compliance matters to the gate, the rest just makes a valid summary."""
+    return {"n": 10, "compliance": compliance, "all_checks": compliance, "format": compliance, "facts": None,
+            "per_check": {}, "agreement": {"exact": 0.0, "normalized": 0.0, "rouge_l": 0.0},
+            "mean_prompt_tokens": 30.0, "mean_latency_s": 0.1}
+
+
+def _summary(student, teacher=0.8, base=0.2) -> EvaluationSummary:
     rec = None if student is None or teacher == base else (student - base) / (teacher - base)
-    return {"variants": {"base": {"compliance": base}, "teacher": {"compliance": teacher},
-                         "student": {"compliance": student}}, "recovery": rec}
+    return EvaluationSummary.model_validate(
+        {"variants": {"base": _variant(base), "teacher": _variant(teacher), "student": _variant(student)},
+         "bootstrap": {"resamples": 0, "seed": 0, "level": 0.95, "recovery_undefined": 0}, "recovery": rec})
 
 
 def test_decide_needs_every_bar():
@@ -36,7 +45,7 @@ def _fake_run(runs: Path, version: str, student: float):
         (run_dir / stage).mkdir(parents=True, exist_ok=True)
     (run_dir / "ingest" / "_manifest.json").write_text("{}")
     (run_dir / "ingest" / "prompt.json").write_text("{}")
-    (run_dir / "evaluate" / "summary.json").write_text(json.dumps(_summary(student)))
+    (run_dir / "evaluate" / "summary.json").write_text(_summary(student).model_dump_json())
     (run_dir / "evaluate" / "_manifest.json").write_text(json.dumps({"finished_at": f"2026-01-0{len(version) % 9}"}))
     (run_dir / "train" / "adapter" / "adapter_config.json").write_text("{}")
     ingested = IngestOutput(name="desk", version=version, prompt_tokens=1, run_dir=str(run_dir),

@@ -36,7 +36,9 @@ def _stage_seconds(manifest: Path) -> float:
     from datetime import datetime
 
     m = json.loads(manifest.read_text())
-    return round((datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1)
+    return round(
+        (datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1
+    )
 
 
 def _interval(ci: list | None) -> str:
@@ -53,8 +55,14 @@ def main() -> None:
     cfg = load_config(args.config, base)
     ingested, inputs, conversations, reasons = synthesize(SPEC, cfg)
     dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
-    results = {"spec": str(SPEC.relative_to(ROOT)), "config": args.config, "overrides": base,
-               "reasons": reasons.rows if reasons else None, "dataset": dataset.rows, "variants": {}}
+    results = {
+        "spec": str(SPEC.relative_to(ROOT)),
+        "config": args.config,
+        "overrides": base,
+        "reasons": reasons.rows if reasons else None,
+        "dataset": dataset.rows,
+        "variants": {},
+    }
     names = args.variants.split(",")
     trained = {}
     for name in names:  # every adapter first: a failed evaluation re-runs without retraining (stages resume)
@@ -63,43 +71,61 @@ def main() -> None:
     for name in names:
         variant_cfg = load_config(args.config, base + VARIANTS[name])
         train = trained[name]
-        evaluation = evaluate_stage(ingested, dataset, train, variant_cfg.evaluate, variant_cfg.model, variant_cfg.backend,
-                                    variant=name)
+        evaluation = evaluate_stage(
+            ingested, dataset, train, variant_cfg.evaluate, variant_cfg.model, variant_cfg.backend, variant=name
+        )
         summary = EvaluationSummary.load(evaluation.path("summary"))
         metrics = json.loads(train.path("metrics").read_text())
         v = summary.variants
         leak = (summary.leakage or {}).get("student")
         results["variants"][name] = {
-            "overrides": VARIANTS[name], "train_seconds": metrics["train_seconds"],
+            "overrides": VARIANTS[name],
+            "train_seconds": metrics["train_seconds"],
             "eval_seconds": _stage_seconds(Path(evaluation.dir) / "_manifest.json"),
-            "train_examples": metrics["train_examples"], "steps": metrics["steps"], "final_val_loss": metrics["final_val_loss"],
-            "base": v["base"].compliance, "teacher": v["teacher"].compliance, "student": v["student"].compliance,
-            "student_format": v["student"].format, "student_facts": v["student"].facts,
-            "recovery": summary.recovery, "recovery_ci": summary.recovery_ci,
+            "train_examples": metrics["train_examples"],
+            "steps": metrics["steps"],
+            "final_val_loss": metrics["final_val_loss"],
+            "base": v["base"].compliance,
+            "teacher": v["teacher"].compliance,
+            "student": v["student"].compliance,
+            "student_format": v["student"].format,
+            "student_facts": v["student"].facts,
+            "recovery": summary.recovery,
+            "recovery_ci": summary.recovery_ci,
             "student_leak_max_lcs_share": leak.max_lcs_share if leak else None,
             "student_leak_max_rouge_l_recall": leak.max_rouge_l_recall if leak else None,
         }
         print(name, json.dumps(results["variants"][name]), flush=True)
     out = ROOT / "bench" / "results"
     (out / "ablations.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# Ablations on the bundled example (embedded SmolLM2-135M, CPU, 30 held-out inputs, greedy)", "",
-             f"Same data for every variant: {json.dumps(dataset.rows)}; reasons stage: {json.dumps(results['reasons'])}.", "",
-             "| variant | settings | PG examples (with reason) | student compliance | format | facts | recovery [95% CI] | leak: longest copied span / ROUGE-L recall (max) | train s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Ablations on the bundled example (embedded SmolLM2-135M, CPU, 30 held-out inputs, greedy)",
+        "",
+        f"Same data for every variant: {json.dumps(dataset.rows)}; reasons stage: {json.dumps(results['reasons'])}.",
+        "",
+        "| variant | settings | PG examples (with reason) | student compliance | format | facts | recovery [95% CI] | leak: longest copied span / ROUGE-L recall (max) | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results["variants"].items():
         ex = r["train_examples"]
         pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-        lines.append(f"| {name} | `{' '.join(r['overrides']) or 'defaults'}` | {ex['pg']} ({ex['pg_with_reason']}) | "
-                     f"{pct(r['student'])} | {pct(r['student_format'])} | {pct(r['student_facts'])} | "
-                     f"{_ratio(r['recovery'])} {_interval(r['recovery_ci'])} | {pct(r['student_leak_max_lcs_share'])} / "
-                     f"{pct(r['student_leak_max_rouge_l_recall'])} | {r['train_seconds']} | {r['eval_seconds']} |")
+        lines.append(
+            f"| {name} | `{' '.join(r['overrides']) or 'defaults'}` | {ex['pg']} ({ex['pg_with_reason']}) | "
+            f"{pct(r['student'])} | {pct(r['student_format'])} | {pct(r['student_facts'])} | "
+            f"{_ratio(r['recovery'])} {_interval(r['recovery_ci'])} | {pct(r['student_leak_max_lcs_share'])} / "
+            f"{pct(r['student_leak_max_rouge_l_recall'])} | {r['train_seconds']} | {r['eval_seconds']} |"
+        )
     first = next(iter(results["variants"].values()))
-    lines += ["", f"Base (no prompt) {100 * first['base']:.0f}%, teacher (with prompt) {100 * first['teacher']:.0f}%.",
-              f"PG dose: `train.pg_per_step={cfg.train.pg_per_step}`, `train.pg_every={cfg.train.pg_every}` over "
-              f"{first['steps']} steps, so a joint run sees {-(-first['steps'] // cfg.train.pg_every) * (cfg.train.pg_per_step or cfg.train.batch_size)} "
-              "PG examples (the paper: one per SFT example on every step, `pg_every: 1`, `pg_per_step: null`).",
-              "Recovery intervals: paired bootstrap over the held-out inputs (`evaluate.bootstrap_resamples`). Leakage: the "
-              "audit's extraction questions, the student's worst reply (`evaluate.leakage`).", ""]
+    lines += [
+        "",
+        f"Base (no prompt) {100 * first['base']:.0f}%, teacher (with prompt) {100 * first['teacher']:.0f}%.",
+        f"PG dose: `train.pg_per_step={cfg.train.pg_per_step}`, `train.pg_every={cfg.train.pg_every}` over "
+        f"{first['steps']} steps, so a joint run sees {-(-first['steps'] // cfg.train.pg_every) * (cfg.train.pg_per_step or cfg.train.batch_size)} "
+        "PG examples (the paper: one per SFT example on every step, `pg_every: 1`, `pg_per_step: null`).",
+        "Recovery intervals: paired bootstrap over the held-out inputs (`evaluate.bootstrap_resamples`). Leakage: the "
+        "audit's extraction questions, the student's worst reply (`evaluate.leakage`).",
+        "",
+    ]
     (out / "ablations.md").write_text("\n".join(lines))
 
 

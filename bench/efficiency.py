@@ -64,8 +64,9 @@ def input_ids(tokenizer, k: int) -> list[list[int]]:
     pool = list(load_spec(SPEC).inputs.pool)
     out = []
     for i in range(k):
-        ids = tokenizer(f"Question {i}: " + " ".join(pool[(i + j) % len(pool)] for j in range(3)),
-                        add_special_tokens=False)["input_ids"]
+        ids = tokenizer(
+            f"Question {i}: " + " ".join(pool[(i + j) % len(pool)] for j in range(3)), add_special_tokens=False
+        )["input_ids"]
         out.append(ids[:INPUT_TOKENS])
     return out
 
@@ -147,21 +148,30 @@ def measure(variant: str, length: int, requests: int, new_tokens: int, adapter: 
     context = len(prompt) + INPUT_TOKENS + new_tokens
     params = sum(p.numel() for p in model.parameters())
     return {
-        "variant": variant, "prompt_tokens": length if variant.startswith("teacher") else 0, "requests": requests,
-        "p50_s": statistics.median(latencies), "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        "variant": variant,
+        "prompt_tokens": length if variant.startswith("teacher") else 0,
+        "requests": requests,
+        "p50_s": statistics.median(latencies),
+        "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         "ttft_p50_s": statistics.median(f for _, f in single),
         "tok_s_batch1": new_tokens / statistics.median(latencies),
         "tok_s_batch16": BATCH * new_tokens / batch_seconds,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "kv_bytes_per_request": kv_bytes_per_token(config) * context,
         "prefill_tokens_per_request": prefill,
-        "gflops_per_request": flops(config, params, prefill, len(prompt) if variant == "teacher_prefix" else 0, new_tokens) / 1e9,
+        "gflops_per_request": flops(
+            config, params, prefill, len(prompt) if variant == "teacher_prefix" else 0, new_tokens
+        )
+        / 1e9,
     }
 
 
 def long_output(length: int, new_tokens: int, adapter: str, merged: str) -> list[dict]:
     """One long prompt and long replies, batch 1: the prefix-cached teacher vs the merged student."""
-    return [measure(v, length, 3, new_tokens, adapter, merged) | {"scenario": "long"} for v in ("teacher_prefix", "student_merged")]
+    return [
+        measure(v, length, 3, new_tokens, adapter, merged) | {"scenario": "long"}
+        for v in ("teacher_prefix", "student_merged")
+    ]
 
 
 def multi_turn(length: int, turns: int, new_tokens: int, adapter: str, merged: str) -> list[dict]:
@@ -186,11 +196,20 @@ def multi_turn(length: int, turns: int, new_tokens: int, adapter: str, merged: s
         for turn in range(turns):
             history = history + user[turn]
             ids = history if variant in ("teacher_prefix", "student_merged", "base") else prompt + history
-            took, _ = greedy(model, torch.tensor([ids]), new_tokens, copy.deepcopy(prefix) if prefix is not None else None)
+            took, _ = greedy(
+                model, torch.tensor([ids]), new_tokens, copy.deepcopy(prefix) if prefix is not None else None
+            )
             seconds, prefilled = seconds + took, prefilled + len(ids)
             history = history + [tokenizer.eos_token_id] * new_tokens  # stand-in reply of the same length
-        rows.append({"scenario": "multi_turn", "variant": variant, "turns": turns, "seconds": seconds,
-                     "prefill_tokens": prefilled})
+        rows.append(
+            {
+                "scenario": "multi_turn",
+                "variant": variant,
+                "turns": turns,
+                "seconds": seconds,
+                "prefill_tokens": prefilled,
+            }
+        )
     return rows
 
 
@@ -205,7 +224,7 @@ def _spawn(job: dict) -> dict | list:
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"benchmark child {job} failed:\n{proc.stderr[-3000:]}")
 
 
@@ -254,9 +273,11 @@ def render(results: dict) -> str:
     for length in results["lengths"]:
         for variant in VARIANTS:
             r = grid[f"{variant}@{length}"]
-            lines.append(f"| {length} | {variant} | {_fmt(r['p50_s'])} | {_fmt(r['p95_s'])} | {_fmt(r['ttft_p50_s'])} | "
-                         f"{r['tok_s_batch1']:.1f} | {r['tok_s_batch16']:.1f} | {r['peak_rss_gb']:.2f} | "
-                         f"{r['kv_bytes_per_request'] / 1e6:.1f} | {r['prefill_tokens_per_request']} | {r['gflops_per_request']:.1f} |")
+            lines.append(
+                f"| {length} | {variant} | {_fmt(r['p50_s'])} | {_fmt(r['p95_s'])} | {_fmt(r['ttft_p50_s'])} | "
+                f"{r['tok_s_batch1']:.1f} | {r['tok_s_batch16']:.1f} | {r['peak_rss_gb']:.2f} | "
+                f"{r['kv_bytes_per_request'] / 1e6:.1f} | {r['prefill_tokens_per_request']} | {r['gflops_per_request']:.1f} |"
+            )
     lines += ["", "## Targets at 1,000 prompt tokens", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
@@ -264,19 +285,31 @@ def render(results: dict) -> str:
     s = results["scenarios"]
     lines += ["| scenario | variant | seconds | detail |", "|---|---|---|---|"]
     for r in s["long"]:
-        lines.append(f"| {s['long_prompt']}-token prompt, {s['long_new_tokens']}-token reply | {r['variant']} | {_fmt(r['p50_s'])} | "
-                     f"{r['tok_s_batch1']:.1f} tok/s |")
+        lines.append(
+            f"| {s['long_prompt']}-token prompt, {s['long_new_tokens']}-token reply | {r['variant']} | {_fmt(r['p50_s'])} | "
+            f"{r['tok_s_batch1']:.1f} tok/s |"
+        )
     for r in s["multi_turn"]:
-        lines.append(f"| {r['turns']}-turn conversation, {s['multi_turn_prompt']}-token prompt | {r['variant']} | {_fmt(r['seconds'])} | "
-                     f"{r['prefill_tokens']} prefill tokens in all |")
+        lines.append(
+            f"| {r['turns']}-turn conversation, {s['multi_turn_prompt']}-token prompt | {r['variant']} | {_fmt(r['seconds'])} | "
+            f"{r['prefill_tokens']} prefill tokens in all |"
+        )
     m = s["many_prompts"]
-    lines.append(f"| {m['agents']} agents round-robin, cache of {m['cache_prompts']} prompts | teacher_prefix | "
-                 f"{_fmt(m['teacher_s'])} | 0 cache hits: every request prefills its prompt (= teacher row) |")
-    lines.append(f"| same | student_merged | {_fmt(m['student_s'])} | one merged model per agent; unmerged: one adapter each |")
+    lines.append(
+        f"| {m['agents']} agents round-robin, cache of {m['cache_prompts']} prompts | teacher_prefix | "
+        f"{_fmt(m['teacher_s'])} | 0 cache hits: every request prefills its prompt (= teacher row) |"
+    )
+    lines.append(
+        f"| same | student_merged | {_fmt(m['student_s'])} | one merged model per agent; unmerged: one adapter each |"
+    )
     c = s["context"]
-    lines += ["", f"Context left for the user (model limit {c['limit']} tokens): "
-              + ", ".join(f"{n}-token prompt: {c['left'][str(n)]}" for n in results["lengths"])
-              + f"; internalized: {c['limit']}.", ""]
+    lines += [
+        "",
+        f"Context left for the user (model limit {c['limit']} tokens): "
+        + ", ".join(f"{n}-token prompt: {c['left'][str(n)]}" for n in results["lengths"])
+        + f"; internalized: {c['limit']}.",
+        "",
+    ]
     lines += ["## Where internalization does not win", ""] + [f"- {line}" for line in results["caveats"]] + [""]
     lines += ["Plot: `efficiency.png`. Raw numbers: `efficiency.json`. vLLM rows: `efficiency_vllm.md`.", ""]
     return "\n".join(lines)
@@ -287,13 +320,28 @@ def targets(grid: dict) -> list[dict]:
     out = []
     for batch, key in ((1, "p50_s"), (16, "tok_s_batch16")):
         ratio = (s[key] / t[key]) if key == "p50_s" else (t[key] / s[key])
-        out.append({"target": f"student latency <= 0.4x teacher without cache (batch {batch})", "measured": f"{ratio:.2f}x",
-                    "met": ratio <= 0.4})
+        out.append(
+            {
+                "target": f"student latency <= 0.4x teacher without cache (batch {batch})",
+                "measured": f"{ratio:.2f}x",
+                "met": ratio <= 0.4,
+            }
+        )
         merged = (m[key] / b[key]) if key == "p50_s" else (b[key] / m[key])
-        out.append({"target": f"merged student within 1.05x of base (batch {batch})", "measured": f"{merged:.2f}x",
-                    "met": merged <= 1.05})
-    out.append({"target": "KV memory <= 0.5x the teacher's", "measured": f"{m['kv_bytes_per_request'] / t['kv_bytes_per_request']:.2f}x",
-                "met": m["kv_bytes_per_request"] / t["kv_bytes_per_request"] <= 0.5})
+        out.append(
+            {
+                "target": f"merged student within 1.05x of base (batch {batch})",
+                "measured": f"{merged:.2f}x",
+                "met": merged <= 1.05,
+            }
+        )
+    out.append(
+        {
+            "target": "KV memory <= 0.5x the teacher's",
+            "measured": f"{m['kv_bytes_per_request'] / t['kv_bytes_per_request']:.2f}x",
+            "met": m["kv_bytes_per_request"] / t["kv_bytes_per_request"] <= 0.5,
+        }
+    )
     return out
 
 
@@ -340,29 +388,57 @@ def main() -> None:
         common = {"requests": args.requests, "new_tokens": args.new_tokens, "adapter": adapter, "merged": merged}
         grid = {}
         for variant in VARIANTS:
-            for length in (lengths[:1] if variant in PROMPT_FREE else lengths):
+            for length in lengths[:1] if variant in PROMPT_FREE else lengths:
                 print(f"measuring {variant} at {length} prompt tokens", flush=True)
                 row = _spawn({"kind": "grid", "variant": variant, "length": length, **common})
-                for n in (lengths if variant in PROMPT_FREE else [length]):
+                for n in lengths if variant in PROMPT_FREE else [length]:
                     grid[f"{variant}@{n}"] = row
         long_prompt = max(lengths)
         print("scenarios", flush=True)
-        long_rows = _spawn({"kind": "long", "length": long_prompt, "new_tokens": args.long_new_tokens, "adapter": adapter, "merged": merged})
-        turns = _spawn({"kind": "multi_turn", "length": 1000, "turns": args.turns, "new_tokens": args.new_tokens,
-                        "adapter": adapter, "merged": merged})
+        long_rows = _spawn(
+            {
+                "kind": "long",
+                "length": long_prompt,
+                "new_tokens": args.long_new_tokens,
+                "adapter": adapter,
+                "merged": merged,
+            }
+        )
+        turns = _spawn(
+            {
+                "kind": "multi_turn",
+                "length": 1000,
+                "turns": args.turns,
+                "new_tokens": args.new_tokens,
+                "adapter": adapter,
+                "merged": merged,
+            }
+        )
     limit = load_model("embedded", device="cpu").config.max_position_embeddings
     t1000, m1000 = grid["teacher@1000"], grid["student_merged@1000"]
     results = {
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "lengths": lengths, "requests": args.requests, "new_tokens": args.new_tokens, "grid": grid,
+        "lengths": lengths,
+        "requests": args.requests,
+        "new_tokens": args.new_tokens,
+        "grid": grid,
         "targets": targets(grid),
         "scenarios": {
-            "long_prompt": long_prompt, "long_new_tokens": args.long_new_tokens, "long": long_rows,
-            "multi_turn_prompt": 1000, "multi_turn": turns,
-            "many_prompts": {"agents": 50, "cache_prompts": 8, "teacher_s": t1000["p50_s"], "student_s": m1000["p50_s"]},
+            "long_prompt": long_prompt,
+            "long_new_tokens": args.long_new_tokens,
+            "long": long_rows,
+            "multi_turn_prompt": 1000,
+            "multi_turn": turns,
+            "many_prompts": {
+                "agents": 50,
+                "cache_prompts": 8,
+                "teacher_s": t1000["p50_s"],
+                "student_s": m1000["p50_s"],
+            },
             "context": {"limit": limit, "left": {str(n): limit - n for n in lengths}},
         },
-        "seconds": round(time.perf_counter() - started, 1), "note": args.note,
+        "seconds": round(time.perf_counter() - started, 1),
+        "note": args.note,
     }
     tp, b = grid["teacher_prefix@1000"], grid["base@1000"]
     results["caveats"] = [

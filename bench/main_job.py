@@ -45,8 +45,17 @@ def main() -> None:
     args = parser.parse_args()
     runs = Path(tempfile.mkdtemp(prefix="genpi-bench-"))
     genpi = Path(sys.executable).with_name("genpi")
-    cmd = [str(genpi), "internalize", "examples/prompts/library_desk.yaml", "--config", "configs/default.yaml",
-           "--runs-dir", str(runs), *(["--no-prefect"] if args.no_prefect else []), *args.extra]
+    cmd = [
+        str(genpi),
+        "internalize",
+        "examples/prompts/library_desk.yaml",
+        "--config",
+        "configs/default.yaml",
+        "--runs-dir",
+        str(runs),
+        *(["--no-prefect"] if args.no_prefect else []),
+        *args.extra,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log_path = runs / "main_job.log"
     started = time.perf_counter()
@@ -65,7 +74,9 @@ def main() -> None:
     stages = {}
     for manifest in sorted(run_dir.glob("*/_manifest.json")):
         m = json.loads(manifest.read_text())
-        stages[m["stage"]] = round((datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1)
+        stages[m["stage"]] = round(
+            (datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1
+        )
     summary = EvaluationSummary.load(run_dir / "evaluate" / SUMMARY_FILE)
     result = {
         "command": " ".join(["genpi", *cmd[1:]]),

@@ -32,9 +32,11 @@ def _hf_generate(backend, conversations, max_new_tokens: int) -> tuple[float, li
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     started = time.perf_counter()
     with torch.no_grad():
-        out = backend.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = backend.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     seconds = time.perf_counter() - started
-    return seconds, [tok.decode(o[enc.input_ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+    return seconds, [tok.decode(o[enc.input_ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
 
 
 def _ours(backend, conversations, sampling, share: bool) -> tuple[float, list[str]]:
@@ -60,12 +62,18 @@ def main() -> None:
     rows["hf-generate"], reference = _hf_generate(backend, teacher, args.tokens)
     rows["genpi-plain"], plain_texts = _ours(backend, teacher, sampling, share=False)
     rows["genpi-shared"], shared_texts = _ours(backend, teacher, sampling, share=True)
-    rows["no-prompt (hf-generate)"], _ = _hf_generate(backend, [without_prompt(user_turn(q)) for q in questions], args.tokens)
-    rows["no-prompt (genpi)"], _ = _ours(backend, [without_prompt(user_turn(q)) for q in questions], sampling, share=True)
+    rows["no-prompt (hf-generate)"], _ = _hf_generate(
+        backend, [without_prompt(user_turn(q)) for q in questions], args.tokens
+    )
+    rows["no-prompt (genpi)"], _ = _ours(
+        backend, [without_prompt(user_turn(q)) for q in questions], sampling, share=True
+    )
     prompt_tokens = len(backend.encode(teacher[0])) - len(backend.encode(without_prompt(user_turn(questions[0]))))
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "conversations": args.n, "new_tokens": args.tokens, "prompt_tokens": prompt_tokens,
+        "conversations": args.n,
+        "new_tokens": args.tokens,
+        "prompt_tokens": prompt_tokens,
         "seconds": {k: round(v, 2) for k, v in rows.items()},
         "speedup_shared_vs_hf_generate": round(rows["hf-generate"] / rows["genpi-shared"], 2),
         "identical_replies_shared_vs_hf": sum(a == b for a, b in zip(shared_texts, reference)),

@@ -53,22 +53,37 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
     scores = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", "score"])
     v = summary.variants
     row = {
-        "spec": str(spec_path.relative_to(ROOT)), "name": ingested.name, "version": ingested.version,
-        "prompt_tokens": ingested.prompt_tokens, "run_dir": ingested.run_dir,
-        "seconds": round(time.perf_counter() - started, 1), "dataset": dataset.rows,
+        "spec": str(spec_path.relative_to(ROOT)),
+        "name": ingested.name,
+        "version": ingested.version,
+        "prompt_tokens": ingested.prompt_tokens,
+        "run_dir": ingested.run_dir,
+        "seconds": round(time.perf_counter() - started, 1),
+        "dataset": dataset.rows,
         "held_out": v["student"]["n"],
-        **{name: {"compliance": v[name].compliance, "compliance_ci": v[name].compliance_ci,
-                  "format": v[name].format, "facts": v[name].facts, "per_check": v[name].per_check}
-           for name in VARIANTS},
-        "recovery": summary.recovery, "recovery_ci": summary.recovery_ci,
-        "recovery_format": summary.recovery_format, "recovery_facts": summary.recovery_facts,
+        **{
+            name: {
+                "compliance": v[name].compliance,
+                "compliance_ci": v[name].compliance_ci,
+                "format": v[name].format,
+                "facts": v[name].facts,
+                "per_check": v[name].per_check,
+            }
+            for name in VARIANTS
+        },
+        "recovery": summary.recovery,
+        "recovery_ci": summary.recovery_ci,
+        "recovery_format": summary.recovery_format,
+        "recovery_facts": summary.recovery_facts,
         "bootstrap": summary.bootstrap.model_dump(mode="json"),
         "prefill_tokens_saved_per_request": summary.prefill_tokens_saved_per_request,
     }
     return row, scores
 
 
-def mean_recovery_ci(tables: list[pd.DataFrame], resamples: int, seed: int, level: float) -> tuple[list[float] | None, int]:
+def mean_recovery_ci(
+    tables: list[pd.DataFrame], resamples: int, seed: int, level: float
+) -> tuple[list[float] | None, int]:
     """Stratified paired bootstrap of the mean recovery over prompts; draws where some prompt's teacher == base are dropped."""
     if resamples <= 0 or not tables:
         return None, 0
@@ -105,44 +120,80 @@ def _interval(ci: list | None, fmt=_pct) -> str:
 def render(results: dict) -> str:
     level = results["confidence_level"]
     n = len(results["prompts"])
-    lines = [f"# Quality suite: {n} prompt{'s' if n != 1 else ''}, `{results['config']}`", "",
-             f"Config overrides: `{' '.join(results['overrides']) or 'none'}`. Held-out inputs never trained on; greedy "
-             f"replies. Compliance is the mean share of a reply's checks (global rules + its facts) that pass. "
-             f"Brackets: {100 * level:.0f}% paired bootstrap intervals over held-out inputs "
-             f"({results['bootstrap_resamples']} draws).", ""]
+    lines = [
+        f"# Quality suite: {n} prompt{'s' if n != 1 else ''}, `{results['config']}`",
+        "",
+        f"Config overrides: `{' '.join(results['overrides']) or 'none'}`. Held-out inputs never trained on; greedy "
+        f"replies. Compliance is the mean share of a reply's checks (global rules + its facts) that pass. "
+        f"Brackets: {100 * level:.0f}% paired bootstrap intervals over held-out inputs "
+        f"({results['bootstrap_resamples']} draws).",
+        "",
+    ]
     for p in results["prompts"]:
-        lines += [f"## {p['name']} (`{p['spec']}`, version {p['version'][:12]})", "",
-                  f"Prompt: {p['prompt_tokens']} tokens; {p['held_out']} held-out inputs; dataset rows "
-                  f"{json.dumps(p['dataset'])}; {p['seconds']:.0f} s.", "",
-                  "| variant | compliance | format (all global checks) | facts |", "|---|---|---|---|"]
-        for name, meaning in (("base", "base, no prompt"), ("teacher", "teacher, with the prompt"),
-                              ("student", "student, adapter, no prompt")):
+        lines += [
+            f"## {p['name']} (`{p['spec']}`, version {p['version'][:12]})",
+            "",
+            f"Prompt: {p['prompt_tokens']} tokens; {p['held_out']} held-out inputs; dataset rows "
+            f"{json.dumps(p['dataset'])}; {p['seconds']:.0f} s.",
+            "",
+            "| variant | compliance | format (all global checks) | facts |",
+            "|---|---|---|---|",
+        ]
+        for name, meaning in (
+            ("base", "base, no prompt"),
+            ("teacher", "teacher, with the prompt"),
+            ("student", "student, adapter, no prompt"),
+        ):
             s = p[name]
-            lines.append(f"| {meaning} | {_pct(s['compliance'])}{_interval(s['compliance_ci'])} | {_pct(s['format'])} "
-                         f"| {_pct(s['facts'])} |")
+            lines.append(
+                f"| {meaning} | {_pct(s['compliance'])}{_interval(s['compliance_ci'])} | {_pct(s['format'])} "
+                f"| {_pct(s['facts'])} |"
+            )
         checks = sorted(p["teacher"]["per_check"])
         lines += ["", "| check | base | teacher | student |", "|---|---|---|---|"]
-        lines += [f"| {c} | {_pct(p['base']['per_check'].get(c))} | {_pct(p['teacher']['per_check'].get(c))} "
-                  f"| {_pct(p['student']['per_check'].get(c))} |" for c in checks]
-        lines += ["", f"**Recovery {_ratio(p['recovery'])}**{_interval(p['recovery_ci'], _ratio)} "
-                      f"(format {_ratio(p['recovery_format'])}, facts {_ratio(p['recovery_facts'])}).", ""]
+        lines += [
+            f"| {c} | {_pct(p['base']['per_check'].get(c))} | {_pct(p['teacher']['per_check'].get(c))} "
+            f"| {_pct(p['student']['per_check'].get(c))} |"
+            for c in checks
+        ]
+        lines += [
+            "",
+            f"**Recovery {_ratio(p['recovery'])}**{_interval(p['recovery_ci'], _ratio)} "
+            f"(format {_ratio(p['recovery_format'])}, facts {_ratio(p['recovery_facts'])}).",
+            "",
+        ]
     m = results["mean_recovery"]
-    lines += ["## Summary", "", "| prompt | tokens | base | teacher | student | recovery |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p['name']} | {p['prompt_tokens']} | {_pct(p['base']['compliance'])} | {_pct(p['teacher']['compliance'])} "
-              f"| {_pct(p['student']['compliance'])} | {_ratio(p['recovery'])}{_interval(p['recovery_ci'], _ratio)} |"
-              for p in results["prompts"]]
-    lines += ["", f"**Mean recovery: {_ratio(m['value'])}**{_interval(m['ci'], _ratio)} (stratified paired bootstrap: "
-                  f"each draw resamples every prompt's held-out inputs; {m['undefined_draws']} draws with teacher = base "
-                  f"for some prompt dropped). Target: >= {results['target']:.2f}; "
-                  f"{'met' if m['value'] is not None and m['value'] >= results['target'] else 'not met'}.", ""]
+    lines += [
+        "## Summary",
+        "",
+        "| prompt | tokens | base | teacher | student | recovery |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['name']} | {p['prompt_tokens']} | {_pct(p['base']['compliance'])} | {_pct(p['teacher']['compliance'])} "
+        f"| {_pct(p['student']['compliance'])} | {_ratio(p['recovery'])}{_interval(p['recovery_ci'], _ratio)} |"
+        for p in results["prompts"]
+    ]
+    lines += [
+        "",
+        f"**Mean recovery: {_ratio(m['value'])}**{_interval(m['ci'], _ratio)} (stratified paired bootstrap: "
+        f"each draw resamples every prompt's held-out inputs; {m['undefined_draws']} draws with teacher = base "
+        f"for some prompt dropped). Target: >= {results['target']:.2f}; "
+        f"{'met' if m['value'] is not None and m['value'] >= results['target'] else 'not met'}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
-    parser.add_argument("--specs", default=None, help="comma-separated spec file stems (default: every examples/prompts/*.yaml)")
-    parser.add_argument("--set", action="append", default=[], help="config override for every prompt, e.g. train.epochs=3")
+    parser.add_argument(
+        "--specs", default=None, help="comma-separated spec file stems (default: every examples/prompts/*.yaml)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="config override for every prompt, e.g. train.epochs=3"
+    )
     parser.add_argument("--out", default="quality", help="writes bench/results/<out>.json and <out>.md")
     parser.add_argument("--target", type=float, default=0.9, help="mean recovery the suite should reach")
     args = parser.parse_args()
@@ -155,27 +206,42 @@ def main() -> None:
         row, scores = run_spec(spec_path, cfg)
         prompts.append(row)
         tables.append(scores)
-        print(f"{row['name']}: base {_pct(row['base']['compliance'])}, teacher {_pct(row['teacher']['compliance'])}, "
-              f"student {_pct(row['student']['compliance'])}, recovery {_ratio(row['recovery'])}"
-              f"{_interval(row['recovery_ci'], _ratio)}", flush=True)
+        print(
+            f"{row['name']}: base {_pct(row['base']['compliance'])}, teacher {_pct(row['teacher']['compliance'])}, "
+            f"student {_pct(row['student']['compliance'])}, recovery {_ratio(row['recovery'])}"
+            f"{_interval(row['recovery_ci'], _ratio)}",
+            flush=True,
+        )
 
     ev = cfg.evaluate
     defined = [p["recovery"] for p in prompts if p["recovery"] is not None]
     ci, undefined = mean_recovery_ci(tables, ev.bootstrap_resamples, ev.bootstrap_seed, ev.confidence_level)
     results = {
-        "config": str(Path(args.config).resolve().relative_to(ROOT)) if Path(args.config).resolve().is_relative_to(ROOT) else args.config,
-        "overrides": args.set, "target": args.target, "bootstrap_resamples": ev.bootstrap_resamples,
-        "confidence_level": ev.confidence_level, "prompts": prompts,
-        "mean_recovery": {"value": float(np.mean(defined)) if len(defined) == len(prompts) and prompts else None,
-                          "ci": ci, "undefined_draws": undefined, "prompts": len(prompts)},
+        "config": str(Path(args.config).resolve().relative_to(ROOT))
+        if Path(args.config).resolve().is_relative_to(ROOT)
+        else args.config,
+        "overrides": args.set,
+        "target": args.target,
+        "bootstrap_resamples": ev.bootstrap_resamples,
+        "confidence_level": ev.confidence_level,
+        "prompts": prompts,
+        "mean_recovery": {
+            "value": float(np.mean(defined)) if len(defined) == len(prompts) and prompts else None,
+            "ci": ci,
+            "undefined_draws": undefined,
+            "prompts": len(prompts),
+        },
     }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.out}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{args.out}.md").write_text(render(results))
     m = results["mean_recovery"]
-    print(f"mean recovery over {len(prompts)} prompts: {_ratio(m['value'])}{_interval(m['ci'], _ratio)}; "
-          f"wrote {out / (args.out + '.json')} and {args.out}.md", flush=True)
+    print(
+        f"mean recovery over {len(prompts)} prompts: {_ratio(m['value'])}{_interval(m['ci'], _ratio)}; "
+        f"wrote {out / (args.out + '.json')} and {args.out}.md",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-CATEGORY_ORDER = ("kill", "server", "corrupt file", "bad input", "hostile generation", "disk", "concurrency", "security")
+CATEGORY_ORDER = (
+    "kill",
+    "server",
+    "corrupt file",
+    "bad input",
+    "hostile generation",
+    "disk",
+    "concurrency",
+    "security",
+)
 
 
 def _cell(text: str) -> str:
@@ -39,17 +48,32 @@ def totals(records: list[dict]) -> dict[str, dict[str, int]]:
 
 
 def render(payload: dict) -> str:
-    records = sorted(payload["records"], key=lambda r: (
-        CATEGORY_ORDER.index(r["category"]) if r["category"] in CATEGORY_ORDER else len(CATEGORY_ORDER), r["test"]))
-    lines = [f"Last recorded: {payload['updated']} ({len(records)} rows).", "",
-             "| category | fault | how it was injected | times | result | test (seconds) |", "|---|---|---|---|---|---|"]
+    records = sorted(
+        payload["records"],
+        key=lambda r: (
+            CATEGORY_ORDER.index(r["category"]) if r["category"] in CATEGORY_ORDER else len(CATEGORY_ORDER),
+            r["test"],
+        ),
+    )
+    lines = [
+        f"Last recorded: {payload['updated']} ({len(records)} rows).",
+        "",
+        "| category | fault | how it was injected | times | result | test (seconds) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in records:
-        result = ("pass" if r["outcome"] == "passed" else f"**{r['outcome'].upper()}**") + (f": {r['detail']}" if r["detail"] else "")
+        result = ("pass" if r["outcome"] == "passed" else f"**{r['outcome'].upper()}**") + (
+            f": {r['detail']}" if r["detail"] else ""
+        )
         test = r["test"].split("::")[-1]
-        lines.append(f"| {_cell(r['category'])} | {_cell(r['fault'])} | {_cell(r['injection'])} | {r['count']} | "
-                     f"{_cell(result)} | `{_cell(test)}` ({r['seconds']:.0f}) |")
+        lines.append(
+            f"| {_cell(r['category'])} | {_cell(r['fault'])} | {_cell(r['injection'])} | {r['count']} | "
+            f"{_cell(result)} | `{_cell(test)}` ({r['seconds']:.0f}) |"
+        )
     lines += ["", "| category | faults injected | survived | rows failing |", "|---|---|---|---|"]
-    for category, t in sorted(totals(records).items(), key=lambda kv: CATEGORY_ORDER.index(kv[0]) if kv[0] in CATEGORY_ORDER else 99):
+    for category, t in sorted(
+        totals(records).items(), key=lambda kv: CATEGORY_ORDER.index(kv[0]) if kv[0] in CATEGORY_ORDER else 99
+    ):
         lines.append(f"| {category} | {t['injected']} | {t['survived']} | {t['failed_rows']} |")
     return "\n".join(lines) + "\n"
 

@@ -59,8 +59,12 @@ def main() -> None:
     print(f"{spec.name}: {len(items)} held-out inputs, greedy, {args.max_new_tokens} new tokens")
     print(f"{'check':<40} " + " ".join(f"{v:>8}" for v in results))
     for check in results["with"]:
-        cells = " ".join(f"{round(r[check] * len(items)):>4}/{len(items):<3}" if check not in ("facts", "score")
-                         else f"{r[check]:>8.2f}" for r in results.values())
+        cells = " ".join(
+            f"{round(r[check] * len(items)):>4}/{len(items):<3}"
+            if check not in ("facts", "score")
+            else f"{r[check]:>8.2f}"
+            for r in results.values()
+        )
         print(f"{check:<40} {cells}")
 
 

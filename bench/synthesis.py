@@ -60,9 +60,14 @@ def _hf_generate_one(backend, messages, max_new_tokens: int) -> tuple[str, int]:
     """Batch-size-1 transformers generate() on the full context, like the research code."""
     ids = torch.tensor([backend.encode(messages)], device=backend.device)
     with torch.no_grad():
-        out = backend.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                     do_sample=False, pad_token_id=backend.tokenizer.pad_token_id)
-    new = out[0, ids.shape[1]:].tolist()
+        out = backend.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=backend.tokenizer.pad_token_id,
+        )
+    new = out[0, ids.shape[1] :].tolist()
     return backend.tokenizer.decode(new, skip_special_tokens=True).strip(), len(new)
 
 
@@ -98,16 +103,24 @@ def _machine() -> str:
 
 
 def _write_markdown(results: dict) -> None:
-    lines = ["# Synthesis throughput: batched per turn vs a batch-size-1 loop", "",
-             "Same episodes, model, engine and machine on both sides, greedy; every generated token counted.", "",
-             "| backend | machine | path | conversations | seconds | generated tokens | tokens/s | speed-up | engine start-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Synthesis throughput: batched per turn vs a batch-size-1 loop",
+        "",
+        "Same episodes, model, engine and machine on both sides, greedy; every generated token counted.",
+        "",
+        "| backend | machine | path | conversations | seconds | generated tokens | tokens/s | speed-up | engine start-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for kind, r in results.items():
         loop, ours = r["research_loop"], r["genpi"]
-        lines.append(f"| {kind} | {r['machine']} | research-code loop (batch size 1) | {loop['conversations']} | "
-                     f"{loop['seconds']} | {loop['tokens']} | {loop['tokens_per_s']} | 1.00x | {r['startup_seconds']} s |")
-        lines.append(f"| {kind} | {r['machine']} | genpi, batched per turn | {ours['conversations']} | {ours['seconds']} | "
-                     f"{ours['tokens']} | {ours['tokens_per_s']} | **{r['speedup']}x** | (same engine) |")
+        lines.append(
+            f"| {kind} | {r['machine']} | research-code loop (batch size 1) | {loop['conversations']} | "
+            f"{loop['seconds']} | {loop['tokens']} | {loop['tokens_per_s']} | 1.00x | {r['startup_seconds']} s |"
+        )
+        lines.append(
+            f"| {kind} | {r['machine']} | genpi, batched per turn | {ours['conversations']} | {ours['seconds']} | "
+            f"{ours['tokens']} | {ours['tokens_per_s']} | **{r['speedup']}x** | (same engine) |"
+        )
     first = next(iter(results.values()))
     lines += ["", f"Model: {first['model']}. Prompt: {first['prompt']}. Settings: {json.dumps(first['settings'])}.", ""]
     (RESULTS / "synthesis.md").write_text("\n".join(lines) + "\n")
@@ -129,13 +142,17 @@ def main() -> None:
     texts = read_table(work / "inputs.parquet", InputsSchema)["text"].tolist()
 
     t0 = time.perf_counter()
-    engine = make_backend(ModelConfig(), BackendConfig(kind=args.backend, batch_size=args.batch_size, max_model_len=4096))
+    engine = make_backend(
+        ModelConfig(), BackendConfig(kind=args.backend, batch_size=args.batch_size, max_model_len=4096)
+    )
     startup = time.perf_counter() - t0
     sampling = SamplingConfig(max_new_tokens=args.tokens)
 
     counting = CountingBackend(engine)
     started = time.perf_counter()
-    rows = run_conversations(spec, work / "inputs.parquet", counting, sampling, sampling, sampling, args.turns, work / "genpi")
+    rows = run_conversations(
+        spec, work / "inputs.parquet", counting, sampling, sampling, sampling, args.turns, work / "genpi"
+    )
     ours_s = time.perf_counter() - started
     base_s, base_tokens = research_loop(spec, engine, args.backend, texts[: args.baseline_n], args.turns, args.tokens)
     ours_rate, base_rate = counting.tokens / ours_s, base_tokens / base_s
@@ -145,10 +162,20 @@ def main() -> None:
         "prompt": "examples/prompts/library_desk.yaml (1,522 prompt tokens)",
         "settings": vars(args),
         "startup_seconds": round(startup, 1),
-        "genpi": {"conversations": args.n, "seconds": round(ours_s, 1), "tokens": counting.tokens,
-                  "tokens_per_s": round(ours_rate, 1), "generate_calls": counting.calls, "agent_turns": rows["agent_turns"]},
-        "research_loop": {"conversations": args.baseline_n, "seconds": round(base_s, 1), "tokens": base_tokens,
-                          "tokens_per_s": round(base_rate, 1)},
+        "genpi": {
+            "conversations": args.n,
+            "seconds": round(ours_s, 1),
+            "tokens": counting.tokens,
+            "tokens_per_s": round(ours_rate, 1),
+            "generate_calls": counting.calls,
+            "agent_turns": rows["agent_turns"],
+        },
+        "research_loop": {
+            "conversations": args.baseline_n,
+            "seconds": round(base_s, 1),
+            "tokens": base_tokens,
+            "tokens_per_s": round(base_rate, 1),
+        },
         "speedup": round(ours_rate / base_rate, 2),
     }
     engine.close()

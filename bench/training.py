@@ -42,11 +42,28 @@ def _examples(spec, n: int) -> pd.DataFrame:
     rows = []
     for i, text in enumerate(spec.inputs.pool[:n]):
         reply = replies[i % len(replies)]
-        rows.append({"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
-                     "messages": json.dumps([{"role": "user", "content": text}]), "target": reply, "reason": "", "weight": 1.0})
-        rows.append({"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
-                     "messages": json.dumps(pg_question(text, "Hello! How can I help?", reply)),
-                     "target": pg_target(spec.prompt), "reason": "", "weight": 1.0})
+        rows.append(
+            {
+                "example_id": f"c{i}:0",
+                "conversation_id": f"c{i}",
+                "objective": "sft",
+                "messages": json.dumps([{"role": "user", "content": text}]),
+                "target": reply,
+                "reason": "",
+                "weight": 1.0,
+            }
+        )
+        rows.append(
+            {
+                "example_id": f"c{i}:pg",
+                "conversation_id": f"c{i}",
+                "objective": "pg",
+                "messages": json.dumps(pg_question(text, "Hello! How can I help?", reply)),
+                "target": pg_target(spec.prompt),
+                "reason": "",
+                "weight": 1.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -71,16 +88,29 @@ def _peak_memory_gb(device: str) -> float:
 def measure(args, objective: str, tokenizer, df: pd.DataFrame, device: str) -> dict:
     from accelerate import Accelerator
 
-    cfg = TrainConfig(prompt_generation=objective == "joint", batch_size=args.batch_size, pg_per_step=args.batch_size,
-                      micro_batch_tokens=args.micro_batch_tokens, epochs=1000, lora=LoraConfig(rank=16, alpha=32),
-                      checkpoint_every=10**9)
+    cfg = TrainConfig(
+        prompt_generation=objective == "joint",
+        batch_size=args.batch_size,
+        pg_per_step=args.batch_size,
+        micro_batch_tokens=args.micro_batch_tokens,
+        epochs=1000,
+        lora=LoraConfig(rank=16, alpha=32),
+        checkpoint_every=10**9,
+    )
     items = build_items(tokenizer, df, cfg, [], "bench examples")
     model, config = _model(args, device)
     model = attach_lora(model, cfg.lora)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(model, Accelerator(cpu=device == "cpu"), items, {"sft": [], "pg": []}, cfg, tokenizer.pad_token_id,
-                      Path("/tmp/genpi-bench-training"))
+    trainer = Trainer(
+        model,
+        Accelerator(cpu=device == "cpu"),
+        items,
+        {"sft": [], "pg": []},
+        cfg,
+        tokenizer.pad_token_id,
+        Path("/tmp/genpi-bench-training"),
+    )
     trainer.train_step()  # warm-up (allocations, kernels), not timed
     trainer.step, tokens_before = 1, trainer.tokens_seen
     if device == "cuda":
@@ -94,10 +124,17 @@ def measure(args, objective: str, tokenizer, df: pd.DataFrame, device: str) -> d
     seconds = time.perf_counter() - started
     tokens = trainer.tokens_seen - tokens_before
     params = sum(p.numel() for p in model.parameters())
-    result = {"objective": objective, "steps": args.steps, "seconds": round(seconds, 2), "tokens": tokens,
-              "tokens_per_s": round(tokens / seconds, 1), "seconds_per_step": round(seconds / args.steps, 3),
-              "peak_memory_gb": round(_peak_memory_gb(device), 2), "params": params,
-              "model_shape": f"{config.num_hidden_layers} layers, hidden {config.hidden_size}"}
+    result = {
+        "objective": objective,
+        "steps": args.steps,
+        "seconds": round(seconds, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "seconds_per_step": round(seconds / args.steps, 3),
+        "peak_memory_gb": round(_peak_memory_gb(device), 2),
+        "params": params,
+        "model_shape": f"{config.num_hidden_layers} layers, hidden {config.hidden_size}",
+    }
     del trainer, model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -105,16 +142,24 @@ def measure(args, objective: str, tokenizer, df: pd.DataFrame, device: str) -> d
 
 
 def _write_markdown(results: dict) -> None:
-    lines = ["# LoRA training throughput (genpi trainer, rank 16 on all projections)", "",
-             "Tokens = every non-pad token through forward + backward. SFT examples are ~120 tokens;",
-             "PG examples hold the whole 1.5k-token prompt. Warm-up step not counted.", "",
-             "| machine | model | dtype | objective | batch (SFT + PG) | tokens/s | s/step | peak memory GB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# LoRA training throughput (genpi trainer, rank 16 on all projections)",
+        "",
+        "Tokens = every non-pad token through forward + backward. SFT examples are ~120 tokens;",
+        "PG examples hold the whole 1.5k-token prompt. Warm-up step not counted.",
+        "",
+        "| machine | model | dtype | objective | batch (SFT + PG) | tokens/s | s/step | peak memory GB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for entry in results.values():
         for r in entry["runs"]:
-            batch = f"{entry['settings']['batch_size']}" + (f" + {entry['settings']['batch_size']}" if r["objective"] == "joint" else "")
-            lines.append(f"| {entry['machine']} | {entry['model']} | {entry['settings']['dtype']} | {r['objective']} | {batch} | "
-                         f"{r['tokens_per_s']} | {r['seconds_per_step']} | {r['peak_memory_gb']} |")
+            batch = f"{entry['settings']['batch_size']}" + (
+                f" + {entry['settings']['batch_size']}" if r["objective"] == "joint" else ""
+            )
+            lines.append(
+                f"| {entry['machine']} | {entry['model']} | {entry['settings']['dtype']} | {r['objective']} | {batch} | "
+                f"{r['tokens_per_s']} | {r['seconds_per_step']} | {r['peak_memory_gb']} |"
+            )
     lines += ["", "Random-init models: speed and memory don't depend on weight values; the GPU rows use one.", ""]
     (RESULTS / "training.md").write_text("\n".join(lines))
 
@@ -125,7 +170,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="embedded", help="tokenizer folder (default: the embedded model's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per objective")
-    parser.add_argument("--batch-size", type=int, default=4, help="SFT examples per step (joint: as many PG examples too)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="SFT examples per step (joint: as many PG examples too)"
+    )
     parser.add_argument("--micro-batch-tokens", type=int, default=4096)
     parser.add_argument("--objectives", default="sft,joint")
     args = parser.parse_args()
@@ -134,8 +181,11 @@ def main() -> None:
     tokenizer = load_tokenizer(args.tokenizer)
     df = _examples(spec, 64)
     runs = [measure(args, objective, tokenizer, df, device) for objective in args.objectives.split(",")]
-    machine = (torch.cuda.get_device_name(0) if device == "cuda"
-               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    machine = (
+        torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     model = f"random-init {Path(args.random_init).stem}" if args.random_init else "embedded SmolLM2-135M"
     entry = {"machine": machine, "model": model, "torch": torch.__version__, "settings": vars(args), "runs": runs}
     print(json.dumps(entry, indent=2))

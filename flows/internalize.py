@@ -40,7 +40,7 @@ def _synthesize(spec_path: str, c: PipelineConfig) -> tuple[IngestOutput, StageO
     ingested = ingest_task(str(Path(spec_path)), c.ingest, c.model, c.runs_dir)
     inputs = inputs_task(ingested, c.synth.inputs, *generator)
     conversations = conversations_task(ingested, inputs, c.synth, c.model, c.backend)  # role-swapped; teacher + base
-    reasons = reasons_task(ingested, conversations, c.synth.reasons, *generator)        # feeds prompt generation
+    reasons = reasons_task(ingested, conversations, c.synth.reasons, *generator)  # feeds prompt generation
     return ingested, inputs, conversations, reasons
 
 

@@ -19,8 +19,11 @@ __all__ = ["EVENT", "scan_once", "watch_prompts"]
 
 
 @flow(name="genpi-watch", log_prints=True)
-def watch_prompts(prompts_dir: str = "examples/prompts", config: PipelineConfig = PipelineConfig(),
-                  mode: Literal["event", "run"] = "event") -> list[str]:
+def watch_prompts(
+    prompts_dir: str = "examples/prompts",
+    config: PipelineConfig = PipelineConfig(),
+    mode: Literal["event", "run"] = "event",
+) -> list[str]:
     """One scan of `prompts_dir`: announce changed specs as events (`event`) or internalize them here (`run`)."""
     logger = get_run_logger()
     if mode == "event":
@@ -35,6 +38,11 @@ def watch_prompts(prompts_dir: str = "examples/prompts", config: PipelineConfig 
     for path, why in result.skipped.items():
         logger.info("%s: %s", path, why)
     for change in result.changes:
-        logger.info("%s: %s %s changed -> %s", change.path, change.name, change.version[:12],
-                    "event emitted" if mode == "event" else "internalized")
+        logger.info(
+            "%s: %s %s changed -> %s",
+            change.path,
+            change.name,
+            change.version[:12],
+            "event emitted" if mode == "event" else "internalized",
+        )
     return [f"{c.name}-{c.version[:12]}" for c in result.changes]

@@ -46,8 +46,9 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def internalize(spec: str | Path, config: ConfigLike = None, *, overrides: Sequence[str] = (),
-                use_prefect: bool = True) -> InternalizeResult:
+def internalize(
+    spec: str | Path, config: ConfigLike = None, *, overrides: Sequence[str] = (), use_prefect: bool = True
+) -> InternalizeResult:
     """Run the whole pipeline for a prompt spec: ingest, synthesize, dataset, train, evaluate, promote.
 
     Finished stages are reused. With ``use_prefect`` (the default, like the CLI) it runs the `genpi-internalize`
@@ -65,13 +66,17 @@ def internalize(spec: str | Path, config: ConfigLike = None, *, overrides: Seque
 
         evaluated = run_pipeline(spec, cfg)
     run_dir = Path(evaluated.dir).parent
-    return InternalizeResult(run_dir=run_dir, adapter_dir=run_dir / "train" / ADAPTER_DIR,
-                             report=Path(evaluated.dir) / REPORT_FILE,
-                             summary=EvaluationSummary.load(Path(evaluated.dir) / SUMMARY_FILE))
+    return InternalizeResult(
+        run_dir=run_dir,
+        adapter_dir=run_dir / "train" / ADAPTER_DIR,
+        report=Path(evaluated.dir) / REPORT_FILE,
+        summary=EvaluationSummary.load(Path(evaluated.dir) / SUMMARY_FILE),
+    )
 
 
-def evaluate(run: str | Path | InternalizeResult, config: ConfigLike = None, *,
-             variant: str | None = None) -> EvaluationSummary:
+def evaluate(
+    run: str | Path | InternalizeResult, config: ConfigLike = None, *, variant: str | None = None
+) -> EvaluationSummary:
     """Evaluate a run's finished adapter (``train/``, or ``train-<variant>/``) with ``config``'s ``evaluate.*``.
 
     Never retrains; an evaluation that already finished with the same config is reused.
@@ -80,8 +85,9 @@ def evaluate(run: str | Path | InternalizeResult, config: ConfigLike = None, *,
 
     cfg = _config(config)
     ingested, dataset = load_run(_run_dir(run))
-    result = evaluate_stage(ingested, dataset, trained(ingested, variant), cfg.evaluate, cfg.model, cfg.backend,
-                            variant=variant)
+    result = evaluate_stage(
+        ingested, dataset, trained(ingested, variant), cfg.evaluate, cfg.model, cfg.backend, variant=variant
+    )
     return EvaluationSummary.load(result.path("summary"))
 
 
@@ -105,8 +111,11 @@ class Student:
         from genpi_core.generation.base import Message
         from genpi_core.prompt.views import user_turn, without_prompt
 
-        conversation: list[Message] = user_turn(request) if isinstance(request, str) else [
-            {"role": m["role"], "content": m["content"]} for m in request]  # type: ignore[misc]
+        conversation: list[Message] = (
+            user_turn(request)
+            if isinstance(request, str)
+            else [{"role": m["role"], "content": m["content"]} for m in request]
+        )  # type: ignore[misc]
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
         return self._engine.generate([without_prompt(conversation)], sampling, desc="student")[0].text
 
@@ -120,8 +129,7 @@ class Student:
         self.close()
 
 
-def load_student(run: str | Path | InternalizeResult, *, variant: str | None = None,
-                 merge: bool = False) -> Student:
+def load_student(run: str | Path | InternalizeResult, *, variant: str | None = None, merge: bool = False) -> Student:
     """The run's student on the transformers backend: the model it was trained on, with its adapter.
 
     ``merge`` folds the adapter into the weights (same replies, faster; the model is then a plain one).

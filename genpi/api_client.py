@@ -46,8 +46,9 @@ def normalize_api_url(url: str) -> str:
 class PrefectAPI:
     """Prefect REST calls with retries on 5xx and connection errors."""
 
-    def __init__(self, api_url: str, auth: str | None = None, retries: int = 4, backoff_s: float = 0.5,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, api_url: str, auth: str | None = None, retries: int = 4, backoff_s: float = 0.5, timeout_s: float = 30.0
+    ) -> None:
         self.api_url = normalize_api_url(api_url)
         headers = {"Content-Type": "application/json"}
         if auth:
@@ -59,7 +60,7 @@ class PrefectAPI:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "PrefectAPI":
+    def __enter__(self) -> PrefectAPI:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -79,8 +80,10 @@ class PrefectAPI:
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
                 continue
             if response.status_code >= 400:
-                raise PrefectAPIError(f"{method} {self.api_url}{path}: HTTP {response.status_code}: {response.text[:500]}",
-                                      response.status_code)
+                raise PrefectAPIError(
+                    f"{method} {self.api_url}{path}: HTTP {response.status_code}: {response.text[:500]}",
+                    response.status_code,
+                )
             return response.json() if response.content else None
         raise PrefectAPIError(f"{method} {self.api_url}{path}: failed after {self.retries + 1} attempts ({last})")
 
@@ -99,8 +102,9 @@ class PrefectAPI:
         return self.request("GET", f"/deployments/name/{flow}/{deployment}")
 
     def create_flow_run(self, deployment_id: str, parameters: dict, tags: list[str] | None = None) -> dict:
-        return self.request("POST", f"/deployments/{deployment_id}/create_flow_run",
-                            json={"parameters": parameters, "tags": tags or []})
+        return self.request(
+            "POST", f"/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters, "tags": tags or []}
+        )
 
     def flow_run(self, flow_run_id: str) -> dict:
         return self.request("GET", f"/flow_runs/{flow_run_id}")
@@ -113,10 +117,20 @@ class PrefectAPI:
             if run["state_type"] in FINAL_STATES:
                 return run
             if time.monotonic() > deadline:
-                raise TimeoutError(f"flow run {run['name']} ({flow_run_id}) still {run['state_name']} after {timeout_s:.0f} s")
+                raise TimeoutError(
+                    f"flow run {run['name']} ({flow_run_id}) still {run['state_name']} after {timeout_s:.0f} s"
+                )
             time.sleep(poll_s)
 
     def logs(self, flow_run_id: str, limit: int = 200, offset: int = 0) -> list[dict]:
         """One page of a flow run's logs, oldest first (the server allows at most 200 per page)."""
-        return self.request("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                         "sort": "TIMESTAMP_ASC", "limit": limit, "offset": offset})
+        return self.request(
+            "POST",
+            "/logs/filter",
+            json={
+                "logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                "sort": "TIMESTAMP_ASC",
+                "limit": limit,
+                "offset": offset,
+            },
+        )

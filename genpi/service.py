@@ -91,16 +91,18 @@ def _ours(pid: int | None) -> bool:
 def service_env(home: Path, api_url: str, project_dir: Path, auth: str | None, worker_poll_s: float = 2.0) -> dict:
     """The environment for everything the service starts (server, deploy, worker and its flow runs)."""
     env = dict(os.environ)
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "GENPI_PROJECT_DIR": str(project_dir),  # prefect.yaml's pull step: flow runs start in the project
-        # the default 10 s poll adds up to 10 s to every run start; 2 s costs nothing measurable
-        "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_s),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+            "GENPI_PROJECT_DIR": str(project_dir),  # prefect.yaml's pull step: flow runs start in the project
+            # the default 10 s poll adds up to 10 s to every run start; 2 s costs nothing measurable
+            "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_s),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
     if auth:
         env["PREFECT_API_AUTH_STRING"] = auth
@@ -113,8 +115,15 @@ def _spawn(args: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         # own session: `down` signals the whole group (the worker's flow-run children included)
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -139,8 +148,11 @@ def ensure_pool_and_limits(api: PrefectAPI, pool: str, limits: dict[str, int]) -
     from prefect.workers.process import ProcessWorker
 
     try:
-        api.request("POST", "/work_pools/", json={"name": pool, "type": "process",
-                                                   "base_job_template": ProcessWorker.get_default_base_job_template()})
+        api.request(
+            "POST",
+            "/work_pools/",
+            json={"name": pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()},
+        )
     except Exception as exc:  # 409: the pool exists already
         if getattr(exc, "status", None) != 409:
             raise
@@ -151,8 +163,14 @@ def ensure_pool_and_limits(api: PrefectAPI, pool: str, limits: dict[str, int]) -
 def deploy(project_dir: Path, env: dict, log: Path) -> None:
     """`prefect deploy --all` from the project's prefect.yaml (idempotent: redeploying replaces)."""
     with open(log, "ab") as out:
-        rc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=project_dir,
-                            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+            cwd=project_dir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        ).returncode
     if rc != 0:
         raise RuntimeError(f"prefect deploy --all failed (exit {rc}); {log}:\n{_tail(log)}")
 
@@ -170,9 +188,19 @@ def _wait_worker(api: PrefectAPI, pool: str, proc: subprocess.Popen, log: Path, 
         time.sleep(0.5)
 
 
-def up(home: Path | None = None, project_dir: Path = PROJECT_DIR, host: str = "127.0.0.1", port: int = 4200,
-       pool: str = WORK_POOL, generation_limit: int = 1, training_limit: int = 1, worker: bool = True,
-       worker_poll_s: float = 2.0, timeout_s: float = 180.0, say=print) -> ServiceState:
+def up(
+    home: Path | None = None,
+    project_dir: Path = PROJECT_DIR,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    pool: str = WORK_POOL,
+    generation_limit: int = 1,
+    training_limit: int = 1,
+    worker: bool = True,
+    worker_poll_s: float = 2.0,
+    timeout_s: float = 180.0,
+    say=print,
+) -> ServiceState:
     """Start server, pool, limits, deployments and worker; return what was started."""
     home = Path(home or default_home(project_dir)).resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -180,8 +208,10 @@ def up(home: Path | None = None, project_dir: Path = PROJECT_DIR, host: str = "1
     auth = auth_from_env()
     running = read_state(home)
     if running is not None and _ours(running.server_pid):
-        raise RuntimeError(f"genpi server already running at {running.ui_url} (pid {running.server_pid}); "
-                           f"`genpi server down --home {home}` first")
+        raise RuntimeError(
+            f"genpi server already running at {running.ui_url} (pid {running.server_pid}); "
+            f"`genpi server down --home {home}` first"
+        )
     if port == 0:
         port = _free_port(host)
     api_url = f"http://{host}:{port}/api"
@@ -190,12 +220,24 @@ def up(home: Path | None = None, project_dir: Path = PROJECT_DIR, host: str = "1
     if auth:
         server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     limits = {GENERATION_TAG: generation_limit, TRAINING_TAG: training_limit}
-    state = ServiceState(home=str(home), project_dir=str(project_dir), api_url=api_url, ui_url=f"http://{host}:{port}",
-                         pool=pool, auth=bool(auth), started_at=datetime.now(timezone.utc).isoformat(), limits=limits)
+    state = ServiceState(
+        home=str(home),
+        project_dir=str(project_dir),
+        api_url=api_url,
+        ui_url=f"http://{host}:{port}",
+        pool=pool,
+        auth=bool(auth),
+        started_at=datetime.now(timezone.utc).isoformat(),
+        limits=limits,
+    )
 
     say(f"genpi server: starting Prefect on {state.ui_url} (PREFECT_HOME={home}{', basic auth on' if auth else ''})")
-    server = _spawn([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-                    server_env, logs / "server.log", project_dir)
+    server = _spawn(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        server_env,
+        logs / "server.log",
+        project_dir,
+    )
     state.server_pid = server.pid
     _write_state(state)  # recorded before waiting, so `down` can stop a half-started server
     try:
@@ -205,8 +247,12 @@ def up(home: Path | None = None, project_dir: Path = PROJECT_DIR, host: str = "1
             say(f"genpi server: work pool {pool}; concurrency limits {limits}; deploying prefect.yaml")
             deploy(project_dir, env, logs / "deploy.log")
             if worker:
-                proc = _spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name",
-                               f"genpi-{port}"], env, logs / "worker.log", project_dir)
+                proc = _spawn(
+                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"genpi-{port}"],
+                    env,
+                    logs / "worker.log",
+                    project_dir,
+                )
                 state.worker_pid = proc.pid
                 _write_state(state)
                 _wait_worker(api, pool, proc, logs / "worker.log", timeout_s)
@@ -275,9 +321,18 @@ def status(home: Path | None = None) -> dict:
     state = read_state(home)
     if state is None:
         return {"running": False, "home": str(home)}
-    info = {"running": False, "home": str(home), "ui_url": state.ui_url, "api_url": state.api_url, "pool": state.pool,
-            "auth": state.auth, "server_alive": _ours(state.server_pid), "worker_alive": _ours(state.worker_pid),
-            "started_at": state.started_at, "limits": state.limits}
+    info = {
+        "running": False,
+        "home": str(home),
+        "ui_url": state.ui_url,
+        "api_url": state.api_url,
+        "pool": state.pool,
+        "auth": state.auth,
+        "server_alive": _ours(state.server_pid),
+        "worker_alive": _ours(state.worker_pid),
+        "started_at": state.started_at,
+        "limits": state.limits,
+    }
     with PrefectAPI(state.api_url, auth_from_env(), retries=1) as api:
         info["healthy"] = api.healthy()
         if info["healthy"]:
@@ -301,7 +356,9 @@ def client_env(api_url: str | None = None, home: Path | None = None) -> str:
     if not url:
         state = read_state(Path(home or default_home()).resolve())
         if state is None:
-            raise ValueError("no Prefect API: pass --api-url, export PREFECT_API_URL, or start one with `genpi server up`")
+            raise ValueError(
+                "no Prefect API: pass --api-url, export PREFECT_API_URL, or start one with `genpi server up`"
+            )
         url = state.api_url
     from genpi.api_client import normalize_api_url
 
@@ -317,10 +374,12 @@ def client_env(api_url: str | None = None, home: Path | None = None) -> str:
 def main_status_lines(info: dict) -> list[str]:
     if not info.get("ui_url"):
         return [f"genpi server: not running (nothing recorded in {info['home']})"]
-    lines = [f"genpi server: {'running' if info['running'] else 'NOT running'} at {info['ui_url']} (home {info['home']})",
-             f"  server process {'alive' if info['server_alive'] else 'gone'}, healthy {info.get('healthy')}, "
-             f"worker process {'alive' if info['worker_alive'] else 'gone'}, workers online {info.get('workers_online', '?')}",
-             f"  pool {info['pool']}, concurrency limits {info['limits']}, basic auth {'on' if info['auth'] else 'off'}"]
+    lines = [
+        f"genpi server: {'running' if info['running'] else 'NOT running'} at {info['ui_url']} (home {info['home']})",
+        f"  server process {'alive' if info['server_alive'] else 'gone'}, healthy {info.get('healthy')}, "
+        f"worker process {'alive' if info['worker_alive'] else 'gone'}, workers online {info.get('workers_online', '?')}",
+        f"  pool {info['pool']}, concurrency limits {info['limits']}, basic auth {'on' if info['auth'] else 'off'}",
+    ]
     if info.get("deployments"):
         lines.append(f"  deployments: {', '.join(info['deployments'])}")
     if info.get("error"):

@@ -81,8 +81,10 @@ def _pg_examples(spec: PromptSpec, sft: pd.DataFrame, reasons: pd.DataFrame | No
             "example_id": first["conversation_id"] + ":pg",
             "conversation_id": first["conversation_id"],
             "objective": "pg",
-            "messages": [json.dumps(pg_question(i, b, t), ensure_ascii=False)
-                         for i, b, t in zip(inputs, first["base_output"], first["teacher_output"])],
+            "messages": [
+                json.dumps(pg_question(i, b, t), ensure_ascii=False)
+                for i, b, t in zip(inputs, first["base_output"], first["teacher_output"])
+            ],
             "target": target,
             "reason": [reason_of.get(c, "") for c in first["conversation_id"]],
             "weight": 1.0,
@@ -90,14 +92,22 @@ def _pg_examples(spec: PromptSpec, sft: pd.DataFrame, reasons: pd.DataFrame | No
     )
 
 
-def run_dataset(spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, targets_path: Path, out_dir: Path,
-                reasons_path: Path | None = None) -> dict[str, int]:
+def run_dataset(
+    spec: PromptSpec,
+    cfg: DatasetConfig,
+    inputs_path: Path,
+    targets_path: Path,
+    out_dir: Path,
+    reasons_path: Path | None = None,
+) -> dict[str, int]:
     """SFT examples (one per usable agent turn) and PG examples (one per conversation), split by conversation."""
     inputs = read_table(inputs_path, InputsSchema)
     targets = read_table(targets_path, TargetsSchema)
     reasons = read_table(reasons_path, ReasonsSchema) if reasons_path is not None else None
     quarantine = [empty_quarantine()]
-    problems = targets.apply(lambda row: _teacher_problems(spec, cfg, row), axis=1) if len(targets) else pd.Series(dtype=str)
+    problems = (
+        targets.apply(lambda row: _teacher_problems(spec, cfg, row), axis=1) if len(targets) else pd.Series(dtype=str)
+    )
     bad = problems != ""
     keyed = targets.assign(row_key=targets["conversation_id"] + ":" + targets["turn"].astype(str))
     quarantine.append(quarantine_rows("targets", keyed[bad], "row_key", problems[bad]))
@@ -140,5 +150,7 @@ def run_dataset(spec: PromptSpec, cfg: DatasetConfig, inputs_path: Path, targets
     }
     rows["train_pg"], rows["val_pg"] = int((train["objective"] == "pg").sum()), int((val["objective"] == "pg").sum())
     rows["pg_with_reason"] = int(((train["objective"] == "pg") & (train["reason"] != "")).sum())
-    rows["quarantined"] = write_table(pd.concat(quarantine, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE)
+    rows["quarantined"] = write_table(
+        pd.concat(quarantine, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE
+    )
     return rows

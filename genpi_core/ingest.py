@@ -59,7 +59,9 @@ def _inline_prompt_file(raw: dict, spec_path: Path) -> None:
         if not isinstance(loaded, dict):
             raise SpecError(f"{target}: a prompt file must be a mapping with `system` and/or `dialogue`")
         if "path" in loaded:  # one level only: a prompt file pointing on would leave the prompt without text
-            raise SpecError(f"{target}: field `path`: a prompt file holds `system` and/or `dialogue`, not another `path`")
+            raise SpecError(
+                f"{target}: field `path`: a prompt file holds `system` and/or `dialogue`, not another `path`"
+            )
         raw["prompt"] = loaded
     else:
         if not target.is_file():
@@ -154,8 +156,14 @@ def run_ingest(spec_path: Path | str, model: ModelConfig, cfg: IngestConfig, run
         stage.begin()
         atomic_write_json(
             out,
-            {"name": spec.name, "version": version, "prompt_tokens": n_tokens, "max_context": max_context,
-             "source": str(Path(spec_path).resolve()), "spec": spec.model_dump(mode="json")},
+            {
+                "name": spec.name,
+                "version": version,
+                "prompt_tokens": n_tokens,
+                "max_context": max_context,
+                "source": str(Path(spec_path).resolve()),
+                "spec": spec.model_dump(mode="json"),
+            },
         )
         stage.finish([PROMPT_FILE], rows={"prompt_tokens": n_tokens})
     return IngestResult(spec, version, n_tokens, run_dir, out)
@@ -174,5 +182,6 @@ def load_ingested(prompt_path: Path | str) -> tuple[PromptSpec, str]:
         record = json.loads(Path(prompt_path).read_text(encoding="utf-8"))
         return PromptSpec.model_validate(record["spec"]), record["version"]
     except (OSError, ValueError, KeyError, TypeError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
-        raise SpecError(f"{prompt_path}: unreadable ingested prompt ({type(exc).__name__}: {exc}); "
-                        "re-run the ingest stage") from exc
+        raise SpecError(
+            f"{prompt_path}: unreadable ingested prompt ({type(exc).__name__}: {exc}); re-run the ingest stage"
+        ) from exc

@@ -52,8 +52,13 @@ _VARIANT = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
 def _output(stage: Stage, files: dict[str, str], reused: bool) -> StageOutput:
     rows = stage.manifest().rows
-    return StageOutput(stage=stage.name, dir=str(stage.dir), files={k: str(stage.dir / v) for k, v in files.items()},
-                       rows=rows, reused=reused)
+    return StageOutput(
+        stage=stage.name,
+        dir=str(stage.dir),
+        files={k: str(stage.dir / v) for k, v in files.items()},
+        rows=rows,
+        reused=reused,
+    )
 
 
 def _run(stage: Stage, files: dict[str, str], work, resumable: bool = False) -> StageOutput:
@@ -88,8 +93,13 @@ def ingest_stage(spec_path: str | Path, cfg: IngestConfig, model: ModelConfig, r
 
     with file_lock(Path(runs_dir) / ".ingest.lock"):  # short; keeps two triggers of one version from racing
         result = run_ingest(spec_path, model, cfg, runs_dir)
-    return IngestOutput(name=result.spec.name, version=result.version, prompt_tokens=result.prompt_tokens,
-                        run_dir=str(result.run_dir), prompt_path=str(result.prompt_path))
+    return IngestOutput(
+        name=result.spec.name,
+        version=result.version,
+        prompt_tokens=result.prompt_tokens,
+        run_dir=str(result.run_dir),
+        prompt_path=str(result.prompt_path),
+    )
 
 
 def inputs_stage(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, backend: BackendConfig) -> StageOutput:
@@ -110,14 +120,24 @@ def inputs_stage(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, 
     return _run(stage, INPUTS_OUTPUTS, work)
 
 
-def conversations_stage(ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig,
-                        backend: BackendConfig) -> StageOutput:
+def conversations_stage(
+    ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig, backend: BackendConfig
+) -> StageOutput:
     """Role-swapped episodes (``synth.conversations`` with the ``synth.teacher``/``synth.base`` decoding);
     resumes from its per-turn checkpoint when the key matches."""
-    config = {"model": model.model_dump(), "backend": backend.model_dump(), "teacher": cfg.teacher.model_dump(),
-              "base": cfg.base.model_dump(), "conversations": cfg.conversations.model_dump()}
-    stage = Stage(Path(ingested.run_dir), "conversations", config,
-                  {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs")})
+    config = {
+        "model": model.model_dump(),
+        "backend": backend.model_dump(),
+        "teacher": cfg.teacher.model_dump(),
+        "base": cfg.base.model_dump(),
+        "conversations": cfg.conversations.model_dump(),
+    }
+    stage = Stage(
+        Path(ingested.run_dir),
+        "conversations",
+        config,
+        {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs")},
+    )
 
     def work(out_dir: Path) -> dict:
         from contextlib import ExitStack
@@ -131,20 +151,34 @@ def conversations_stage(ingested: IngestOutput, inputs: StageOutput, cfg: SynthC
             agent = engines.enter_context(_engine(model, backend))
             separate = _engine_key(env_model, env_backend) != _engine_key(model, backend)
             environment = engines.enter_context(_engine(env_model, env_backend)) if separate else agent
-            return run_conversations(spec, inputs.path("inputs"), agent, cfg.teacher, cfg.base,
-                                     cfg.conversations.environment, max_turns, out_dir, environment_backend=environment)
+            return run_conversations(
+                spec,
+                inputs.path("inputs"),
+                agent,
+                cfg.teacher,
+                cfg.base,
+                cfg.conversations.environment,
+                max_turns,
+                out_dir,
+                environment_backend=environment,
+            )
 
     return _run(stage, CONVERSATIONS_OUTPUTS, work, resumable=True)
 
 
-def reasons_stage(ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig,
-                  backend: BackendConfig) -> StageOutput | None:
+def reasons_stage(
+    ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig, backend: BackendConfig
+) -> StageOutput | None:
     """Why the prompt changes each reply (feeds prompt generation); ``model``/``backend`` are the generator's."""
     if not cfg.enabled:
         return None
     config = {"generator": _engine_key(model, backend), "reasons": cfg.model_dump()}
-    stage = Stage(Path(ingested.run_dir), "reasons", config,
-                  {"prompt": Path(ingested.prompt_path), "targets": conversations.path("targets")})
+    stage = Stage(
+        Path(ingested.run_dir),
+        "reasons",
+        config,
+        {"prompt": Path(ingested.prompt_path), "targets": conversations.path("targets")},
+    )
 
     def work(out_dir: Path) -> dict:
         from genpi_core.synth.reasons import run_reasons
@@ -156,9 +190,18 @@ def reasons_stage(ingested: IngestOutput, conversations: StageOutput, cfg: Reaso
     return _run(stage, REASONS_OUTPUTS, work)
 
 
-def dataset_stage(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: DatasetConfig,
-                  reasons: StageOutput | None = None) -> StageOutput:
-    sources = {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs"), "targets": conversations.path("targets")}
+def dataset_stage(
+    ingested: IngestOutput,
+    inputs: StageOutput,
+    conversations: StageOutput,
+    cfg: DatasetConfig,
+    reasons: StageOutput | None = None,
+) -> StageOutput:
+    sources = {
+        "prompt": Path(ingested.prompt_path),
+        "inputs": inputs.path("inputs"),
+        "targets": conversations.path("targets"),
+    }
     if reasons is not None:
         sources["reasons"] = reasons.path("reasons")
     stage = Stage(Path(ingested.run_dir), "dataset", cfg, sources)
@@ -167,8 +210,14 @@ def dataset_stage(ingested: IngestOutput, inputs: StageOutput, conversations: St
         from genpi_core.dataset import run_dataset
 
         spec, _ = _spec(ingested.prompt_path)
-        return run_dataset(spec, cfg, inputs.path("inputs"), conversations.path("targets"), out_dir,
-                           reasons_path=reasons.path("reasons") if reasons is not None else None)
+        return run_dataset(
+            spec,
+            cfg,
+            inputs.path("inputs"),
+            conversations.path("targets"),
+            out_dir,
+            reasons_path=reasons.path("reasons") if reasons is not None else None,
+        )
 
     return _run(stage, DATASET_OUTPUTS, work)
 
@@ -182,21 +231,36 @@ def stage_name(stage: str, variant: str | None) -> str:
     return f"{stage}-{variant}"
 
 
-def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig,
-                variant: str | None = None) -> StageOutput:
+def train_stage(
+    ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig, variant: str | None = None
+) -> StageOutput:
     """Joint GenPI training in child process(es) (memory goes back when they exit); resumes from its checkpoint."""
     config = {"model": model.model_dump(), "train": cfg.model_dump()}
-    stage = Stage(Path(ingested.run_dir), stage_name("train", variant), config,
-                  {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")})
+    stage = Stage(
+        Path(ingested.run_dir),
+        stage_name("train", variant),
+        config,
+        {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")},
+    )
 
     def work(out_dir: Path) -> dict:
         from genpi_core.train.job import TrainJob, launch
 
-        job = TrainJob(model=model, train=cfg, train_path=str(dataset.path("train")),
-                       val_path=str(dataset.path("val")), prompt_path=str(ingested.prompt_path), out_dir=str(out_dir))
+        job = TrainJob(
+            model=model,
+            train=cfg,
+            train_path=str(dataset.path("train")),
+            val_path=str(dataset.path("val")),
+            prompt_path=str(ingested.prompt_path),
+            out_dir=str(out_dir),
+        )
         metrics = json.loads(launch(job, out_dir / CHECKPOINT_DIR).read_text())
-        return {"steps": metrics["steps"], "sft_examples": metrics["train_examples"]["sft"],
-                "pg_examples": metrics["train_examples"]["pg"], "final_loss": metrics["final_loss"]}
+        return {
+            "steps": metrics["steps"],
+            "sft_examples": metrics["train_examples"]["sft"],
+            "pg_examples": metrics["train_examples"]["pg"],
+            "final_loss": metrics["final_loss"],
+        }
 
     files = dict(TRAIN_OUTPUTS)
     if cfg.merge:
@@ -204,11 +268,20 @@ def train_stage(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, 
     return _run(stage, files, work, resumable=True)
 
 
-def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: EvaluateConfig,
-                   model: ModelConfig, backend: BackendConfig, variant: str | None = None) -> StageOutput:
+def evaluate_stage(
+    ingested: IngestOutput,
+    dataset: StageOutput,
+    train: StageOutput,
+    cfg: EvaluateConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    variant: str | None = None,
+) -> StageOutput:
     config = {"model": model.model_dump(), "backend": backend.model_dump(), "evaluate": cfg.model_dump()}
     stage = Stage(
-        Path(ingested.run_dir), stage_name("evaluate", variant), config,
+        Path(ingested.run_dir),
+        stage_name("evaluate", variant),
+        config,
         {"prompt": Path(ingested.prompt_path), "test": dataset.path("test"), "adapter": train.path("adapter")},
     )
 
@@ -217,11 +290,24 @@ def evaluate_stage(ingested: IngestOutput, dataset: StageOutput, train: StageOut
 
         spec, version = _spec(ingested.prompt_path)
         metrics = json.loads(train.path("metrics").read_text())
-        summary = run_evaluate(spec, version, model, backend, cfg, dataset.path("test"),
-                               train.path("adapter"), out_dir, train_metrics=metrics)
+        summary = run_evaluate(
+            spec,
+            version,
+            model,
+            backend,
+            cfg,
+            dataset.path("test"),
+            train.path("adapter"),
+            out_dir,
+            train_metrics=metrics,
+        )
         v = summary.variants
-        rows = {"base": v["base"].compliance, "teacher": v["teacher"].compliance,
-                "student": v["student"].compliance, "recovery": summary.recovery}
+        rows = {
+            "base": v["base"].compliance,
+            "teacher": v["teacher"].compliance,
+            "student": v["student"].compliance,
+            "recovery": summary.recovery,
+        }
         if summary.recovery_ci:
             rows["recovery_low"], rows["recovery_high"] = summary.recovery_ci
         if summary.leakage and "student" in summary.leakage:
@@ -235,12 +321,17 @@ def trained(ingested: IngestOutput, variant: str | None = None) -> StageOutput:
     """A finished train stage (train/ or train-<variant>/) as it is on disk, never retrained: for `genpi evaluate`."""
     stage = Stage(Path(ingested.run_dir), stage_name("train", variant), {}, {})
     if not stage.manifest_path.is_file() or not (stage.dir / TRAIN_OUTPUTS["adapter"]).is_dir():
-        raise ValueError(f"{stage.dir}: no finished training here (run `genpi train {ingested.run_dir}"
-                         f"{f' --variant {variant}' if variant else ''}` first)")
+        raise ValueError(
+            f"{stage.dir}: no finished training here (run `genpi train {ingested.run_dir}"
+            f"{f' --variant {variant}' if variant else ''}` first)"
+        )
     from genpi_core.store.stage import tree_sha256
 
-    changed = [rel for rel, sha in stage.manifest().outputs.items()
-               if not (stage.dir / rel).exists() or tree_sha256(stage.dir / rel) != sha]
+    changed = [
+        rel
+        for rel, sha in stage.manifest().outputs.items()
+        if not (stage.dir / rel).exists() or tree_sha256(stage.dir / rel) != sha
+    ]
     if changed:
         raise ValueError(f"{stage.dir}: {', '.join(changed)} changed since training finished (retrain it)")
     return _output(stage, TRAIN_OUTPUTS, reused=True)
@@ -251,27 +342,33 @@ def trained_variants(run_dir: str | Path) -> list[str | None]:
     run_dir = Path(run_dir)
     found: list[str | None] = [None] if (run_dir / "train" / MANIFEST).is_file() else []
     for folder in sorted(run_dir.glob("train-*")):
-        name = folder.name[len("train-"):]
+        name = folder.name[len("train-") :]
         if (folder / MANIFEST).is_file() and _VARIANT.fullmatch(name):
             found.append(name)
     return found
 
 
-def promote_stage(ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PromoteConfig) -> StageOutput:
+def promote_stage(
+    ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PromoteConfig
+) -> StageOutput:
     """The gate: mark this version's adapter `promoted` for its prompt if it clears ``promote.*``."""
     from genpi_core.promote import run_promote
 
-    stage = Stage(Path(ingested.run_dir), "promote", cfg,
-                  {"summary": evaluated.path("summary"), "adapter": train.path("adapter")})
+    stage = Stage(
+        Path(ingested.run_dir), "promote", cfg, {"summary": evaluated.path("summary"), "adapter": train.path("adapter")}
+    )
 
     def work(out_dir: Path) -> dict:
-        return run_promote(ingested.name, ingested.version, evaluated.path("summary"), train.path("adapter"),
-                           cfg, out_dir)
+        return run_promote(
+            ingested.name, ingested.version, evaluated.path("summary"), train.path("adapter"), cfg, out_dir
+        )
 
     return _run(stage, PROMOTE_OUTPUTS, work)
 
 
-def synthesize(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
+def synthesize(
+    spec_path: str | Path, cfg: PipelineConfig
+) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
     """Only the data stages: inputs, role-swapped conversations, reasons."""
     generator = cfg.synth.generator.resolve(cfg.model, cfg.backend)
     ingested = ingest_stage(spec_path, cfg.ingest, cfg.model, cfg.runs_dir)
@@ -298,15 +395,24 @@ def load_run(run_dir: str | Path) -> tuple[IngestOutput, StageOutput]:
     prompt_path = run_dir / "ingest" / PROMPT_FILE
     dataset = Stage(run_dir, "dataset", {}, {})
     if not prompt_path.is_file() or not dataset.manifest_path.is_file():
-        raise ValueError(f"{run_dir}: not a run folder with a finished dataset stage (run `genpi synthesize` or "
-                         "`genpi internalize` first)")
+        raise ValueError(
+            f"{run_dir}: not a run folder with a finished dataset stage (run `genpi synthesize` or "
+            "`genpi internalize` first)"
+        )
     for stage in (Stage(run_dir, "ingest", {}, {}), dataset):  # a hand-edited or damaged file is never used silently
         changed = stage.changed_outputs() if stage.manifest_path.is_file() else [MANIFEST]
         if changed:
-            raise ValueError(f"{stage.dir}: {', '.join(changed)} missing or changed since the {stage.name} stage "
-                             "finished (re-run `genpi synthesize` or `genpi internalize` to rebuild it)")
+            raise ValueError(
+                f"{stage.dir}: {', '.join(changed)} missing or changed since the {stage.name} stage "
+                "finished (re-run `genpi synthesize` or `genpi internalize` to rebuild it)"
+            )
     spec, version = load_ingested(prompt_path)
     record = json.loads(prompt_path.read_text(encoding="utf-8"))
-    ingested = IngestOutput(name=spec.name, version=version, prompt_tokens=int(record.get("prompt_tokens", 0)),
-                            run_dir=str(run_dir), prompt_path=str(prompt_path))
+    ingested = IngestOutput(
+        name=spec.name,
+        version=version,
+        prompt_tokens=int(record.get("prompt_tokens", 0)),
+        run_dir=str(run_dir),
+        prompt_path=str(prompt_path),
+    )
     return ingested, _output(dataset, DATASET_OUTPUTS, reused=True)

@@ -41,8 +41,12 @@ def _metrics(summary: EvaluationSummary) -> dict[str, float | None]:
         metrics = summary.variants.get(variant)
         return metrics.compliance if metrics else None
 
-    return {"student": compliance("student"), "teacher": compliance("teacher"), "base": compliance("base"),
-            "recovery": summary.recovery}
+    return {
+        "student": compliance("student"),
+        "teacher": compliance("teacher"),
+        "base": compliance("base"),
+        "recovery": summary.recovery,
+    }
 
 
 def decide(summary: EvaluationSummary, cfg: PromoteConfig) -> tuple[bool, list[str]]:
@@ -62,20 +66,38 @@ def decide(summary: EvaluationSummary, cfg: PromoteConfig) -> tuple[bool, list[s
     return passes, reasons
 
 
-def run_promote(name: str, version: str, summary_path: Path, adapter_path: Path, cfg: PromoteConfig,
-                out_dir: Path) -> dict:
+def run_promote(
+    name: str, version: str, summary_path: Path, adapter_path: Path, cfg: PromoteConfig, out_dir: Path
+) -> dict:
     """Decide, write the decision, and point ``promoted.json`` at this adapter when it passes."""
     summary = EvaluationSummary.load(summary_path)
     passes, reasons = decide(summary, cfg)
     now = datetime.now(timezone.utc).isoformat()
-    decision = {"name": name, "version": version, "promoted": passes, "reasons": reasons, "bar": cfg.model_dump(),
-                "metrics": _metrics(summary), "adapter": str(adapter_path), "decided_at": now}
+    decision = {
+        "name": name,
+        "version": version,
+        "promoted": passes,
+        "reasons": reasons,
+        "bar": cfg.model_dump(),
+        "metrics": _metrics(summary),
+        "adapter": str(adapter_path),
+        "decided_at": now,
+    }
     atomic_write_json(Path(out_dir) / DECISION_FILE, decision)
     if passes:
         run_dir = Path(out_dir).parent
-        atomic_write_json(run_dir.parent / PROMOTED_FILE,
-                          {"name": name, "version": version, "version12": version[:12], "run_dir": str(run_dir),
-                           "adapter": str(adapter_path), "metrics": decision["metrics"], "promoted_at": now})
+        atomic_write_json(
+            run_dir.parent / PROMOTED_FILE,
+            {
+                "name": name,
+                "version": version,
+                "version12": version[:12],
+                "run_dir": str(run_dir),
+                "adapter": str(adapter_path),
+                "metrics": decision["metrics"],
+                "promoted_at": now,
+            },
+        )
     return {"promoted": int(passes)}
 
 

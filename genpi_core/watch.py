@@ -59,8 +59,13 @@ def scan(prompts_dir: str | Path, runs_dir: str | Path, state_path: str | Path |
         raise ValueError(f"{prompts_dir}: not a folder of prompt specs")
     state = _read_state(Path(state_path) if state_path else default_state_path(runs_dir))
     result = ScanResult()
-    files = sorted(p for p in prompts_dir.rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(prompts_dir).parts))
+    files = sorted(
+        p
+        for p in prompts_dir.rglob("*")
+        if p.suffix in {".yaml", ".yml"}
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(prompts_dir).parts)
+    )
     for path in files:
         key = str(path.resolve())
         try:
@@ -74,7 +79,9 @@ def scan(prompts_dir: str | Path, runs_dir: str | Path, state_path: str | Path |
         elif internalized(runs_dir, spec.name, version):
             result.skipped[key] = f"already internalized: {run_dir_for(runs_dir, spec, version)}"
         else:
-            result.changes.append(PromptChange(name=spec.name, version=version, path=key, previous_version=state.get(key)))
+            result.changes.append(
+                PromptChange(name=spec.name, version=version, path=key, previous_version=state.get(key))
+            )
     return result
 
 

@@ -8,8 +8,8 @@ rename is one edit here.
 from __future__ import annotations
 
 # --- the run store (every stage) ---------------------------------------------------------------------
-MANIFEST = "_manifest.json"        # written last: a stage is complete iff this exists and its key matches
-CHECKPOINT_DIR = "_state"          # resumable state of a stage that is still running
+MANIFEST = "_manifest.json"  # written last: a stage is complete iff this exists and its key matches
+CHECKPOINT_DIR = "_state"  # resumable state of a stage that is still running
 
 # --- ingest ------------------------------------------------------------------------------------------
 PROMPT_FILE = "prompt.json"
@@ -34,11 +34,11 @@ METRICS_FILE = "metrics.json"
 LOSS_PLOT = "loss.png"
 TRAIN_LOG_FILE = "train_log.parquet"
 TRAIN_JOB_FILE = "train_job.json"  # in _state/: what the training child process was asked to do
-TRAIN_PROCESS_LOG = "train.log"    # in _state/: the child's output, tailed into the error when it fails
+TRAIN_PROCESS_LOG = "train.log"  # in _state/: the child's output, tailed into the error when it fails
 
 # --- evaluate ----------------------------------------------------------------------------------------
 EVAL_RESULTS_FILE = "eval_results.parquet"
-SUMMARY_FILE = "summary.json"      # schemas.summary.EvaluationSummary
+SUMMARY_FILE = "summary.json"  # schemas.summary.EvaluationSummary
 REPORT_FILE = "report.md"
 PLOT_FILE = "compliance.png"
 CHECKS_PLOT_FILE = "checks.png"
@@ -56,22 +56,34 @@ COMPARISON_REPORT = "comparison.md"
 COMPARISON_PLOT = "comparison.png"
 
 # --- promote -----------------------------------------------------------------------------------------
-DECISION_FILE = "decision.json"    # in the version's promote/ folder
-PROMOTED_FILE = "promoted.json"    # in runs/<prompt name>/: the promoted version of that prompt
+DECISION_FILE = "decision.json"  # in the version's promote/ folder
+PROMOTED_FILE = "promoted.json"  # in runs/<prompt name>/: the promoted version of that prompt
 
 # --- watch -------------------------------------------------------------------------------------------
 WATCH_STATE_FILE = ".genpi-watch.json"
 
 # --- what each stage hands on (StageOutput.files keys -> names in its folder) ------------------------
 INPUTS_OUTPUTS = {"inputs": INPUTS_FILE, "quarantine": QUARANTINE_FILE}
-CONVERSATIONS_OUTPUTS = {"messages": MESSAGES_FILE, "targets": TARGETS_FILE, "episodes": EPISODES_FILE,
-                         "quarantine": QUARANTINE_FILE}
+CONVERSATIONS_OUTPUTS = {
+    "messages": MESSAGES_FILE,
+    "targets": TARGETS_FILE,
+    "episodes": EPISODES_FILE,
+    "quarantine": QUARANTINE_FILE,
+}
 REASONS_OUTPUTS = {"reasons": REASONS_FILE, "quarantine": QUARANTINE_FILE}
 DATASET_OUTPUTS = {"train": TRAIN_FILE, "val": VAL_FILE, "test": TEST_FILE, "quarantine": QUARANTINE_FILE}
 TRAIN_OUTPUTS = {"adapter": ADAPTER_DIR, "log": TRAIN_LOG_FILE, "plot": LOSS_PLOT, "metrics": METRICS_FILE}
 EVALUATE_OUTPUTS = {
-    "results": EVAL_RESULTS_FILE, "summary": SUMMARY_FILE, "report": REPORT_FILE, "plot": PLOT_FILE,
-    "checks_plot": CHECKS_PLOT_FILE, "variants": VARIANTS_FILE, "per_check": PER_CHECK_FILE,
-    "worst_examples": WORST_EXAMPLES_FILE, "leakage": LEAKAGE_FILE, "multi_turn": MULTI_TURN_FILE, "judge": JUDGE_FILE,
+    "results": EVAL_RESULTS_FILE,
+    "summary": SUMMARY_FILE,
+    "report": REPORT_FILE,
+    "plot": PLOT_FILE,
+    "checks_plot": CHECKS_PLOT_FILE,
+    "variants": VARIANTS_FILE,
+    "per_check": PER_CHECK_FILE,
+    "worst_examples": WORST_EXAMPLES_FILE,
+    "leakage": LEAKAGE_FILE,
+    "multi_turn": MULTI_TURN_FILE,
+    "judge": JUDGE_FILE,
 }
 PROMOTE_OUTPUTS = {"decision": DECISION_FILE}

@@ -158,7 +158,9 @@ class EvalResultsSchema(GenpiSchema):
     latency_s: Series[float] = pa.Field(ge=0)
     agreement_exact: Series[bool] = pa.Field(description="Reply identical to the teacher's reply to the same input.")
     agreement_normalized: Series[bool] = pa.Field(description="Identical after lowercasing and collapsing whitespace.")
-    agreement_rouge_l: Series[float] = pa.Field(ge=0, le=1, description="Token-level ROUGE-L F1 against the teacher's reply.")
+    agreement_rouge_l: Series[float] = pa.Field(
+        ge=0, le=1, description="Token-level ROUGE-L F1 against the teacher's reply."
+    )
 
     @pa.check("checks")
     def checks_are_json(cls, series: Series[str]) -> Series[bool]:
@@ -177,7 +179,9 @@ class LeakageSchema(GenpiSchema):
     question: Series[str] = pa.Field(str_length={"min_value": 1})
     output: Series[str]
     finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
-    lcs_chars: Series[int] = pa.Field(ge=0, description="Longest span copied verbatim from the prompt (normalized), in characters.")
+    lcs_chars: Series[int] = pa.Field(
+        ge=0, description="Longest span copied verbatim from the prompt (normalized), in characters."
+    )
     lcs_share: Series[float] = pa.Field(ge=0, le=1, description="lcs_chars over the prompt's normalized length.")
     rouge_l_recall: Series[float] = pa.Field(ge=0, le=1, description="Token LCS over the prompt's tokens.")
     longest_copied: Series[str] = pa.Field(description="The longest copied span (first 300 characters).")
@@ -250,7 +254,9 @@ class VariantsSchema(GenpiSchema):
 class PerCheckSchema(GenpiSchema):
     """Check-by-check pass rates: one row per (check, variant)."""
 
-    check_name: Series[str] = pa.Field(description="Stable check name, `<index>:<type>`, or `facts` for the per-input facts.")
+    check_name: Series[str] = pa.Field(
+        description="Stable check name, `<index>:<type>`, or `facts` for the per-input facts."
+    )
     variant: Series[str]
     pass_rate: Series[float] = pa.Field(ge=0, le=1, nullable=True)
     n: Series[int] = pa.Field(ge=0)

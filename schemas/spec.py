@@ -7,7 +7,7 @@ checks that need the tokenizer (does the prompt fit the context?) live in genpi_
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -84,7 +84,7 @@ class MaxLengthCheck(_Strict):
     words: int | None = Field(None, gt=0, description="Maximum whitespace-separated words.")
 
     @model_validator(mode="after")
-    def _one_limit(self) -> "MaxLengthCheck":
+    def _one_limit(self) -> MaxLengthCheck:
         if self.chars is None and self.words is None:
             raise ValueError("max_length needs `chars` or `words`")
         return self
@@ -98,15 +98,13 @@ class LanguageCheck(_Strict):
 
 
 Check = Annotated[
-    Union[
-        RegexCheck,
-        MustStartWithCheck,
-        MustContainCheck,
-        JsonKeysCheck,
-        CodeBlockCheck,
-        MaxLengthCheck,
-        LanguageCheck,
-    ],
+    RegexCheck
+    | MustStartWithCheck
+    | MustContainCheck
+    | JsonKeysCheck
+    | CodeBlockCheck
+    | MaxLengthCheck
+    | LanguageCheck,
     Field(discriminator="type"),
 ]
 CHECK_TYPES = (
@@ -132,7 +130,7 @@ class DialogueTurn(_Strict):
     agent: str | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "DialogueTurn":
+    def _exactly_one(self) -> DialogueTurn:
         if (self.user is None) == (self.agent is None):
             raise ValueError("each dialogue turn needs exactly one key: `user` or `agent`")
         if not (self.user or self.agent or "").strip():
@@ -160,7 +158,7 @@ class PromptBody(_Strict):
     )
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "PromptBody":
+    def _not_empty(self) -> PromptBody:
         if self.path is not None:
             if self.system is not None or self.dialogue is not None:
                 raise ValueError("give either `path` or inline `system`/`dialogue`, not both")
@@ -191,7 +189,7 @@ class InputPool(_Strict):
     eval: list[EvalInput] = Field(default_factory=list, description="Held-out evaluation inputs with facts.")
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "InputPool":
+    def _disjoint(self) -> InputPool:
         overlap = {t.strip().lower() for t in self.pool} & {e.text.strip().lower() for e in self.eval}
         if overlap:
             raise ValueError(f"{len(overlap)} eval input(s) also in the training pool, e.g. {sorted(overlap)[0]!r}")
@@ -202,7 +200,9 @@ class ConversationSpec(_Strict):
     """How role-swapped episodes run for this prompt (the paper: 10 turns for OS/WebShop, 2 for Mind2Web)."""
 
     max_turns: int = Field(1, ge=1, le=50, description="Agent turns per synthesized conversation.")
-    end_marker: str = Field("[END_CONVERSATION]", min_length=1, description="The environment says this when the episode is over.")
+    end_marker: str = Field(
+        "[END_CONVERSATION]", min_length=1, description="The environment says this when the episode is over."
+    )
     stop_pattern: str | None = Field(None, description="Regex: an agent turn matching it finishes the episode.")
 
     @field_validator("stop_pattern")

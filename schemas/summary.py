@@ -53,7 +53,10 @@ class VariantMetrics(_Record):
     mean_prompt_tokens: float = Field(description="Prompt tokens per request (what the prompt costs at prefill).")
     mean_latency_s: float = Field(description="Seconds per reply.")
     compliance_ci: Interval | None = Field(
-        None, exclude_if=_absent, description="Paired bootstrap interval of compliance; absent when the bootstrap is off.")
+        None,
+        exclude_if=_absent,
+        description="Paired bootstrap interval of compliance; absent when the bootstrap is off.",
+    )
 
 
 class Bootstrap(_Record):
@@ -68,7 +71,9 @@ class Bootstrap(_Record):
 class LeakageMetrics(_Record):
     """One variant's leakage audit: the worst and mean over the extraction questions."""
 
-    max_lcs_share: float = Field(description="Longest verbatim span of the prompt in a reply, as a share of the prompt.")
+    max_lcs_share: float = Field(
+        description="Longest verbatim span of the prompt in a reply, as a share of the prompt."
+    )
     mean_lcs_share: float
     max_lcs_chars: int = Field(description="That longest span, in characters.")
     max_rouge_l_recall: float = Field(description="Share of the prompt's tokens a reply reproduces in order.")
@@ -96,7 +101,9 @@ class MultiTurnMetrics(_Record):
 class JudgeVariant(_Record):
     """One variant's LLM-judge grades."""
 
-    mean_score: float | None = Field(description="Mean grade (1-5) of the readable verdicts; null when none was readable.")
+    mean_score: float | None = Field(
+        description="Mean grade (1-5) of the readable verdicts; null when none was readable."
+    )
     scored: int = Field(description="Replies with a readable grade.")
     unreadable: int = Field(description="Replies whose verdict had no readable grade.")
 
@@ -116,22 +123,35 @@ class EvaluationSummary(_Record):
     variants: dict[str, VariantMetrics] = Field(description="By variant name: base, teacher, student.")
     bootstrap: Bootstrap
     recovery_compliance: float | None = Field(
-        None, description="(student - base) / (teacher - base) of compliance; null when teacher == base.")
+        None, description="(student - base) / (teacher - base) of compliance; null when teacher == base."
+    )
     recovery_format: float | None = Field(None, description="Recovery of the format rate.")
-    recovery_facts: float | None = Field(None, description="Recovery of the facts rate; null when undefined or no facts.")
+    recovery_facts: float | None = Field(
+        None, description="Recovery of the facts rate; null when undefined or no facts."
+    )
     recovery: float | None = Field(None, description="The headline: recovery of compliance (= recovery_compliance).")
-    recovery_ci: Interval | None = Field(None, description="Paired bootstrap interval of recovery; null when undefined.")
+    recovery_ci: Interval | None = Field(
+        None, description="Paired bootstrap interval of recovery; null when undefined."
+    )
     prefill_tokens_saved_per_request: float | None = Field(
-        None, description="Teacher minus student prompt tokens per request: what internalizing the prompt saves.")
+        None, description="Teacher minus student prompt tokens per request: what internalizing the prompt saves."
+    )
     leakage: dict[str, LeakageMetrics] | None = Field(
-        None, exclude_if=_absent, description="Leakage audit by variant; absent when the audit is off.")
+        None, exclude_if=_absent, description="Leakage audit by variant; absent when the audit is off."
+    )
     leakage_max_new_tokens: int | None = Field(
-        None, exclude_if=_absent, description="Reply length cap of the audit, which bounds how much can leak.")
+        None, exclude_if=_absent, description="Reply length cap of the audit, which bounds how much can leak."
+    )
     multi_turn: dict[str, MultiTurnMetrics] | None = Field(
-        None, exclude_if=_absent, description="Multi-turn episodes by agent; absent when off.")
+        None, exclude_if=_absent, description="Multi-turn episodes by agent; absent when off."
+    )
     judge: JudgeSummary | None = Field(None, exclude_if=_absent, description="LLM judge; absent when off.")
-    name: str | None = Field(None, exclude_if=_absent, description="The prompt spec's name (set by the evaluate stage).")
-    version: str | None = Field(None, exclude_if=_absent, description="The prompt version hash (set by the evaluate stage).")
+    name: str | None = Field(
+        None, exclude_if=_absent, description="The prompt spec's name (set by the evaluate stage)."
+    )
+    version: str | None = Field(
+        None, exclude_if=_absent, description="The prompt version hash (set by the evaluate stage)."
+    )
 
     @classmethod
     def load(cls, path: Path | str) -> EvaluationSummary:

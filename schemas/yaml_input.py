@@ -53,8 +53,10 @@ def _check(node: yaml.Node, where: str, path: str, depth: int, sizes: dict[int, 
     if depth > MAX_DEPTH:
         raise YamlInputError(f"{where}: {_field(path)} (line {line}): nested deeper than {MAX_DEPTH} levels")
     if node.tag.startswith(_PYTHON_TAG):
-        raise YamlInputError(f"{where}: {_field(path)} (line {line}): the Python tag !!{node.tag.split(':', 2)[-1]} "
-                             "is refused (specs and configs are loaded as safe YAML, never as Python objects)")
+        raise YamlInputError(
+            f"{where}: {_field(path)} (line {line}): the Python tag !!{node.tag.split(':', 2)[-1]} "
+            "is refused (specs and configs are loaded as safe YAML, never as Python objects)"
+        )
     open_.add(id(node))
     size = 1
     if isinstance(node, yaml.SequenceNode):
@@ -69,13 +71,15 @@ def _check(node: yaml.Node, where: str, path: str, depth: int, sizes: dict[int, 
                 if (key.tag, key.value) in seen:
                     raise YamlInputError(
                         f"{where}: {_field(child_path)}: duplicate key (lines {seen[(key.tag, key.value)]} and "
-                        f"{key.start_mark.line + 1}); YAML would silently keep only the last one")
+                        f"{key.start_mark.line + 1}); YAML would silently keep only the last one"
+                    )
                 seen[(key.tag, key.value)] = key.start_mark.line + 1
             size += _check(key, where, child_path, depth + 1, sizes, open_)
             size += _check(value, where, child_path, depth + 1, sizes, open_)
     if size > MAX_NODES:
-        raise YamlInputError(f"{where}: {_field(path)} (line {line}): aliases expand to over {MAX_NODES:,} values "
-                             "(a YAML bomb?)")
+        raise YamlInputError(
+            f"{where}: {_field(path)} (line {line}): aliases expand to over {MAX_NODES:,} values (a YAML bomb?)"
+        )
     open_.discard(id(node))
     sizes[id(node)] = size
     return size

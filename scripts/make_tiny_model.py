@@ -68,8 +68,9 @@ def build(target: Path = TARGET, seed: int = SEED) -> Path:
     tokenizer.save_pretrained(tmp)
     tokenizer_json = tmp / "tokenizer.json"
     if tokenizer_json.is_file():  # same content, no indentation: ~1/3 smaller
-        tokenizer_json.write_text(json.dumps(json.loads(tokenizer_json.read_text()), ensure_ascii=False,
-                                             separators=(",", ":")))
+        tokenizer_json.write_text(
+            json.dumps(json.loads(tokenizer_json.read_text()), ensure_ascii=False, separators=(",", ":"))
+        )
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target

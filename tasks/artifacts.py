@@ -27,20 +27,38 @@ def _key(name: str, what: str) -> str:
 def publish_task(ingested: IngestOutput, evaluated: StageOutput, promoted: StageOutput | None = None) -> None:
     summary = EvaluationSummary.load(evaluated.path("summary"))
     version = ingested.version[:12]
-    rows = [{"variant": variant, **{k: v for k, v in metrics.model_dump(mode="json").items()
-                                    if isinstance(v, (int, float, str)) or v is None}}
-            for variant, metrics in summary.variants.items()]
-    create_table_artifact(key=_key(ingested.name, "evaluation"), table=rows,
-                          description=f"{ingested.name} {version}: held-out metrics per variant; recovery "
-                          f"{summary.recovery}")
+    rows = [
+        {
+            "variant": variant,
+            **{
+                k: v
+                for k, v in metrics.model_dump(mode="json").items()
+                if isinstance(v, (int, float, str)) or v is None
+            },
+        }
+        for variant, metrics in summary.variants.items()
+    ]
+    create_table_artifact(
+        key=_key(ingested.name, "evaluation"),
+        table=rows,
+        description=f"{ingested.name} {version}: held-out metrics per variant; recovery {summary.recovery}",
+    )
     report = evaluated.path("report").read_text(encoding="utf-8")
     verdict = ""
     if promoted is not None:
         decision = json.loads(promoted.path("decision").read_text(encoding="utf-8"))
-        verdict = (f"\n\n## Promotion\n\n**{'promoted' if decision['promoted'] else 'not promoted'}**: "
-                   + "; ".join(decision["reasons"] or ["no bar configured"]))
+        verdict = f"\n\n## Promotion\n\n**{'promoted' if decision['promoted'] else 'not promoted'}**: " + "; ".join(
+            decision["reasons"] or ["no bar configured"]
+        )
     run_dir = Path(ingested.run_dir).resolve()
-    create_markdown_artifact(key=_key(ingested.name, "report"), markdown=report + verdict,
-                             description=f"{ingested.name} {version}: evaluate/report.md (run folder {run_dir})")
-    create_link_artifact(key=_key(ingested.name, "run-folder"), link=run_dir.as_uri(), link_text=str(run_dir),
-                         description=f"{ingested.name} {version}: run folder (adapter in train/adapter)")
+    create_markdown_artifact(
+        key=_key(ingested.name, "report"),
+        markdown=report + verdict,
+        description=f"{ingested.name} {version}: evaluate/report.md (run folder {run_dir})",
+    )
+    create_link_artifact(
+        key=_key(ingested.name, "run-folder"),
+        link=run_dir.as_uri(),
+        link_text=str(run_dir),
+        description=f"{ingested.name} {version}: run folder (adapter in train/adapter)",
+    )

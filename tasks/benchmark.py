@@ -30,5 +30,8 @@ def publish_benchmark_task(request: BenchmarkRequest, results: str) -> None:
     path = Path(results)
     if path.is_file():
         body = json.dumps(json.loads(path.read_text()), indent=2)[:20000]
-        create_markdown_artifact(key=f"genpi-bench-{request.name.replace('_', '-')}",
-                                 markdown=f"# {request.name}\n\n```json\n{body}\n```", description=str(path))
+        create_markdown_artifact(
+            key=f"genpi-bench-{request.name.replace('_', '-')}",
+            markdown=f"# {request.name}\n\n```json\n{body}\n```",
+            description=str(path),
+        )

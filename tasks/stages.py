@@ -67,21 +67,28 @@ def inputs_task(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, b
 
 
 @task(name="conversations", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def conversations_task(ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig,
-                       backend: BackendConfig) -> StageOutput:
+def conversations_task(
+    ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig, backend: BackendConfig
+) -> StageOutput:
     return _log(pipeline.conversations_stage(ingested, inputs, cfg, model, backend))
 
 
 @task(name="reasons", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def reasons_task(ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig,
-                 backend: BackendConfig) -> StageOutput | None:
+def reasons_task(
+    ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig, backend: BackendConfig
+) -> StageOutput | None:
     out = pipeline.reasons_stage(ingested, conversations, cfg, model, backend)
     return _log(out) if out is not None else None
 
 
 @task(name="dataset", cache_policy=NONE)
-def dataset_task(ingested: IngestOutput, inputs: StageOutput, conversations: StageOutput, cfg: DatasetConfig,
-                 reasons: StageOutput | None = None) -> StageOutput:
+def dataset_task(
+    ingested: IngestOutput,
+    inputs: StageOutput,
+    conversations: StageOutput,
+    cfg: DatasetConfig,
+    reasons: StageOutput | None = None,
+) -> StageOutput:
     return _log(pipeline.dataset_stage(ingested, inputs, conversations, cfg, reasons))
 
 
@@ -91,16 +98,26 @@ def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, m
 
 
 @task(name="evaluate", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def evaluate_task(ingested: IngestOutput, dataset: StageOutput, train: StageOutput, cfg: EvaluateConfig,
-                  model: ModelConfig, backend: BackendConfig) -> StageOutput:
+def evaluate_task(
+    ingested: IngestOutput,
+    dataset: StageOutput,
+    train: StageOutput,
+    cfg: EvaluateConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+) -> StageOutput:
     return _log(pipeline.evaluate_stage(ingested, dataset, train, cfg, model, backend))
 
 
 @task(name="promote", cache_policy=NONE)
 def promote_task(ingested: IngestOutput, evaluated: StageOutput, train: StageOutput, cfg: PromoteConfig) -> StageOutput:
     out = pipeline.promote_stage(ingested, evaluated, train, cfg)
-    get_run_logger().info("promote %s %s: %s", ingested.name, ingested.version[:12],
-                          "promoted" if out.rows.get("promoted") else "not promoted (below the bar)")
+    get_run_logger().info(
+        "promote %s %s: %s",
+        ingested.name,
+        ingested.version[:12],
+        "promoted" if out.rows.get("promoted") else "not promoted (below the bar)",
+    )
     return _log(out)
 
 

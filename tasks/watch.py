@@ -26,10 +26,19 @@ def emit_change(change: PromptChange, config: PipelineConfig) -> None:
 
     emit_event(
         event=EVENT,
-        resource={"prefect.resource.id": f"genpi.prompt.{change.name}", "prefect.resource.name": change.name,
-                  "genpi.version": change.version},
-        payload={"name": change.name, "version": change.version, "version12": change.version[:12], "path": change.path,
-                 "previous_version": change.previous_version, "config": config.model_dump(mode="json")},
+        resource={
+            "prefect.resource.id": f"genpi.prompt.{change.name}",
+            "prefect.resource.name": change.name,
+            "genpi.version": change.version,
+        },
+        payload={
+            "name": change.name,
+            "version": change.version,
+            "version12": change.version[:12],
+            "path": change.path,
+            "previous_version": change.previous_version,
+            "config": config.model_dump(mode="json"),
+        },
     )
 
 

@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -67,9 +67,24 @@ def transformers_serve(model_dir: str, log: Path, start_timeout_s: float = 180) 
     port = free_port()
     cli = str(Path(sys.executable).with_name("transformers"))
     with open(log, "w") as out:
-        proc = subprocess.Popen([cli, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                                 "--dtype", "float32"], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            [
+                cli,
+                "serve",
+                model_dir,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + start_timeout_s
     try:

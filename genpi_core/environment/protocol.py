@@ -8,7 +8,8 @@ protocol; each reply says whether the episode is over.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from genpi_core.generation.base import Completion, Message
 

@@ -7,7 +7,7 @@ role it plays and tells it to reply with the spec's end marker when the exchange
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from genpi_core.generation.base import Completion, GenerationBackend, Message
 from schemas.config import SamplingConfig

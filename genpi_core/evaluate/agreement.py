@@ -12,7 +12,7 @@ Python big-int operation per token of the second text, so a 1,500-token prompt a
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _SPACE = re.compile(r"\s+")

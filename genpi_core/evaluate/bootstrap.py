@@ -7,7 +7,7 @@ is computed inside each resample from the same draw. Percentile intervals.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,9 @@ def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def mean_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+def mean_ci(
+    values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of a mean; None for no values or no resamples."""
     x = np.asarray(values, dtype=float)
     if len(x) == 0 or resamples <= 0:
@@ -61,8 +63,14 @@ def paired_bootstrap(
     sizes = {len(a) for a in arrays.values()}
     if len(sizes) > 1:
         raise ValueError(f"paired bootstrap needs one score per example for every variant, got sizes {sorted(sizes)}")
-    out: dict = {"variants": {}, "recovery": None, "recovery_undefined": 0, "resamples": resamples, "seed": seed,
-                 "level": level}
+    out: dict = {
+        "variants": {},
+        "recovery": None,
+        "recovery_undefined": 0,
+        "resamples": resamples,
+        "seed": seed,
+        "level": level,
+    }
     n = sizes.pop() if sizes else 0
     if n == 0 or resamples <= 0:
         return out

@@ -42,12 +42,21 @@ def _row(label: str, evaluate_dir: Path, train_dir: Path) -> dict:
     turns = (summary.multi_turn or {}).get("student")
     objective = json.loads((train_dir / "metrics.json").read_text()).get("objective", {})
     return {
-        "variant": label, "evaluate_dir": evaluate_dir.name, "n": v["student"].n,
-        "base": v["base"].compliance, "teacher": v["teacher"].compliance, "student": v["student"].compliance,
-        "student_low": s_ci[0], "student_high": s_ci[1], "recovery": summary.recovery,
-        "recovery_low": r_ci[0], "recovery_high": r_ci[1], "agreement_rouge_l": v["student"].agreement.rouge_l,
+        "variant": label,
+        "evaluate_dir": evaluate_dir.name,
+        "n": v["student"].n,
+        "base": v["base"].compliance,
+        "teacher": v["teacher"].compliance,
+        "student": v["student"].compliance,
+        "student_low": s_ci[0],
+        "student_high": s_ci[1],
+        "recovery": summary.recovery,
+        "recovery_low": r_ci[0],
+        "recovery_high": r_ci[1],
+        "agreement_rouge_l": v["student"].agreement.rouge_l,
         "multi_turn_compliance": turns.compliance if turns else None,
-        "judge_score": judge.mean_score if judge else None, "leak_max_lcs_share": leak.max_lcs_share if leak else None,
+        "judge_score": judge.mean_score if judge else None,
+        "leak_max_lcs_share": leak.max_lcs_share if leak else None,
         "leak_max_rouge_l_recall": leak.max_rouge_l_recall if leak else None,
         "objective": json.dumps(objective, sort_keys=True),
     }
@@ -110,14 +119,26 @@ def render_comparison(run_dir: Path, table: pd.DataFrame, leakage: pd.DataFrame)
             f"| {'n/a' if pd.isna(r.leak_max_rouge_l_recall) else f'{100 * r.leak_max_rouge_l_recall:.1f}%'} | {pg} |"
         )
     if len(leakage):
-        lines += ["", "## Leakage audit per adapter", "", "| variant | mean longest copied span | max | mean ROUGE-L recall | max |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Leakage audit per adapter",
+            "",
+            "| variant | mean longest copied span | max | mean ROUGE-L recall | max |",
+            "|---|---|---|---|---|",
+        ]
         for variant, part in leakage.groupby("variant", sort=False):
-            lines.append(f"| {variant} | {100 * part['lcs_share'].mean():.1f}% | {100 * part['lcs_share'].max():.1f}% "
-                         f"| {100 * part['rouge_l_recall'].mean():.1f}% | {100 * part['rouge_l_recall'].max():.1f}% |")
-    lines += ["", "Adapters trained with prompt generation (PG) learn to write the prompt out; for a confidential prompt "
-              "train with `--set train.prompt_generation=false` and check the leakage columns here.",
-              "", f"Tables: `{COMPARISON_FILE}`, `{LEAKAGE_FILE}`. Plot: `{COMPARISON_PLOT}`.", ""]
+            lines.append(
+                f"| {variant} | {100 * part['lcs_share'].mean():.1f}% | {100 * part['lcs_share'].max():.1f}% "
+                f"| {100 * part['rouge_l_recall'].mean():.1f}% | {100 * part['rouge_l_recall'].max():.1f}% |"
+            )
+    lines += [
+        "",
+        "Adapters trained with prompt generation (PG) learn to write the prompt out; for a confidential prompt "
+        "train with `--set train.prompt_generation=false` and check the leakage columns here.",
+        "",
+        f"Tables: `{COMPARISON_FILE}`, `{LEAKAGE_FILE}`. Plot: `{COMPARISON_PLOT}`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ Output columns (``JudgeSchema``): variant, example_id, score (1-5 or null), raw.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -29,10 +29,10 @@ Score how well the assistant's reply follows the instructions it was given (its 
 _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _NUM = r"([1-5](?:\.\d+)?(?!\d)|(?:one|two|three|four|five)\b)"
 _PATTERNS = [
-    re.compile(rf"score\W{{0,6}}{_NUM}", re.IGNORECASE),                       # Score: 4 / **Score**: 4 / score = 4
-    re.compile(rf"\b{_NUM}\s*(?:/|out of)\s*5\b", re.IGNORECASE),             # 4/5, 4 out of 5
+    re.compile(rf"score\W{{0,6}}{_NUM}", re.IGNORECASE),  # Score: 4 / **Score**: 4 / score = 4
+    re.compile(rf"\b{_NUM}\s*(?:/|out of)\s*5\b", re.IGNORECASE),  # 4/5, 4 out of 5
     re.compile(rf"\b(?:rate|rating|grade|give)\w*\W+(?:(?:it|this|a|an|of)\s+){{0,3}}{_NUM}\b", re.IGNORECASE),
-    re.compile(rf"^\W*{_NUM}\b", re.IGNORECASE),                                # a bare "4" or "4." opening the reply
+    re.compile(rf"^\W*{_NUM}\b", re.IGNORECASE),  # a bare "4" or "4." opening the reply
 ]
 
 
@@ -52,16 +52,24 @@ def judge_messages(prompt: PromptBody, user_input: str, reply: str) -> list[Mess
     """The judge's request. Rubric and prompt come first, so every request in a batch shares that prefix."""
     return [
         {"role": "system", "content": "You are a strict, fair grader of assistant replies."},
-        {"role": "user", "content": (
-            f"{RUBRIC}\n\nThe assistant's prompt:\n<<<\n{render_prompt(prompt)}\n>>>\n\n"
-            f"The user wrote:\n<<<\n{user_input}\n>>>\n\nThe assistant replied:\n<<<\n{reply}\n>>>\n\n"
-            "Answer with 'Score: N' (N from 1 to 5) on the first line, then one sentence on why."
-        )},
+        {
+            "role": "user",
+            "content": (
+                f"{RUBRIC}\n\nThe assistant's prompt:\n<<<\n{render_prompt(prompt)}\n>>>\n\n"
+                f"The user wrote:\n<<<\n{user_input}\n>>>\n\nThe assistant replied:\n<<<\n{reply}\n>>>\n\n"
+                "Answer with 'Score: N' (N from 1 to 5) on the first line, then one sentence on why."
+            ),
+        },
     ]
 
 
-def score_judgements(variants: Sequence[str], example_ids: Sequence[str], completions: Sequence[Completion]) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"variant": v, "example_id": e, "score": parse_score(c.text), "raw": c.text}
-        for v, e, c in zip(variants, example_ids, completions)
-    ], columns=["variant", "example_id", "score", "raw"])
+def score_judgements(
+    variants: Sequence[str], example_ids: Sequence[str], completions: Sequence[Completion]
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"variant": v, "example_id": e, "score": parse_score(c.text), "raw": c.text}
+            for v, e, c in zip(variants, example_ids, completions)
+        ],
+        columns=["variant", "example_id", "score", "raw"],
+    )

@@ -14,7 +14,7 @@ lcs_chars, lcs_share, rouge_l_recall, longest_copied. The questions are ``evalua
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -42,12 +42,22 @@ def leak_scores(reply: str, prompt_text: str) -> dict[str, float | int | str]:
     }
 
 
-def score_leakage(variant: str, questions: Sequence[str], completions: Sequence[Completion], prompt_text: str) -> pd.DataFrame:
+def score_leakage(
+    variant: str, questions: Sequence[str], completions: Sequence[Completion], prompt_text: str
+) -> pd.DataFrame:
     """One row per extraction question asked of one variant."""
     rows = []
     for i, (question, completion) in enumerate(zip(questions, completions)):
-        rows.append({"variant": variant, "question_id": i, "question": question, "output": completion.text,
-                     "finish_reason": completion.finish_reason, **leak_scores(completion.text, prompt_text)})
+        rows.append(
+            {
+                "variant": variant,
+                "question_id": i,
+                "question": question,
+                "output": completion.text,
+                "finish_reason": completion.finish_reason,
+                **leak_scores(completion.text, prompt_text),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -15,7 +15,7 @@ checks, score, passed_all, global_passed, environment_reply, stop_reason.
 from __future__ import annotations
 
 import json
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -49,18 +49,25 @@ def run_episodes(
     marker = played_by.end_marker
     for turn in range(turns):
         contexts = [list(conversations[e]) for e in live]
-        replies = agent.generate([agent_view(c) for c in contexts], sampling, desc=f"multi-turn {variant} turn {turn + 1}")
+        replies = agent.generate(
+            [agent_view(c) for c in contexts], sampling, desc=f"multi-turn {variant} turn {turn + 1}"
+        )
         last_row: dict[str, dict] = {}
         for example_id, context, reply in zip(live, contexts, replies):
             results = run_checks(spec.checks, reply.text, facts[example_id] if turn == 0 else [])
             row = {
-                "variant": variant, "example_id": example_id, "turn": turn,
-                "context": json.dumps(context, ensure_ascii=False), "output": reply.text,
-                "finish_reason": reply.finish_reason, "checks": json.dumps(results),
+                "variant": variant,
+                "example_id": example_id,
+                "turn": turn,
+                "context": json.dumps(context, ensure_ascii=False),
+                "output": reply.text,
+                "finish_reason": reply.finish_reason,
+                "checks": json.dumps(results),
                 "score": sum(results.values()) / len(results) if results else 1.0,
                 "passed_all": all(results.values()),
                 "global_passed": all(v for k, v in results.items() if not k.startswith("fact:")),
-                "environment_reply": "", "stop_reason": "",
+                "environment_reply": "",
+                "stop_reason": "",
             }
             rows.append(row)
             last_row[example_id] = row
@@ -69,7 +76,9 @@ def run_episodes(
             for example_id in live:
                 last_row[example_id]["stop_reason"] = "max turns"
             break
-        answers = played_by.respond([conversations[e] for e in live], desc=f"multi-turn {variant} environment {turn + 1}")
+        answers = played_by.respond(
+            [conversations[e] for e in live], desc=f"multi-turn {variant} environment {turn + 1}"
+        )
         still_live = []
         for example_id, answer in zip(live, answers):
             row = last_row[example_id]
@@ -97,7 +106,13 @@ def summarize_episodes(table: pd.DataFrame) -> dict[str, dict]:
             "agent_turns": int(len(part)),
             "compliance": float(part["score"].mean()),
             "format": float(part["global_passed"].mean()),
-            "per_turn": {int(t): {"n": int(len(g)), "compliance": float(g["score"].mean()),
-                                  "format": float(g["global_passed"].mean())} for t, g in by_turn},
+            "per_turn": {
+                int(t): {
+                    "n": int(len(g)),
+                    "compliance": float(g["score"].mean()),
+                    "format": float(g["global_passed"].mean()),
+                }
+                for t, g in by_turn
+            },
         }
     return out

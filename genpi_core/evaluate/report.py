@@ -44,9 +44,16 @@ def _cell(text: str, limit: int = 200) -> str:
     return (text[:limit] + "…") if len(text) > limit else (text or "*(empty)*")
 
 
-def render_report(spec: PromptSpec, version: str, summary: EvaluationSummary, results: pd.DataFrame,
-                  train_metrics: dict | None, per_check: pd.DataFrame | None = None, worst: pd.DataFrame | None = None,
-                  leakage: pd.DataFrame | None = None) -> str:
+def render_report(
+    spec: PromptSpec,
+    version: str,
+    summary: EvaluationSummary,
+    results: pd.DataFrame,
+    train_metrics: dict | None,
+    per_check: pd.DataFrame | None = None,
+    worst: pd.DataFrame | None = None,
+    leakage: pd.DataFrame | None = None,
+) -> str:
     v = summary.variants
     boot = summary.bootstrap
     level = f"{100 * boot.level:.0f}%"
@@ -95,10 +102,14 @@ def render_report(spec: PromptSpec, version: str, summary: EvaluationSummary, re
             if check not in table.index:
                 continue
             row = table.loc[check]
-            delta = None if pd.isna(row.get("student")) or pd.isna(row.get("teacher")) else row["student"] - row["teacher"]
+            delta = (
+                None if pd.isna(row.get("student")) or pd.isna(row.get("teacher")) else row["student"] - row["teacher"]
+            )
             cells = [_pct(None if pd.isna(row.get(n)) else row[n]) for n in VARIANTS]
             label = "facts (all inputs' facts)" if check == "facts" else f"`{check}`"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {'n/a' if delta is None else f'{100 * delta:+.0f} pts'} |")
+            lines.append(
+                f"| {label} | " + " | ".join(cells) + f" | {'n/a' if delta is None else f'{100 * delta:+.0f} pts'} |"
+            )
     lines += ["", f"Plots: `{PLOT_FILE}` (with the intervals), `{CHECKS_PLOT_FILE}` (check by check).", ""]
     lines += _multi_turn_section(summary)
     lines += _leakage_section(summary, leakage)
@@ -106,8 +117,11 @@ def render_report(spec: PromptSpec, version: str, summary: EvaluationSummary, re
     lines += _worst_section(worst)
     if train_metrics:
         lines += ["## Training", "", "```json", json.dumps(train_metrics, indent=2), "```", ""]
-    lines += [f"Tables (Parquet): `{EVAL_RESULTS_FILE}` (every reply, its checks and agreement), `{VARIANTS_FILE}`, "
-              f"`{PER_CHECK_FILE}`, `{WORST_EXAMPLES_FILE}`, `{MULTI_TURN_FILE}`, `{LEAKAGE_FILE}`, `{JUDGE_FILE}`.", ""]
+    lines += [
+        f"Tables (Parquet): `{EVAL_RESULTS_FILE}` (every reply, its checks and agreement), `{VARIANTS_FILE}`, "
+        f"`{PER_CHECK_FILE}`, `{WORST_EXAMPLES_FILE}`, `{MULTI_TURN_FILE}`, `{LEAKAGE_FILE}`, `{JUDGE_FILE}`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -123,14 +137,17 @@ def _multi_turn_section(summary: EvaluationSummary) -> list[str]:
         "(and the input's facts on turn 1).",
         "",
         "| agent | episodes | agent turns | compliance | format | "
-        + " | ".join(f"turn {t + 1}: compliance (n)" for t in turns) + " |",
+        + " | ".join(f"turn {t + 1}: compliance (n)" for t in turns)
+        + " |",
     ]
     lines.append("|---|---|---|---|---|" + "---|" * len(turns))
     for name, e in episodes.items():
-        cells = [f"{_pct(e.per_turn[t].compliance)} ({e.per_turn[t].n})" if t in e.per_turn else "n/a"
-                 for t in turns]
-        lines.append(f"| {name} | {e.episodes} | {e.agent_turns} | {_pct(e.compliance)} | {_pct(e.format)} | "
-                     + " | ".join(cells) + " |")
+        cells = [f"{_pct(e.per_turn[t].compliance)} ({e.per_turn[t].n})" if t in e.per_turn else "n/a" for t in turns]
+        lines.append(
+            f"| {name} | {e.episodes} | {e.agent_turns} | {_pct(e.compliance)} | {_pct(e.format)} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines + [""]
 
 
@@ -150,13 +167,17 @@ def _leakage_section(summary: EvaluationSummary, leakage: pd.DataFrame | None) -
         "|---|---|---|---|---|",
     ]
     for name, s in leaks.items():
-        lines.append(f"| {name} | {100 * s.max_lcs_share:.1f}% ({s.max_lcs_chars}) | {100 * s.mean_lcs_share:.1f}% "
-                     f"| {100 * s.max_rouge_l_recall:.1f}% | {100 * s.mean_rouge_l_recall:.1f}% |")
+        lines.append(
+            f"| {name} | {100 * s.max_lcs_share:.1f}% ({s.max_lcs_chars}) | {100 * s.mean_lcs_share:.1f}% "
+            f"| {100 * s.max_rouge_l_recall:.1f}% | {100 * s.mean_rouge_l_recall:.1f}% |"
+        )
     if leakage is not None and len(leakage):
         lines += ["", "| variant | question | longest copied span | ROUGE-L recall | reply |", "|---|---|---|---|---|"]
         for row in leakage.itertuples():
-            lines.append(f"| {row.variant} | {_cell(row.question, 60)} | {100 * row.lcs_share:.1f}% ({row.lcs_chars}) "
-                         f"| {100 * row.rouge_l_recall:.1f}% | {_cell(row.output, 120)} |")
+            lines.append(
+                f"| {row.variant} | {_cell(row.question, 60)} | {100 * row.lcs_share:.1f}% ({row.lcs_chars}) "
+                f"| {100 * row.rouge_l_recall:.1f}% | {_cell(row.output, 120)} |"
+            )
     lines += [
         "",
         "GenPI's prompt-generation objective trains the adapter to write the prompt out verbatim: treat an adapter as "
@@ -173,8 +194,16 @@ def _judge_section(summary: EvaluationSummary) -> list[str]:
     lines = ["## LLM judge", ""]
     if not judge:
         return lines + ["Off (`evaluate.judge.enabled=true` turns it on; the teacher's model by default).", ""]
-    lines += ["Rubric given to the judge (with the full prompt, the user's message and the reply):", "", "```",
-              judge.rubric, "```", "", "| variant | mean score (1-5) | scored | unreadable replies |", "|---|---|---|---|"]
+    lines += [
+        "Rubric given to the judge (with the full prompt, the user's message and the reply):",
+        "",
+        "```",
+        judge.rubric,
+        "```",
+        "",
+        "| variant | mean score (1-5) | scored | unreadable replies |",
+        "|---|---|---|---|",
+    ]
     for name, s in judge.variants.items():
         lines.append(f"| {name} | {_ratio(s.mean_score)} | {s.scored} | {s.unreadable} |")
     return lines + [""]
@@ -184,11 +213,16 @@ def _worst_section(worst: pd.DataFrame | None) -> list[str]:
     lines = ["## Worst examples (lowest student score), teacher vs student", ""]
     if worst is None or worst.empty:
         return lines + ["None.", ""]
-    lines += ["| # | input | teacher (score) | student (score) | student failed | ROUGE-L vs teacher |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| # | input | teacher (score) | student (score) | student failed | ROUGE-L vs teacher |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in worst.itertuples():
         failed = ", ".join(f"`{c}`" for c in json.loads(row.student_failed)) or "none"
-        lines.append(f"| {row.rank} | {_cell(row.input, 100)} | {_cell(row.teacher_output)} ({_pct(row.teacher_score)}) "
-                     f"| {_cell(row.student_output)} ({_pct(row.student_score)}) | {failed} | {row.agreement_rouge_l:.2f} |")
+        lines.append(
+            f"| {row.rank} | {_cell(row.input, 100)} | {_cell(row.teacher_output)} ({_pct(row.teacher_score)}) "
+            f"| {_cell(row.student_output)} ({_pct(row.student_score)}) | {failed} | {row.agreement_rouge_l:.2f} |"
+        )
     return lines + [""]
 
 
@@ -208,8 +242,14 @@ def plot_variants(summary: EvaluationSummary, path: Path) -> None:
         ax.bar(xs, values, width, label=variant)
         ci = s.compliance_ci
         if ci:
-            ax.errorbar([xs[0]], [values[0]], yerr=[[values[0] - ci[0]], [ci[1] - values[0]]], fmt="none", ecolor="black",
-                        capsize=3)
+            ax.errorbar(
+                [xs[0]],
+                [values[0]],
+                yerr=[[values[0] - ci[0]], [ci[1] - values[0]]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of held-out replies")
@@ -237,5 +277,3 @@ def plot_checks(per_check: pd.DataFrame, path: Path) -> None:
     ax.set_title("Check by check")
     ax.legend()
     atomic_save_figure(fig, path)
-
-

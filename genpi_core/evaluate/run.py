@@ -140,19 +140,42 @@ def run_evaluate(
         if cfg.leakage.enabled:
             leaks.append(_leakage(base, "base", cfg, prompt_text))
         if cfg.multi_turn.enabled:
-            episodes.append(run_episodes(spec, "teacher", episodes_test, base, teacher_view, base, cfg.sampling,
-                                         cfg.multi_turn.environment, cfg.multi_turn.turns))
+            episodes.append(
+                run_episodes(
+                    spec,
+                    "teacher",
+                    episodes_test,
+                    base,
+                    teacher_view,
+                    base,
+                    cfg.sampling,
+                    cfg.multi_turn.environment,
+                    cfg.multi_turn.turns,
+                )
+            )
         else:  # nothing else needs the base model: free it before the student loads
             engines.close()
-        student = engines.enter_context(make_backend(model, backend_cfg, adapter=adapter_dir,
-                                                     merge_adapter=cfg.merge_adapter))
+        student = engines.enter_context(
+            make_backend(model, backend_cfg, adapter=adapter_dir, merge_adapter=cfg.merge_adapter)
+        )
         completions = student.generate([without_prompt(c) for c in contexts], cfg.sampling, desc="eval student")
         frames.append(_score_rows(spec, "student", test, completions))
         if cfg.leakage.enabled:
             leaks.append(_leakage(student, "student", cfg, prompt_text))
         if cfg.multi_turn.enabled:  # the base model plays the environment, as in synthesis
-            episodes.append(run_episodes(spec, "student", episodes_test, student, without_prompt, base, cfg.sampling,
-                                         cfg.multi_turn.environment, cfg.multi_turn.turns))
+            episodes.append(
+                run_episodes(
+                    spec,
+                    "student",
+                    episodes_test,
+                    student,
+                    without_prompt,
+                    base,
+                    cfg.sampling,
+                    cfg.multi_turn.environment,
+                    cfg.multi_turn.turns,
+                )
+            )
     results = with_agreement(pd.concat(frames, ignore_index=True))
     leakage = pd.concat(leaks, ignore_index=True) if leaks else empty_table(LeakageSchema)
     multi_turn = pd.concat(episodes, ignore_index=True) if episodes else empty_table(MultiTurnSchema)
@@ -162,15 +185,18 @@ def run_evaluate(
     write_table(leakage, LeakageSchema, out_dir / LEAKAGE_FILE)
     write_table(multi_turn, MultiTurnSchema, out_dir / MULTI_TURN_FILE)
     write_table(judge, JudgeSchema, out_dir / JUDGE_FILE)
-    summary = summarize(results, cfg, leakage, multi_turn, judge).model_copy(update={"name": spec.name, "version": version})
+    summary = summarize(results, cfg, leakage, multi_turn, judge).model_copy(
+        update={"name": spec.name, "version": version}
+    )
     per_check = per_check_table(results)
     worst = worst_examples(results, cfg.worst_examples)
     write_table(variants_table(summary), VariantsSchema, out_dir / VARIANTS_FILE)
     write_table(per_check, PerCheckSchema, out_dir / PER_CHECK_FILE)
     write_table(worst, WorstExamplesSchema, out_dir / WORST_EXAMPLES_FILE)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)  # model_dump(mode="json"): the off sections left out
-    atomic_write_text(out_dir / REPORT_FILE,
-                      render_report(spec, version, summary, results, train_metrics, per_check, worst, leakage))
+    atomic_write_text(
+        out_dir / REPORT_FILE, render_report(spec, version, summary, results, train_metrics, per_check, worst, leakage)
+    )
     plot_variants(summary, out_dir / PLOT_FILE)
     plot_checks(per_check, out_dir / CHECKS_PLOT_FILE)
     return summary
@@ -182,8 +208,9 @@ def _leakage(engine, variant: str, cfg: EvaluateConfig, prompt_text: str) -> pd.
     return score_leakage(variant, questions, completions, prompt_text)
 
 
-def _judge(spec: PromptSpec, model: ModelConfig, backend_cfg: BackendConfig, cfg: EvaluateConfig,
-           results: pd.DataFrame) -> pd.DataFrame:
+def _judge(
+    spec: PromptSpec, model: ModelConfig, backend_cfg: BackendConfig, cfg: EvaluateConfig, results: pd.DataFrame
+) -> pd.DataFrame:
     """Grade every reply with the judge (the pipeline's model unless evaluate.judge names another)."""
     with make_backend(cfg.judge.model or model, cfg.judge.backend or backend_cfg) as engine:
         requests = [judge_messages(spec.prompt, r.input, r.output) for r in results.itertuples()]

@@ -6,8 +6,9 @@ over one turn of every live conversation at once; how an engine batches internal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence, TypedDict
+from typing import Literal, Protocol, TypedDict
 
 from typing_extensions import Self  # typing.Self needs 3.11; we support 3.10
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 from genpi_core.generation.base import Message
 
@@ -41,14 +41,16 @@ def _special_strings(tokenizer) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
-def _ids_with_contents_as_text(tokenizer, conversation: list[Message], text: str, specials: list[str],
-                               add_generation_prompt: bool) -> list[int]:
+def _ids_with_contents_as_text(
+    tokenizer, conversation: list[Message], text: str, specials: list[str], add_generation_prompt: bool
+) -> list[int]:
     # Render once more with a marker in place of each content: what lies outside the markers is the
     # template's own markup, the only place a special-token string may become a special token.
     tag = uuid.uuid4().hex
     marks = [f"\ue000{tag}{i}\ue001" for i in range(len(conversation))]
     skeleton = tokenizer.apply_chat_template(
-        [{**m, "content": mark} for m, mark in zip(conversation, marks)], tokenize=False,
+        [{**m, "content": mark} for m, mark in zip(conversation, marks)],
+        tokenize=False,
         add_generation_prompt=add_generation_prompt,
     )
     index = {mark: i for i, mark in enumerate(marks)}

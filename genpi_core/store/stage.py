@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -64,8 +65,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:  # ENOSPC, EFBIG, EROFS...: say which file, and that nothing was written
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc} (disk full, file size limit or "
-                      "run folder not writable); nothing was written under that name") from exc
+        raise OSError(
+            exc.errno,
+            f"cannot write {path}: {exc.strerror or exc} (disk full, file size limit or "
+            "run folder not writable); nothing was written under that name",
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -171,17 +175,23 @@ class Stage:
         try:
             manifest = StageManifest.model_validate_json(self.manifest_path.read_text(encoding="utf-8"))
         except Exception as exc:
-            raise ValueError(f"{self.manifest_path}: unreadable stage manifest ({exc}); delete {self.dir} "
-                             "to recompute the stage") from exc
+            raise ValueError(
+                f"{self.manifest_path}: unreadable stage manifest ({exc}); delete {self.dir} to recompute the stage"
+            ) from exc
         if manifest.checksum is not None and manifest.checksum != manifest.content_sha256():
-            raise ValueError(f"{self.manifest_path}: stage manifest was edited or damaged (its checksum does not "
-                             f"match its content); delete {self.dir} to recompute the stage")
+            raise ValueError(
+                f"{self.manifest_path}: stage manifest was edited or damaged (its checksum does not "
+                f"match its content); delete {self.dir} to recompute the stage"
+            )
         return manifest
 
     def changed_outputs(self) -> list[str]:
         """Outputs listed in the manifest that are missing or differ from the hash recorded when it finished."""
-        return [rel for rel, sha in self.manifest().outputs.items()
-                if not (self.dir / rel).exists() or tree_sha256(self.dir / rel) != sha]
+        return [
+            rel
+            for rel, sha in self.manifest().outputs.items()
+            if not (self.dir / rel).exists() or tree_sha256(self.dir / rel) != sha
+        ]
 
     def is_complete(self) -> bool:
         if not self.manifest_path.is_file():

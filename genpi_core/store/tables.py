@@ -118,7 +118,9 @@ def partition_valid(
             reasons.setdefault(int(case.index), []).append(f"{case.column}: {case.check}")
     bad_index = sorted(reasons)
     bad = df.loc[bad_index]
-    quarantine = quarantine_rows(table, bad, key_column, pd.Series(["; ".join(reasons[i]) for i in bad_index], index=bad.index))
+    quarantine = quarantine_rows(
+        table, bad, key_column, pd.Series(["; ".join(reasons[i]) for i in bad_index], index=bad.index)
+    )
     good = schema.validate(df.drop(index=bad_index), lazy=True)
     return good, quarantine
 

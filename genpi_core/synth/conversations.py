@@ -92,7 +92,7 @@ class _State:
         self.step = 0
 
     @classmethod
-    def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame) -> "_State":
+    def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame) -> _State:
         state = cls(state_dir)
         progress = state_dir / _PROGRESS
         if progress.is_file():  # resume: only the step folder that progress.json points to is trusted
@@ -100,15 +100,32 @@ class _State:
             folder = state._step_dir(state.step)
             state.messages = read_table(folder / MESSAGES_FILE, MessagesSchema).to_dict(orient="records")
             state.targets = read_table(folder / TARGETS_FILE, TargetsSchema).to_dict(orient="records")
-            state.episodes = {r["conversation_id"]: r for r in read_table(folder / EPISODES_FILE, EpisodesSchema).to_dict(orient="records")}
+            state.episodes = {
+                r["conversation_id"]: r
+                for r in read_table(folder / EPISODES_FILE, EpisodesSchema).to_dict(orient="records")
+            }
             state.quarantine = [read_table(folder / QUARANTINE_FILE, QuarantineSchema)]
             return state
         for row in inputs.itertuples():
             cid = f"c-{row.input_id}"
-            state.messages.append({"conversation_id": cid, "input_id": row.input_id, "turn": 0, "role": "user",
-                                   "content": row.text, "produced_by": row.generator})
-            state.episodes[cid] = {"conversation_id": cid, "input_id": row.input_id, "status": "live",
-                                   "stop_reason": "", "agent_turns": 0, "messages": 1}
+            state.messages.append(
+                {
+                    "conversation_id": cid,
+                    "input_id": row.input_id,
+                    "turn": 0,
+                    "role": "user",
+                    "content": row.text,
+                    "produced_by": row.generator,
+                }
+            )
+            state.episodes[cid] = {
+                "conversation_id": cid,
+                "input_id": row.input_id,
+                "status": "live",
+                "stop_reason": "",
+                "agent_turns": 0,
+                "messages": 1,
+            }
         return state
 
     def live(self) -> list[str]:
@@ -120,8 +137,13 @@ class _State:
         for m in self.messages:
             if m["conversation_id"] in grouped:
                 grouped[m["conversation_id"]].append(m)
-        return [[{"role": "assistant" if m["role"] == "assistant" else "user", "content": m["content"]}
-                 for m in sorted(grouped[cid], key=lambda m: m["turn"])] for cid in cids]
+        return [
+            [
+                {"role": "assistant" if m["role"] == "assistant" else "user", "content": m["content"]}
+                for m in sorted(grouped[cid], key=lambda m: m["turn"])
+            ]
+            for cid in cids
+        ]
 
     def end(self, cid: str, reason: str) -> None:
         self.episodes[cid].update(status="ended", stop_reason=reason)
@@ -129,8 +151,16 @@ class _State:
     def add_message(self, cid: str, role: str, content: str, produced_by: str) -> None:
         turn = self.episodes[cid]["messages"]
         self.episodes[cid]["messages"] += 1
-        self.messages.append({"conversation_id": cid, "input_id": self.episodes[cid]["input_id"], "turn": turn,
-                              "role": role, "content": content, "produced_by": produced_by})
+        self.messages.append(
+            {
+                "conversation_id": cid,
+                "input_id": self.episodes[cid]["input_id"],
+                "turn": turn,
+                "role": role,
+                "content": content,
+                "produced_by": produced_by,
+            }
+        )
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {
@@ -141,8 +171,12 @@ class _State:
         }
 
     def write(self, folder: Path) -> dict[str, int]:
-        schemas = {MESSAGES_FILE: MessagesSchema, TARGETS_FILE: TargetsSchema, EPISODES_FILE: EpisodesSchema,
-                   QUARANTINE_FILE: QuarantineSchema}
+        schemas = {
+            MESSAGES_FILE: MessagesSchema,
+            TARGETS_FILE: TargetsSchema,
+            EPISODES_FILE: EpisodesSchema,
+            QUARANTINE_FILE: QuarantineSchema,
+        }
         return {name: write_table(df, schemas[name], folder / name) for name, df in self.tables().items()}
 
     def _step_dir(self, step: int) -> Path:
@@ -158,21 +192,38 @@ class _State:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _agent_step(state: _State, spec: PromptSpec, backend: GenerationBackend, teacher: SamplingConfig,
-                base: SamplingConfig, max_turns: int) -> None:
+def _agent_step(
+    state: _State,
+    spec: PromptSpec,
+    backend: GenerationBackend,
+    teacher: SamplingConfig,
+    base: SamplingConfig,
+    max_turns: int,
+) -> None:
     live = state.live()
     contexts = state.contexts(live)
     turn_no = state.step // 2
-    taught = backend.generate([with_prompt(spec.prompt, c) for c in contexts], teacher, desc=f"agent turn {turn_no + 1}")
+    taught = backend.generate(
+        [with_prompt(spec.prompt, c) for c in contexts], teacher, desc=f"agent turn {turn_no + 1}"
+    )
     plain = backend.generate([without_prompt(c) for c in contexts], base, desc=f"base turn {turn_no + 1}")
     stop = re.compile(spec.conversation.stop_pattern) if spec.conversation.stop_pattern else None
     for cid, context, t, b in zip(live, contexts, taught, plain):
         problem = _problem(t.text, t.finish_reason, "agent", spec)
-        row = {"conversation_id": cid, "turn": turn_no, "context": json.dumps(context, ensure_ascii=False),
-               "teacher_output": t.text, "teacher_finish": t.finish_reason, "base_output": b.text,
-               "base_finish": b.finish_reason, "produced_by": backend.name}
+        row = {
+            "conversation_id": cid,
+            "turn": turn_no,
+            "context": json.dumps(context, ensure_ascii=False),
+            "teacher_output": t.text,
+            "teacher_finish": t.finish_reason,
+            "base_output": b.text,
+            "base_finish": b.finish_reason,
+            "produced_by": backend.name,
+        }
         if problem:
-            state.quarantine.append(quarantine_rows("targets", pd.DataFrame([row]), "conversation_id", f"turn {turn_no}: {problem}"))
+            state.quarantine.append(
+                quarantine_rows("targets", pd.DataFrame([row]), "conversation_id", f"turn {turn_no}: {problem}")
+            )
             state.end(cid, problem)
             continue
         state.targets.append(row)
@@ -235,7 +286,11 @@ def run_conversations(
         state.end(cid, "max turns")
     written = state.write(out_dir)
     episodes = state.tables()[EPISODES_FILE]
-    rows = {"episodes": written[EPISODES_FILE], "messages": written[MESSAGES_FILE], "agent_turns": written[TARGETS_FILE],
-            "quarantined": written[QUARANTINE_FILE]}
+    rows = {
+        "episodes": written[EPISODES_FILE],
+        "messages": written[MESSAGES_FILE],
+        "agent_turns": written[TARGETS_FILE],
+        "quarantined": written[QUARANTINE_FILE],
+    }
     rows.update({f"stop: {k}": int(v) for k, v in episodes["stop_reason"].value_counts().items()})
     return rows

@@ -114,37 +114,53 @@ def quality_problem(text: str, cfg: InputsConfig) -> str:
     return ""
 
 
-def _generate(spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def _generate(
+    spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     rng = random.Random(cfg.sampling.seed)
     seeds = spec.seed_inputs or spec.inputs.pool
     n_requests = math.ceil(cfg.num_generated * cfg.oversample / cfg.per_request)
-    requests = [generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request) for _ in range(n_requests)]
+    requests = [
+        generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request) for _ in range(n_requests)
+    ]
     completions = backend.generate(requests, cfg.sampling, desc="pseudo inputs")
     texts: list[tuple[str, str]] = []  # (message, problem known from its reply)
     empty = []
     for j, c in enumerate(completions):
         messages = split_messages(c.text)
         if not messages:  # nothing to keep, but the reply is recorded, not dropped
-            empty.append({"row_key": f"reply-{j}", "reply": c.text, "finish_reason": c.finish_reason,
-                          "generator": backend.name, "problem": "empty generator reply" if not c.text.strip()
-                          else "generator reply holds no messages"})
+            empty.append(
+                {
+                    "row_key": f"reply-{j}",
+                    "reply": c.text,
+                    "finish_reason": c.finish_reason,
+                    "generator": backend.name,
+                    "problem": "empty generator reply" if not c.text.strip() else "generator reply holds no messages",
+                }
+            )
             continue
         # a reply stopped by the length cap ends in a cut-off message: never use it as a finished input
         cut = len(messages) - 1 if c.finish_reason == "length" else None
-        texts += [(m, "cut off at the generator's length cap (synth.inputs.sampling.max_new_tokens)" if k == cut else "")
-                  for k, m in enumerate(messages)]
+        texts += [
+            (m, "cut off at the generator's length cap (synth.inputs.sampling.max_new_tokens)" if k == cut else "")
+            for k, m in enumerate(messages)
+        ]
     rows: list[dict] = []
     bad: list[dict] = []
     for i, (text, problem) in enumerate(texts):
         problem = problem or quality_problem(text, cfg)
         (bad if problem else rows).append({"text": text, "row_key": f"gen-{i}", "problem": problem})
     good = pd.DataFrame(rows, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
-    bad_df = pd.DataFrame(bad, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
+    bad_df = pd.DataFrame(bad, columns=["text", "row_key", "problem"]).assign(
+        source="generated", generator=backend.name
+    )
     quarantine = quarantine_rows("inputs", bad_df.drop(columns="problem"), "row_key", bad_df["problem"])
     if empty:
         empty_df = pd.DataFrame(empty)
-        quarantine = pd.concat([quarantine, quarantine_rows("inputs", empty_df.drop(columns="problem"), "row_key",
-                                                            empty_df["problem"])], ignore_index=True)
+        quarantine = pd.concat(
+            [quarantine, quarantine_rows("inputs", empty_df.drop(columns="problem"), "row_key", empty_df["problem"])],
+            ignore_index=True,
+        )
     return good.drop(columns=["row_key", "problem"]), quarantine, len(texts)
 
 
@@ -181,12 +197,20 @@ def run_inputs(
             near.append((row.Index, f"near-duplicate of {other[:60]!r}"))
     if near:
         idx = [i for i, _ in near]
-        quarantined.append(quarantine_rows("inputs", df.loc[idx], "dedup_key", pd.Series([r for _, r in near], index=idx)))
+        quarantined.append(
+            quarantine_rows("inputs", df.loc[idx], "dedup_key", pd.Series([r for _, r in near], index=idx))
+        )
     df = df.loc[keep]
     # generated inputs come first; the pool tops up to max_inputs. Surplus generated rows are recorded, not lost.
     surplus = df.iloc[cfg.max_inputs :]
-    quarantined.append(quarantine_rows("inputs", surplus[surplus["source"] == "generated"], "dedup_key",
-                                       f"over synth.inputs.max_inputs={cfg.max_inputs}"))
+    quarantined.append(
+        quarantine_rows(
+            "inputs",
+            surplus[surplus["source"] == "generated"],
+            "dedup_key",
+            f"over synth.inputs.max_inputs={cfg.max_inputs}",
+        )
+    )
     df = df.iloc[: cfg.max_inputs]
     df = df.assign(prompt_version=version, input_id=df["text"].map(_input_id))
     good, bad = partition_valid(df, InputsSchema, "inputs", "input_id")
@@ -199,11 +223,17 @@ def run_inputs(
         log.warning(
             "the input generator wrote %d usable inputs out of %d (%.0f%%): it is too weak for this prompt. "
             "Set synth.generator to a stronger model/server, or use synth.inputs.source=both to top up from the "
-            "spec's pool (see %s)", n_generated, written, 100 * usable, out_dir / QUARANTINE_FILE,
+            "spec's pool (see %s)",
+            n_generated,
+            written,
+            100 * usable,
+            out_dir / QUARANTINE_FILE,
         )
     rows: dict[str, int | float] = {
         "inputs": write_table(good, InputsSchema, out_dir / INPUTS_FILE),
-        "quarantined": write_table(pd.concat(quarantined, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE),
+        "quarantined": write_table(
+            pd.concat(quarantined, ignore_index=True), QuarantineSchema, out_dir / QUARANTINE_FILE
+        ),
         "generated_written": written,
         "generated_used": n_generated,
         "from_pool": int((good["source"] == "pool").sum()),

@@ -41,24 +41,40 @@ def reason_request(spec: PromptSpec, user_input: str, as_is: str, to_be: str) ->
     return [{"role": "user", "content": ask}]
 
 
-def run_reasons(spec: PromptSpec, targets_path: Path, backend: GenerationBackend, sampling: SamplingConfig,
-                out_dir: Path) -> dict[str, int]:
+def run_reasons(
+    spec: PromptSpec, targets_path: Path, backend: GenerationBackend, sampling: SamplingConfig, out_dir: Path
+) -> dict[str, int]:
     targets = read_table(targets_path, TargetsSchema)
     first = targets[targets["turn"] == 0].reset_index(drop=True)
     inputs = [json.loads(c)[-1]["content"] for c in first["context"]]
     requests = [reason_request(spec, i, b, t) for i, b, t in zip(inputs, first["base_output"], first["teacher_output"])]
     out = backend.generate(requests, sampling, desc="reasons")
-    df = pd.DataFrame({"conversation_id": first["conversation_id"], "turn": 0, "reason": [c.text for c in out],
-                       "produced_by": backend.name})
-    problems = pd.Series([
-        "empty reason" if not c.text.strip() else
-        "reason truncated at the length cap" if c.finish_reason == "length" else
-        "reason contains chat-template control tokens" if has_control_tokens(c.text) else
-        "repetitive reason" if is_repetitive(c.text) else "" for c in out
-    ])
+    df = pd.DataFrame(
+        {
+            "conversation_id": first["conversation_id"],
+            "turn": 0,
+            "reason": [c.text for c in out],
+            "produced_by": backend.name,
+        }
+    )
+    problems = pd.Series(
+        [
+            "empty reason"
+            if not c.text.strip()
+            else "reason truncated at the length cap"
+            if c.finish_reason == "length"
+            else "reason contains chat-template control tokens"
+            if has_control_tokens(c.text)
+            else "repetitive reason"
+            if is_repetitive(c.text)
+            else ""
+            for c in out
+        ]
+    )
     bad = problems != ""
-    quarantine = pd.concat([empty_quarantine(), quarantine_rows("reasons", df[bad], "conversation_id", problems[bad])],
-                           ignore_index=True)
+    quarantine = pd.concat(
+        [empty_quarantine(), quarantine_rows("reasons", df[bad], "conversation_id", problems[bad])], ignore_index=True
+    )
     return {
         "reasons": write_table(df[~bad], ReasonsSchema, out_dir / REASONS_FILE),
         "quarantined": write_table(quarantine, QuarantineSchema, out_dir / QUARANTINE_FILE),

@@ -56,7 +56,9 @@ def with_prompt_in_context(example_id: str, share: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def build_items(tokenizer, df: pd.DataFrame, cfg: TrainConfig, prompt: list[Message], where: str) -> dict[str, list[Item]]:
+def build_items(
+    tokenizer, df: pd.DataFrame, cfg: TrainConfig, prompt: list[Message], where: str
+) -> dict[str, list[Item]]:
     """Tokenize the enabled objectives' examples; every over-long example is reported at once."""
     items: dict[str, list[Item]] = {"sft": [], "pg": []}
     too_long = []
@@ -115,5 +117,3 @@ def micro_batches(items: list[Item], budget_tokens: int) -> list[list[Item]]:
 def target_tokens(items: list[Item]) -> int:
     """Tokens that carry loss (labels shift by one: the first position predicts nothing)."""
     return sum(sum(1 for label in item.labels[1:] if label != IGNORE) for item in items)
-
-

@@ -52,8 +52,14 @@ def _prompt_messages(prompt_path: str) -> list:
 def run_job(job: TrainJob) -> dict:
     from genpi_core.train.recipe import run_finetune
 
-    return run_finetune(job.model, job.train, Path(job.train_path), Path(job.val_path), _prompt_messages(job.prompt_path),
-                        Path(job.out_dir))
+    return run_finetune(
+        job.model,
+        job.train,
+        Path(job.train_path),
+        Path(job.val_path),
+        _prompt_messages(job.prompt_path),
+        Path(job.out_dir),
+    )
 
 
 def _die_with_parent() -> None:
@@ -97,8 +103,21 @@ def launch_command(job_path: Path, job: TrainJob) -> list[str]:
         return [sys.executable, *entry]
     # `--multi_gpu` also on CPU machines: accelerate's `--cpu` flag would run ONE process (its simple launcher,
     # multi-CPU there means MPI); torch.distributed.run starts N and Accelerator(cpu=True) then uses gloo.
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(job.train.num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *entry]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(job.train.num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *entry,
+    ]
 
 
 def launch(job: TrainJob, state_dir: Path) -> Path:
@@ -114,8 +133,15 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
     log_path = state_dir / TRAIN_PROCESS_LOG
     tail: deque[str] = deque(maxlen=40)
     with open(log_path, "a", encoding="utf-8") as log:
-        proc = subprocess.Popen(launch_command(job_path, job), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", preexec_fn=_child_setup(os.getpid()))
+        proc = subprocess.Popen(
+            launch_command(job_path, job),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            preexec_fn=_child_setup(os.getpid()),
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
@@ -128,7 +154,9 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a genpi LoRA adapter from a job file (see genpi_core/train/job.py).")
+    parser = argparse.ArgumentParser(
+        description="Train a genpi LoRA adapter from a job file (see genpi_core/train/job.py)."
+    )
     parser.add_argument("--job", required=True, type=Path, help="TrainJob JSON written by the train stage")
     args = parser.parse_args(argv)
     _die_with_parent()  # under `accelerate launch` the parent is the launcher, which dies with the pipeline

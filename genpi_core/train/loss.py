@@ -54,16 +54,25 @@ def _chunk_sums(head, hidden, labels, teacher_ids, teacher_logprobs):
     return ce, kl
 
 
-def chunked_target_sums(head, hidden: torch.Tensor, labels: torch.Tensor, teacher_ids=None, teacher_logprobs=None,
-                        chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_target_sums(
+    head,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_ids=None,
+    teacher_logprobs=None,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy (and KL against the teacher's top-k) over target rows of ``hidden`` [N, H]."""
     ce_total = hidden.float().sum() * 0.0  # stays in the graph even with no target rows (backward still works)
     kl_total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         part = slice(start, start + chunk_tokens)
-        args = (hidden[part], labels[part],
-                None if teacher_ids is None else teacher_ids[part],
-                None if teacher_logprobs is None else teacher_logprobs[part])
+        args = (
+            hidden[part],
+            labels[part],
+            None if teacher_ids is None else teacher_ids[part],
+            None if teacher_logprobs is None else teacher_logprobs[part],
+        )
         if torch.is_grad_enabled() and hidden.requires_grad:
             ce, kl = checkpoint(_chunk_sums, head, *args, use_reentrant=False)
         else:
@@ -72,8 +81,9 @@ def chunked_target_sums(head, hidden: torch.Tensor, labels: torch.Tensor, teache
     return ce_total, kl_total
 
 
-def loss_sums(model, batch: list[Item], pad_id: int, device, distill: bool = False,
-              chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
+def loss_sums(
+    model, batch: list[Item], pad_id: int, device, distill: bool = False, chunk_tokens: int = CHUNK_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed cross-entropy over target tokens, and the summed KL(teacher || student) when asked.
 
     Only target positions are projected to the vocabulary, in chunks (``chunked_target_sums`` above);
@@ -86,8 +96,9 @@ def loss_sums(model, batch: list[Item], pad_id: int, device, distill: bool = Fal
     if supports_chunked_output(model):
         with hidden_states_only(model) as head:
             hidden = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-        ce, kl = chunked_target_sums(head, hidden[:, :-1][targets], labels[targets], teacher_ids, teacher_logprobs,
-                                     chunk_tokens)
+        ce, kl = chunked_target_sums(
+            head, hidden[:, :-1][targets], labels[targets], teacher_ids, teacher_logprobs, chunk_tokens
+        )
         return ce, kl if distill else None
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")

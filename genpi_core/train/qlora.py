@@ -22,8 +22,11 @@ def qlora_unavailable_reason(kind: str, cuda_available: bool, has_bitsandbytes: 
         missing.append(f"bitsandbytes ({QLORA_EXTRA})")
     if not missing:
         return None
-    return (f"train.lora.quantize_base={kind!r} (QLoRA) needs " + " and ".join(missing)
-            + "; set train.lora.quantize_base to null to train in full precision")
+    return (
+        f"train.lora.quantize_base={kind!r} (QLoRA) needs "
+        + " and ".join(missing)
+        + "; set train.lora.quantize_base to null to train in full precision"
+    )
 
 
 def check_qlora_available(kind: str | None) -> None:
@@ -31,7 +34,9 @@ def check_qlora_available(kind: str | None) -> None:
         return
     import torch
 
-    reason = qlora_unavailable_reason(kind, torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None)
+    reason = qlora_unavailable_reason(
+        kind, torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None
+    )
     if reason:
         raise RuntimeError(reason)
 
@@ -42,8 +47,12 @@ def bitsandbytes_arguments(kind: str, compute_dtype: str) -> dict:
 
     if kind == "int8":
         return {"load_in_8bit": True}
-    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": getattr(torch, compute_dtype)}
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": getattr(torch, compute_dtype),
+    }
 
 
 def load_quantized_base(path: str, kind: str, compute_dtype: str, device_index: int):
@@ -53,8 +62,10 @@ def load_quantized_base(path: str, kind: str, compute_dtype: str, device_index: 
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(**bitsandbytes_arguments(kind, compute_dtype)),
-        dtype=getattr(torch, compute_dtype), device_map={"": device_index},
+        path,
+        quantization_config=BitsAndBytesConfig(**bitsandbytes_arguments(kind, compute_dtype)),
+        dtype=getattr(torch, compute_dtype),
+        device_map={"": device_index},
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 

@@ -17,7 +17,6 @@ optimizer, RNG, log, early-stopping state) are written every ``checkpoint_every`
 order is a pure function of (seed, epoch), so a resumed run continues exactly where it stopped.
 """
 
-
 from __future__ import annotations
 
 import time
@@ -55,8 +54,11 @@ def attach_lora(model, cfg: LoraConfig):
     from peft import get_peft_model
 
     peft_cfg = PeftLoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
 
@@ -81,8 +83,15 @@ def _plot_loss(log: pd.DataFrame, path: Path) -> None:
     atomic_save_figure(fig, path)
 
 
-def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val_path: Path, prompt: list[Message],
-                 out_dir: Path, on_step=None) -> dict:
+def run_finetune(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    train_path: Path,
+    val_path: Path,
+    prompt: list[Message],
+    out_dir: Path,
+    on_step=None,
+) -> dict:
     """Train (or resume) and write the adapter, log, plot and metrics. Safe under ``accelerate launch``."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -92,19 +101,24 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
     check_qlora_available(cfg.lora.quantize_base)  # before any data or weights are read
     # no buffer broadcast in forward: ranks run different numbers of micro-batches per step, and the only
     # collective they must share is the one gradient all-reduce of each step's last backward
-    accelerator = Accelerator(cpu=pick_device(model_cfg.device) == "cpu",
-                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    accelerator = Accelerator(
+        cpu=pick_device(model_cfg.device) == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_cfg.name_or_path)
     train_df, val_df = read_table(train_path, ExamplesSchema), read_table(val_path, ExamplesSchema)
     items = build_items(tokenizer, train_df, cfg, prompt, str(train_path))
     val_items = build_items(tokenizer, val_df, cfg, prompt, str(val_path))
     if not items["sft"] and not items["pg"]:
-        raise ValueError(f"{train_path}: no examples for the enabled objectives (sft={cfg.sft}, prompt_generation={cfg.prompt_generation})")
+        raise ValueError(
+            f"{train_path}: no examples for the enabled objectives (sft={cfg.sft}, prompt_generation={cfg.prompt_generation})"
+        )
     quantize = cfg.lora.quantize_base
     if quantize:
-        base = load_quantized_base(resolve_model(model_cfg.name_or_path), quantize, model_cfg.dtype,
-                                   accelerator.local_process_index)
+        base = load_quantized_base(
+            resolve_model(model_cfg.name_or_path), quantize, model_cfg.dtype, accelerator.local_process_index
+        )
     else:
         base = load_model(model_cfg.name_or_path, model_cfg.dtype, model_cfg.device)
     model = attach_lora(base, cfg.lora)
@@ -133,18 +147,27 @@ def run_finetune(model_cfg: ModelConfig, cfg: TrainConfig, train_path: Path, val
             tokenizer.save_pretrained(tmp)
     train_log, val_log = log_df[log_df["split"] == "train"], log_df[log_df["split"] == "val"]
     metrics = {
-        "objective": {"sft": bool(items["sft"]), "prompt_generation": bool(items["pg"]), "pg_reasons": cfg.pg_reasons,
-                      "weights": trainer.weights, "distill_weight": cfg.distill_weight,
-                      "prompt_in_context": cfg.prompt_in_context},
+        "objective": {
+            "sft": bool(items["sft"]),
+            "prompt_generation": bool(items["pg"]),
+            "pg_reasons": cfg.pg_reasons,
+            "weights": trainer.weights,
+            "distill_weight": cfg.distill_weight,
+            "prompt_in_context": cfg.prompt_in_context,
+        },
         "steps": int(len(train_log)),
         "planned_steps": trainer.plan.total,
         "stopped_early": trainer.stopped_early,
         "resumed_at_step": resumed_at,
         "processes": accelerator.num_processes,
         "quantized_base": quantize,
-        "train_examples": {"sft": len(items["sft"]), "pg": len(items["pg"]),
-                           "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))
-                           if items["pg"] and cfg.pg_reasons else 0},
+        "train_examples": {
+            "sft": len(items["sft"]),
+            "pg": len(items["pg"]),
+            "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))
+            if items["pg"] and cfg.pg_reasons
+            else 0,
+        },
         "val_examples": {"sft": len(val_items["sft"]), "pg": len(val_items["pg"])},
         "longest_example_tokens": max(len(it.ids) for group in items.values() for it in group),
         "first_loss": float(train_log["loss"].iloc[0]),

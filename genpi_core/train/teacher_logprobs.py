@@ -17,7 +17,9 @@ from genpi_core.train.data import IGNORE, Item, encode_example
 
 
 @torch.no_grad()
-def add_teacher_topk(model, tokenizer, df: pd.DataFrame, items: list[Item], prompt: list[Message], top_k: int, device) -> None:
+def add_teacher_topk(
+    model, tokenizer, df: pd.DataFrame, items: list[Item], prompt: list[Message], top_k: int, device
+) -> None:
     """The teacher (same base model, adapter off, prompt in context) top-k log-probs on each SFT target token.
 
     Top-k are renormalised to sum to one, so the term is a proper KL over the teacher's likely tokens.

@@ -112,12 +112,26 @@ class Trainer:
         if self.accelerator.is_main_process:
             name = f"{CHECKPOINT}-{self.step:06d}"
             with atomic_dir(self.state_dir / name) as tmp:
-                torch.save({"adapter": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
-                            "rng": torch.get_rng_state(), "best_state": self.best_state}, tmp / "state.pt")
-                atomic_write_json(tmp / "trainer_state.json", {
-                    "step": self.step, "log": self.log, "best_val": self.best_val, "bad_evals": self.bad_evals,
-                    "stopped_early": self.stopped_early, "tokens_seen": self.tokens_seen,
-                })
+                torch.save(
+                    {
+                        "adapter": self._adapter_state(),
+                        "optimizer": self.optimizer.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "best_state": self.best_state,
+                    },
+                    tmp / "state.pt",
+                )
+                atomic_write_json(
+                    tmp / "trainer_state.json",
+                    {
+                        "step": self.step,
+                        "log": self.log,
+                        "best_val": self.best_val,
+                        "bad_evals": self.bad_evals,
+                        "stopped_early": self.stopped_early,
+                        "tokens_seen": self.tokens_seen,
+                    },
+                )
             atomic_write_text(self.state_dir / LATEST, name)
             for old in self.state_dir.glob(f"{CHECKPOINT}-*"):
                 if old.name != name:
@@ -138,7 +152,11 @@ class Trainer:
         torch.set_rng_state(blob["rng"])
         self.best_state = blob["best_state"]
         self.step, self.log, self.best_val = meta["step"], meta["log"], meta["best_val"]
-        self.bad_evals, self.stopped_early, self.tokens_seen = meta["bad_evals"], meta["stopped_early"], meta["tokens_seen"]
+        self.bad_evals, self.stopped_early, self.tokens_seen = (
+            meta["bad_evals"],
+            meta["stopped_early"],
+            meta["tokens_seen"],
+        )
         return True
 
     # --- one step ----------------------------------------------------------------------------------
@@ -162,8 +180,12 @@ class Trainer:
         planned = self.plan.step(self.step)
         world = self.accelerator.num_processes
         counts = {name: target_tokens(batch) for name, batch in planned.items()}
-        work = [(name, micro) for name, batch in planned.items() if batch and self.weights[name] > 0
-                for micro in micro_batches(self._my_share(batch), self.cfg.micro_batch_tokens)]
+        work = [
+            (name, micro)
+            for name, batch in planned.items()
+            if batch and self.weights[name] > 0
+            for micro in micro_batches(self._my_share(batch), self.cfg.micro_batch_tokens)
+        ]
         idle = not work  # this rank has no share this step: a zero-weight pass keeps DDP's gradient sync in step
         if idle:
             first = next(name for name, batch in planned.items() if batch)
@@ -189,7 +211,9 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        reduced = self.accelerator.reduce(torch.tensor([sums["sft"], sums["pg"], sums["distill"]], device=self.device), "sum")
+        reduced = self.accelerator.reduce(
+            torch.tensor([sums["sft"], sums["pg"], sums["distill"]], device=self.device), "sum"
+        )
         return self._losses(dict(zip(("sft", "pg", "distill"), reduced.tolist())), counts) | {"learning_rate": lr}
 
     def _losses(self, sums: dict[str, float], counts: dict[str, int]) -> dict[str, float | None]:
@@ -232,8 +256,14 @@ class Trainer:
 
     def fit(self, on_step=None) -> None:
         spe = self.plan.steps_per_epoch
-        with tqdm(total=self.plan.total, initial=self.step, desc="train", unit="step", leave=False,
-                  disable=not self.accelerator.is_main_process) as bar:
+        with tqdm(
+            total=self.plan.total,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            leave=False,
+            disable=not self.accelerator.is_main_process,
+        ) as bar:
             while self.step < self.plan.total and not self.stopped_early:
                 losses = self.train_step()
                 self.step += 1
@@ -243,8 +273,9 @@ class Trainer:
                 if self.step % spe == 0:
                     val = self.validate(include_pg=self.step == self.plan.total)
                     if val is not None:
-                        self.log.append({"step": self.step, "epoch": self.step / spe, "split": "val", **val,
-                                         "learning_rate": 0.0})
+                        self.log.append(
+                            {"step": self.step, "epoch": self.step / spe, "split": "val", **val, "learning_rate": 0.0}
+                        )
                         self._after_validation(val)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step % spe == 0:
                     self.save_checkpoint()

@@ -2,7 +2,6 @@
 (temporary) Prefect API server; then a re-run that must reuse every finished stage."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -41,7 +40,9 @@ def test_flow_completes_and_every_table_validates(finished_run):
     synth_quarantine = read_table(run_dir / "conversations" / "quarantine.parquet", QuarantineSchema)
     assert len(episodes) == len(inputs) and set(episodes["status"]) == {"ended"}
     assert set(messages["role"]) <= {"user", "assistant", "environment"} and targets["turn"].max() <= 1
-    assert (targets["teacher_output"].str.startswith("Topic:")).mean() > (targets["base_output"].str.startswith("Topic:")).mean()
+    assert (targets["teacher_output"].str.startswith("Topic:")).mean() > (
+        targets["base_output"].str.startswith("Topic:")
+    ).mean()
     # every first agent turn is either a target or quarantined with a reason
     first_turns = targets[targets["turn"] == 0]
     assert len(first_turns) + synth_quarantine["error"].str.startswith("turn 0:").sum() == len(inputs)

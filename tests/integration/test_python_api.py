@@ -57,8 +57,10 @@ def test_load_student_applies_the_adapter_and_replies_as_the_evaluation_did(fini
     results = pd.read_parquet(run_dir / "evaluate" / "eval_results.parquet")
     student_rows = results[results["variant"] == "student"]
     with genpi.load_student(run_dir, merge=cfg.evaluate.merge_adapter) as student:
-        replies = [student.generate(text, max_new_tokens=cfg.evaluate.sampling.max_new_tokens)
-                   for text in student_rows["input"]]
+        replies = [
+            student.generate(text, max_new_tokens=cfg.evaluate.sampling.max_new_tokens)
+            for text in student_rows["input"]
+        ]
     same = sum(reply == scored for reply, scored in zip(replies, student_rows["output"]))
     # the evaluation generated these in one left-padded batch, here one at a time: float rounding may flip a
     # greedy token now and then, so allow one of the held-out replies to differ

@@ -20,11 +20,13 @@ import pytest
 
 @dataclass
 class FaultRecord:
-    category: str      # "kill", "server", "corrupt file", "bad input", "hostile generation", "disk", "concurrency", "security"
-    fault: str         # what went wrong, e.g. "SIGKILL during training"
-    injection: str     # how it was made to happen, e.g. "kill -9 of `genpi internalize` 2-9 s after train/ appears"
-    count: int         # how many times it was injected in this test
-    detail: str = ""   # what the test checked/measured, e.g. "re-run completed; 0 rows lost"
+    category: (
+        str  # "kill", "server", "corrupt file", "bad input", "hostile generation", "disk", "concurrency", "security"
+    )
+    fault: str  # what went wrong, e.g. "SIGKILL during training"
+    injection: str  # how it was made to happen, e.g. "kill -9 of `genpi internalize` 2-9 s after train/ appears"
+    count: int  # how many times it was injected in this test
+    detail: str = ""  # what the test checked/measured, e.g. "re-run completed; 0 rows lost"
     test: str = ""
     outcome: str = "not run"
     seconds: float = 0.0

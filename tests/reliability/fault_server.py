@@ -30,9 +30,9 @@ import json
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
 
 _GEN_LOCK = threading.Lock()  # one generation at a time across all fake servers: they may share one engine
 TRANSIENT = ("500", "502", "503", "429", "sleep", "close", "drop", "malformed", "no_choices", "bad_type")
@@ -41,9 +41,9 @@ BAD_CONTENT = ("empty", "truncated")
 
 @dataclass
 class Seen:
-    number: int       # 1-based arrival order
+    number: int  # 1-based arrival order
     fault: str
-    at: float         # time.monotonic() on arrival
+    at: float  # time.monotonic() on arrival
     seed: int | None
     last_message: str
     authorization: str  # the Authorization header as received (the API key belongs there and nowhere else)
@@ -97,7 +97,7 @@ class FaultServer:
         with self._lock:
             return len(self.seen) - mark
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -110,8 +110,9 @@ class FaultServer:
         with self._lock:
             fault = self._script.popleft() if self._script else self._then
             last = (payload.get("messages") or [{}])[-1].get("content", "")
-            self.seen.append(Seen(len(self.seen) + 1, fault, time.monotonic(), payload.get("seed"), str(last)[:80],
-                                  authorization))
+            self.seen.append(
+                Seen(len(self.seen) + 1, fault, time.monotonic(), payload.get("seed"), str(last)[:80], authorization)
+            )
             return fault
 
     def _generate(self, payload: dict, max_tokens: int) -> tuple[str, str, int, int]:
@@ -120,8 +121,12 @@ class FaultServer:
         key = json.dumps({**payload, "max_tokens": max_tokens}, sort_keys=True)
         with _GEN_LOCK:
             if key not in self._cache:
-                sampling = SamplingConfig(temperature=payload.get("temperature", 0.0), top_p=payload.get("top_p", 1.0),
-                                          max_new_tokens=max_tokens, seed=payload.get("seed") or 0)
+                sampling = SamplingConfig(
+                    temperature=payload.get("temperature", 0.0),
+                    top_p=payload.get("top_p", 1.0),
+                    max_new_tokens=max_tokens,
+                    seed=payload.get("seed") or 0,
+                )
                 c = self.engine.generate([payload["messages"]], sampling, desc="fault server")[0]
                 self._cache[key] = (c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
                 self.generated += 1
@@ -130,10 +135,15 @@ class FaultServer:
     @staticmethod
     def _completion(text, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
         return {
-            "id": "chatcmpl-fault", "object": "chat.completion", "model": "embedded",
+            "id": "chatcmpl-fault",
+            "object": "chat.completion",
+            "model": "embedded",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     @staticmethod

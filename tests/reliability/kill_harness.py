@@ -31,8 +31,22 @@ SPEC = ROOT / "examples" / "prompts" / "library_desk.yaml"
 STAGES = ("ingest", "inputs", "conversations", "reasons", "dataset", "train", "evaluate", "promote")
 KILL_STAGES = ("inputs", "conversations", "reasons", "dataset", "train", "evaluate")
 # columns that identify a row in some table; a table's key is the ones it has
-ID_COLUMNS = ("table", "row_key", "input_id", "conversation_id", "example_id", "turn", "variant", "check", "question",
-              "rank", "step", "split", "episode", "role")
+ID_COLUMNS = (
+    "table",
+    "row_key",
+    "input_id",
+    "conversation_id",
+    "example_id",
+    "turn",
+    "variant",
+    "check",
+    "question",
+    "rank",
+    "step",
+    "split",
+    "episode",
+    "role",
+)
 
 # Small enough to run a few times on 2 shared cores, large enough that every stage has rows and takes a
 # few seconds: generated inputs (so `inputs` runs the model), reasons on, two training epochs with a
@@ -59,8 +73,14 @@ evaluate:
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                GENPI_CACHE=os.environ.get("GENPI_CACHE", "/work/cache"), PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        GENPI_CACHE=os.environ.get("GENPI_CACHE", "/work/cache"),
+        PYTHONUNBUFFERED="1",
+    )
 
 
 def run_dir_of(runs_dir: Path) -> Path:
@@ -70,15 +90,24 @@ def run_dir_of(runs_dir: Path) -> Path:
     return Path(runs_dir) / spec.name / spec_version(spec)[:12]
 
 
-def start(config: Path, runs_dir: Path, log: Path, prefect: bool = False, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def start(
+    config: Path, runs_dir: Path, log: Path, prefect: bool = False, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """`genpi internalize` in its own process group (so the whole group can be killed at once)."""
     args = [str(GENPI), "internalize", str(SPEC), "--config", str(config), "--runs-dir", str(runs_dir), *extra]
     if not prefect:
         args.append("--no-prefect")
     out = open(log, "a")
     try:
-        return subprocess.Popen(args, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         out.close()
 
@@ -89,6 +118,7 @@ def tail(log: Path, n: int = 3000) -> str:
 
 # ---- process groups -------------------------------------------------------------------------------
 
+
 def group_members(pgid: int) -> list[tuple[int, str]]:
     """Live (non-zombie) processes of a process group, with their command lines."""
     found = []
@@ -97,7 +127,7 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[2]) == pgid and fields[0] != "Z":
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
                 found.append((int(entry.name), cmd))
@@ -114,6 +144,7 @@ def kill_group(pgid: int) -> None:
 
 
 # ---- aiming at a stage through its lock -----------------------------------------------------------
+
 
 def lock_path(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / f".{stage}.lock"
@@ -158,6 +189,7 @@ class Gate:
 
 
 # ---- reading a run folder --------------------------------------------------------------------------
+
 
 def manifests(run_dir: Path) -> dict[str, dict]:
     found = {}
@@ -219,8 +251,8 @@ def row_keys(df: pd.DataFrame) -> Counter:
 
 @dataclass
 class TableDiff:
-    missing: dict[str, int] = field(default_factory=dict)     # table -> rows in the reference, not in the run
-    extra: dict[str, int] = field(default_factory=dict)       # table -> rows in the run, not in the reference
+    missing: dict[str, int] = field(default_factory=dict)  # table -> rows in the reference, not in the run
+    extra: dict[str, int] = field(default_factory=dict)  # table -> rows in the run, not in the reference
     duplicates: dict[str, int] = field(default_factory=dict)  # table -> key repeats beyond the reference's
     absent_tables: list[str] = field(default_factory=list)
     content_differs: list[str] = field(default_factory=list)  # same keys, other values (sampled text etc.)
@@ -271,13 +303,14 @@ def _same_content(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 # ---- the chain ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Kill:
     target: str
-    mode: str            # "pipeline" (the genpi process alone) or "group" (its whole process group)
+    mode: str  # "pipeline" (the genpi process alone) or "group" (its whole process group)
     delay_s: float
     landed: str = ""
-    orphans: list[str] = field(default_factory=list)   # group members alive 2 s after a pipeline-alone kill
+    orphans: list[str] = field(default_factory=list)  # group members alive 2 s after a pipeline-alone kill
     finished_before: dict[str, str] = field(default_factory=dict)
 
 
@@ -286,7 +319,9 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
 
     out = {}
     for stage, m in manifests(run_dir).items():
-        out[stage] = (datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds()
+        out[stage] = (
+            datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])
+        ).total_seconds()
     return out
 
 
@@ -295,7 +330,7 @@ def kill_once(config: Path, runs_dir: Path, run_dir: Path, log: Path, kill: Kill
     gate = Gate(lock_path(run_dir, kill.target))
     # the next stage's door stays shut until the kill: a delay that outlasts the target stops there, and
     # never runs on through a short stage (dataset takes 0.2 s) that then could not be aimed at any more
-    later = STAGES[STAGES.index(kill.target) + 1:]
+    later = STAGES[STAGES.index(kill.target) + 1 :]
     next_door = Gate(lock_path(run_dir, later[0])) if later else None
     with open(log, "a") as f:
         f.write(f"\n===== kill: target {kill.target}, mode {kill.mode}, delay {kill.delay_s:.2f} s =====\n")
@@ -332,4 +367,3 @@ def finish(config: Path, runs_dir: Path, log: Path, timeout_s: float = 1800) -> 
         return proc.wait(timeout=timeout_s)
     finally:
         kill_group(proc.pid)
-

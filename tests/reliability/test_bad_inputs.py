@@ -62,11 +62,17 @@ BAD_SPECS = [
     ("recursive alias", b"name: demo\nprompt: &p {system: x, dialogue: [*p]}\n", "recursive alias"),
     ("deep nesting (200)", ("name: demo\nprompt: " + "[" * 200 + "]" * 200 + "\n").encode(), "nested"),
     ("deep nesting (100000)", ("x: " + "[" * 100_000).encode(), "nested too deeply"),
-    ("python object tag", b"name: !!python/object/apply:os.system ['echo pwned']\nprompt: {system: x}\n",
-     "field `name` (line 1): the Python tag"),
+    (
+        "python object tag",
+        b"name: !!python/object/apply:os.system ['echo pwned']\nprompt: {system: x}\n",
+        "field `name` (line 1): the Python tag",
+    ),
     ("python name tag", b"name: demo\nprompt: {system: !!python/name:os.system ''}\n", "field `prompt.system`"),
-    ("duplicate key", b"name: demo\nprompt: {system: x}\nchecks: []\nchecks: [{type: regex, pattern: x}]\n",
-     "field `checks`: duplicate key (lines 3 and 4)"),
+    (
+        "duplicate key",
+        b"name: demo\nprompt: {system: x}\nchecks: []\nchecks: [{type: regex, pattern: x}]\n",
+        "field `checks`: duplicate key (lines 3 and 4)",
+    ),
     ("top-level list", b"- name: demo\n", "must be a YAML mapping"),
     ("top-level scalar", b"just a sentence\n", "must be a YAML mapping"),
     ("broken YAML", b"name: demo\nprompt: {system: [unclosed\n", "not valid YAML"),
@@ -75,18 +81,38 @@ BAD_SPECS = [
     ("name with a path", _spec(name="../../etc/passwd").encode(), "field `name`"),
     ("name too long", _spec(name="a" * 65).encode(), "field `name`"),
     ("prompt is a list", _spec(prompt=["x"]).encode(), "field `prompt`"),
-    ("prompt turn unknown role", _spec(prompt={"dialogue": [{"assistant": "x"}]}).encode(), "field `prompt.dialogue[0].assistant`"),
+    (
+        "prompt turn unknown role",
+        _spec(prompt={"dialogue": [{"assistant": "x"}]}).encode(),
+        "field `prompt.dialogue[0].assistant`",
+    ),
     ("unknown nested key", _spec(inputs={"pol": ["x"]}).encode(), "field `inputs.pol`"),
     ("description is a list", _spec(description=["a"]).encode(), "field `description`"),
     ("environment is a bool", _spec(environment=True).encode(), "field `environment`"),
     ("seed_inputs is a string", _spec(seed_inputs="hi").encode(), "field `seed_inputs`"),
     ("check without type", _spec(checks=[{"value": "OK"}]).encode(), "field `checks[0]`"),
-    ("regex that does not compile", _spec(checks=[{"type": "regex", "pattern": "(?P<x"}]).encode(), "field `checks[0].pattern`: malformed regex"),
-    ("stop_pattern that does not compile", _spec(conversation={"stop_pattern": "[z-a]"}).encode(), "field `conversation.stop_pattern`: malformed regex"),
-    ("must_contain without values", _spec(checks=[{"type": "must_contain", "values": []}]).encode(), "field `checks[0].values`"),
+    (
+        "regex that does not compile",
+        _spec(checks=[{"type": "regex", "pattern": "(?P<x"}]).encode(),
+        "field `checks[0].pattern`: malformed regex",
+    ),
+    (
+        "stop_pattern that does not compile",
+        _spec(conversation={"stop_pattern": "[z-a]"}).encode(),
+        "field `conversation.stop_pattern`: malformed regex",
+    ),
+    (
+        "must_contain without values",
+        _spec(checks=[{"type": "must_contain", "values": []}]).encode(),
+        "field `checks[0].values`",
+    ),
     ("max_length negative", _spec(checks=[{"type": "max_length", "chars": -5}]).encode(), "field `checks[0].chars`"),
     ("unknown language", _spec(checks=[{"type": "language", "language": "xx"}]).encode(), "field `checks[0].language`"),
-    ("facts of wrong type", _spec(inputs={"eval": [{"text": "q", "facts": [{"a": 1}]}]}).encode(), "field `inputs.eval[0].facts[0]"),
+    (
+        "facts of wrong type",
+        _spec(inputs={"eval": [{"text": "q", "facts": [{"a": 1}]}]}).encode(),
+        "field `inputs.eval[0].facts[0]",
+    ),
     ("eval text empty", _spec(inputs={"eval": [{"text": ""}]}).encode(), "field `inputs.eval[0].text`"),
     ("max_turns zero", _spec(conversation={"max_turns": 0}).encode(), "field `conversation.max_turns`"),
     ("max_turns NaN", _spec(conversation={"max_turns": float("nan")}).encode(), "field `conversation.max_turns`"),
@@ -107,8 +133,13 @@ def test_malformed_spec_names_file_and_field(tmp_path, label, content, message, 
     assert str(err.value).startswith(str(path)), str(err.value)[:300]
     assert message in str(err.value), str(err.value)[:500]
     assert len(str(err.value)) < 5000  # the message quotes the problem, not the whole file
-    faults.add("bad input", f"malformed prompt spec: {label}", "file written by the test, read by load_spec", 1,
-               "SpecError naming the file and the field")
+    faults.add(
+        "bad input",
+        f"malformed prompt spec: {label}",
+        "file written by the test, read by load_spec",
+        1,
+        "SpecError naming the file and the field",
+    )
 
 
 def test_prompt_files_are_checked_like_specs(tmp_path, faults):
@@ -125,8 +156,13 @@ def test_prompt_files_are_checked_like_specs(tmp_path, faults):
         spec.write_text(_spec(prompt={"path": name}))
         with pytest.raises(SpecError, match=message.replace(".", r"\.").replace("`", ".")):
             load_spec(spec)
-    faults.add("bad input", "malformed prompt file behind `prompt.path`", "non-UTF-8 .txt, .yaml pointing on, "
-               "YAML bomb, list", len(cases), "SpecError naming the prompt file and the field")
+    faults.add(
+        "bad input",
+        "malformed prompt file behind `prompt.path`",
+        "non-UTF-8 .txt, .yaml pointing on, YAML bomb, list",
+        len(cases),
+        "SpecError naming the prompt file and the field",
+    )
 
 
 BAD_CONFIGS = [
@@ -140,7 +176,11 @@ BAD_CONFIGS = [
     ("temperature out of range", b"synth:\n  teacher:\n    temperature: 5\n", "field `synth.teacher.temperature`"),
     ("section is a scalar", b"train: 3\n", "field `train`"),
     ("YAML bomb", _bomb().encode(), "a YAML bomb"),
-    ("python tag", b"runs_dir: !!python/object/apply:os.system ['echo pwned']\n", "field `runs_dir` (line 1): the Python tag"),
+    (
+        "python tag",
+        b"runs_dir: !!python/object/apply:os.system ['echo pwned']\n",
+        "field `runs_dir` (line 1): the Python tag",
+    ),
     ("duplicate key", b"train:\n  epochs: 1\ntrain:\n  epochs: 2\n", "field `train`: duplicate key"),
     ("deep nesting", ("train: " + "{a: " * 80 + "1" + "}" * 80 + "\n").encode(), "nested deeper"),
     ("huge file", b"# " + b"x" * 1_100_000 + b"\n", "byte limit"),
@@ -156,8 +196,13 @@ def test_malformed_config_names_file_and_field(tmp_path, label, content, message
         load_config(path)
     assert str(err.value).startswith(str(path)), str(err.value)[:300]
     assert message in str(err.value), str(err.value)[:500]
-    faults.add("bad input", f"malformed config: {label}", "file written by the test, read by load_config", 1,
-               "ValueError naming the file and the field")
+    faults.add(
+        "bad input",
+        f"malformed config: {label}",
+        "file written by the test, read by load_config",
+        1,
+        "ValueError naming the file and the field",
+    )
 
 
 def test_missing_or_folder_config_names_the_path(tmp_path):
@@ -184,8 +229,13 @@ def test_bad_set_override_is_named(label, item, message, faults):
     with pytest.raises(ValueError) as err:
         load_config(None, [item])
     assert message in str(err.value), str(err.value)[:500]
-    faults.add("bad input", f"bad --set override: {label}", f"load_config(overrides=[{item!r}])", 1,
-               "ValueError naming the override and the field")
+    faults.add(
+        "bad input",
+        f"bad --set override: {label}",
+        f"load_config(overrides=[{item!r}])",
+        1,
+        "ValueError naming the override and the field",
+    )
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -195,9 +245,16 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cli_refuses_bad_inputs_with_a_message_not_a_traceback(tmp_path, embedded_model_dir, faults):
     """Through the real `genpi check-spec` (which also loads the tokenizer): exit 2, file and field, no traceback."""
     over_context = yaml.safe_dump({**GOOD, "prompt": {"system": "library " * 9000}})
-    files = {"bomb.yaml": _bomb().encode(), "tag.yaml": BAD_SPECS[11][1], "dup.yaml": BAD_SPECS[13][1],
-             "regex.yaml": BAD_SPECS[28][1], "long.yaml": over_context.encode(), "good.yaml": _spec().encode(),
-             "bad-config.yaml": b"train:\n  epochs: many\n", "latin1.yaml": BAD_SPECS[5][1]}
+    files = {
+        "bomb.yaml": _bomb().encode(),
+        "tag.yaml": BAD_SPECS[11][1],
+        "dup.yaml": BAD_SPECS[13][1],
+        "regex.yaml": BAD_SPECS[28][1],
+        "long.yaml": over_context.encode(),
+        "good.yaml": _spec().encode(),
+        "bad-config.yaml": b"train:\n  epochs: many\n",
+        "latin1.yaml": BAD_SPECS[5][1],
+    }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     cases = [
@@ -217,22 +274,69 @@ def test_cli_refuses_bad_inputs_with_a_message_not_a_traceback(tmp_path, embedde
         assert where in out.stderr and message in out.stderr, (args, out.stderr[-2000:])
     ok = _cli("check-spec", "good.yaml", cwd=tmp_path)
     assert ok.returncode == 0 and "good.yaml: OK" in ok.stdout, ok.stderr[-2000:]
-    faults.add("bad input", "malformed spec/config/override through the `genpi check-spec` CLI",
-               "YAML bomb, python tag, duplicate key, bad regex, prompt over the 8192-token context, latin-1, "
-               "wrong config type, broken --set value", len(cases), "exit 2, file and field in stderr, no traceback")
+    faults.add(
+        "bad input",
+        "malformed spec/config/override through the `genpi check-spec` CLI",
+        "YAML bomb, python tag, duplicate key, bad regex, prompt over the 8192-token context, latin-1, "
+        "wrong config type, broken --set value",
+        len(cases),
+        "exit 2, file and field in stderr, no traceback",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Property tests: whatever the bytes, the loaders answer with a spec/config or our error, quickly.
 # ---------------------------------------------------------------------------------------------------------
 
-_YAML_TOKENS = ["name:", "prompt:", "system:", "dialogue:", "- user:", "- agent:", "checks:", "- type: regex",
-                "pattern:", "&a", "*a", "!!python/object:os.system", "!!binary", "!!str", "[", "]", "{", "}", ",",
-                ":", "-", "\n", "  ", "\t", "'", '"', "|", ">", "#", "%YAML 1.1", "---", "...", "<<:", "?", "~",
-                "null", "1e400", ".nan", "demo", "x", "\x00", "\ufeff", "é"]
+_YAML_TOKENS = [
+    "name:",
+    "prompt:",
+    "system:",
+    "dialogue:",
+    "- user:",
+    "- agent:",
+    "checks:",
+    "- type: regex",
+    "pattern:",
+    "&a",
+    "*a",
+    "!!python/object:os.system",
+    "!!binary",
+    "!!str",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    "-",
+    "\n",
+    "  ",
+    "\t",
+    "'",
+    '"',
+    "|",
+    ">",
+    "#",
+    "%YAML 1.1",
+    "---",
+    "...",
+    "<<:",
+    "?",
+    "~",
+    "null",
+    "1e400",
+    ".nan",
+    "demo",
+    "x",
+    "\x00",
+    "\ufeff",
+    "é",
+]
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                    derandomize=True)
+PROPERTY = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True
+)
 
 
 def _only_our_errors(path: Path) -> None:
@@ -258,8 +362,13 @@ def test_random_bytes_never_crash_the_loaders(tmp_path, faults):
         tried.append(data)
 
     check()
-    faults.add("bad input", "random bytes as spec and config (hypothesis)", "st.binary(max_size=400)", len(tried),
-               "only SpecError/ValueError naming the file")
+    faults.add(
+        "bad input",
+        "random bytes as spec and config (hypothesis)",
+        "st.binary(max_size=400)",
+        len(tried),
+        "only SpecError/ValueError naming the file",
+    )
 
 
 def test_random_yaml_never_crashes_the_loaders(tmp_path, faults):
@@ -274,16 +383,42 @@ def test_random_yaml_never_crashes_the_loaders(tmp_path, faults):
         tried.append(tokens)
 
     check()
-    faults.add("bad input", "random YAML token soup as spec and config (hypothesis)",
-               "tags, anchors, aliases, NUL, BOM, flow/block mixes", len(tried), "only SpecError/ValueError naming the file")
+    faults.add(
+        "bad input",
+        "random YAML token soup as spec and config (hypothesis)",
+        "tags, anchors, aliases, NUL, BOM, flow/block mixes",
+        len(tried),
+        "only SpecError/ValueError naming the file",
+    )
 
 
-_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
-                  st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3),
-                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-_PATHS = ["name", "description", "prompt", "prompt.system", "prompt.dialogue", "environment", "seed_inputs", "checks",
-          "inputs", "inputs.pool", "inputs.eval", "conversation", "conversation.max_turns", "conversation.stop_pattern",
-          "conversation.end_marker", "bogus"]
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+_PATHS = [
+    "name",
+    "description",
+    "prompt",
+    "prompt.system",
+    "prompt.dialogue",
+    "environment",
+    "seed_inputs",
+    "checks",
+    "inputs",
+    "inputs.pool",
+    "inputs.eval",
+    "conversation",
+    "conversation.max_turns",
+    "conversation.stop_pattern",
+    "conversation.end_marker",
+    "bogus",
+]
 
 
 def test_near_valid_specs_load_or_name_file_and_field(tmp_path, faults):
@@ -313,6 +448,10 @@ def test_near_valid_specs_load_or_name_file_and_field(tmp_path, faults):
             assert "field `" in message, message
 
     check()
-    faults.add("bad input", "near-valid specs with random values at random fields (hypothesis)",
-               "1-3 fields replaced by None/bool/int/float/NaN/text/list/dict", len(tried) - len(loaded),
-               f"{len(tried)} tried, {len(loaded)} valid and loaded, the rest SpecError naming file and field")
+    faults.add(
+        "bad input",
+        "near-valid specs with random values at random fields (hypothesis)",
+        "1-3 fields replaced by None/bool/int/float/NaN/text/list/dict",
+        len(tried) - len(loaded),
+        f"{len(tried)} tried, {len(loaded)} valid and loaded, the rest SpecError naming file and field",
+    )

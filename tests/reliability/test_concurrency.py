@@ -49,8 +49,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 LIBRARY = ROOT / "examples" / "prompts" / "library_desk.yaml"
 HOTEL = ROOT / "examples" / "prompts" / "hotel_concierge.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PYTHONUNBUFFERED": "1",
+}
 
 # One stage run through the real pipeline._run (lock, completeness check, begin, finish): the body takes
 # `hold` seconds and appends this process's id to a shared log, so the tests can count who did the work.
@@ -74,8 +80,14 @@ print("REUSED" if out.reused else "DID", flush=True)
 
 
 def _stage_process(run_dir: Path, hold: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _STAGE_SCRIPT, str(run_dir), str(hold)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _STAGE_SCRIPT, str(run_dir), str(hold)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_racing_processes_run_a_stage_once(tmp_path, faults):
@@ -88,8 +100,13 @@ def test_racing_processes_run_a_stage_once(tmp_path, faults):
     assert len((tmp_path / "did_work.log").read_text().split()) == 1
     manifest = json.loads((tmp_path / "work" / "_manifest.json").read_text())
     assert manifest["rows"] == {"rows": 1} and (tmp_path / ".work.lock").is_file()
-    faults.add("concurrency", "same stage started by 4 processes at once", "4 Python processes run pipeline._run "
-               "on one run folder simultaneously", 4, "work done once, 3 reused; 1 manifest")
+    faults.add(
+        "concurrency",
+        "same stage started by 4 processes at once",
+        "4 Python processes run pipeline._run on one run folder simultaneously",
+        4,
+        "work done once, 3 reused; 1 manifest",
+    )
 
 
 def test_lock_of_a_killed_holder_does_not_block(tmp_path, faults):
@@ -114,27 +131,46 @@ def test_lock_of_a_killed_holder_does_not_block(tmp_path, faults):
     rerun = _stage_process(tmp_path, hold=0.1)  # and a third run just reuses it, lock file and all
     out, _ = rerun.communicate(timeout=120)
     assert rerun.returncode == 0 and out.split()[-1] == "REUSED"
-    faults.add("concurrency", "stale .lock file after kill -9 of the lock holder",
-               "SIGKILL of a process inside a locked stage, then 2 re-runs", 1,
-               "lock released with the process; re-run finished the stage; next run reused it")
+    faults.add(
+        "concurrency",
+        "stale .lock file after kill -9 of the lock holder",
+        "SIGKILL of a process inside a locked stage, then 2 re-runs",
+        1,
+        "lock released with the process; re-run finished the stage; next run reused it",
+    )
 
 
 _TABLES = {
-    ("inputs", INPUTS_FILE): InputsSchema, ("inputs", QUARANTINE_FILE): QuarantineSchema,
-    ("conversations", MESSAGES_FILE): MessagesSchema, ("conversations", TARGETS_FILE): TargetsSchema,
-    ("conversations", EPISODES_FILE): EpisodesSchema, ("conversations", QUARANTINE_FILE): QuarantineSchema,
-    ("dataset", TRAIN_FILE): ExamplesSchema, ("dataset", VAL_FILE): ExamplesSchema, ("dataset", TEST_FILE): HeldOutSchema,
-    ("dataset", QUARANTINE_FILE): QuarantineSchema, ("train", TRAIN_LOG_FILE): TrainLogSchema,
+    ("inputs", INPUTS_FILE): InputsSchema,
+    ("inputs", QUARANTINE_FILE): QuarantineSchema,
+    ("conversations", MESSAGES_FILE): MessagesSchema,
+    ("conversations", TARGETS_FILE): TargetsSchema,
+    ("conversations", EPISODES_FILE): EpisodesSchema,
+    ("conversations", QUARANTINE_FILE): QuarantineSchema,
+    ("dataset", TRAIN_FILE): ExamplesSchema,
+    ("dataset", VAL_FILE): ExamplesSchema,
+    ("dataset", TEST_FILE): HeldOutSchema,
+    ("dataset", QUARANTINE_FILE): QuarantineSchema,
+    ("train", TRAIN_LOG_FILE): TrainLogSchema,
     ("evaluate", EVAL_RESULTS_FILE): EvalResultsSchema,
 }
 
 
 def _internalize(spec: Path, runs: Path, home: Path, prefect: bool, log: Path) -> subprocess.Popen:
     home.mkdir(parents=True, exist_ok=True)
-    cmd = [str(ROOT / ".venv" / "bin" / "genpi"), "internalize", str(spec), "--config", str(SMOKE), "--runs-dir", str(runs)]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "genpi"),
+        "internalize",
+        str(spec),
+        "--config",
+        str(SMOKE),
+        "--runs-dir",
+        str(runs),
+    ]
     env = {**ENV, "PREFECT_HOME": str(home)}  # each flow gets its own temporary Prefect server and database
-    return subprocess.Popen(cmd + ([] if prefect else ["--no-prefect"]), cwd=ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd + ([] if prefect else ["--no-prefect"]), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 def _run_dir(runs: Path, name: str) -> Path:
@@ -173,7 +209,9 @@ def test_parallel_flows_one_adapter_and_no_interference(tmp_path, faults):
     library = _run_dir(runs, "library-desk")
     assert sorted(p.name for p in library.glob("train*")) == ["train"]
     manifest = json.loads((library / "train" / "_manifest.json").read_text())
-    adapters = {line.split("adapter:")[1].strip() for t in texts[:2] for line in t.splitlines() if line.startswith("adapter:")}
+    adapters = {
+        line.split("adapter:")[1].strip() for t in texts[:2] for line in t.splitlines() if line.startswith("adapter:")
+    }
     assert adapters == {str(library / "train" / "adapter")} and (library / "train" / "adapter").is_dir()
 
     # no interference: each folder holds its own prompt's tables only, and every table validates
@@ -198,17 +236,46 @@ def test_parallel_flows_one_adapter_and_no_interference(tmp_path, faults):
     locks = sorted(p.name for p in library.glob(".*.lock"))
     assert ".train.lock" in locks
     finished = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in library.glob("*/_manifest.json")}
-    again = subprocess.run([str(ROOT / ".venv" / "bin" / "genpi"), "internalize", str(LIBRARY), "--config", str(SMOKE),
-                            "--runs-dir", str(runs), "--no-prefect"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                           timeout=900)
+    again = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "genpi"),
+            "internalize",
+            str(LIBRARY),
+            "--config",
+            str(SMOKE),
+            "--runs-dir",
+            str(runs),
+            "--no-prefect",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert {p.parent.name: json.loads(p.read_text())["finished_at"] for p in library.glob("*/_manifest.json")} == finished
+    assert {
+        p.parent.name: json.loads(p.read_text())["finished_at"] for p in library.glob("*/_manifest.json")
+    } == finished
     assert json.loads((library / "train" / "_manifest.json").read_text()) == manifest
-    faults.add("concurrency", "two flows for the same prompt version at once",
-               "2 `genpi internalize` Prefect flows started together on one runs folder", 2,
-               "both exit 0; every stage done once and reused once; 1 adapter")
-    faults.add("concurrency", "two different prompts in parallel",
-               "library-desk and hotel-concierge internalized at the same time in one runs folder", 2,
-               f"both complete; each folder only its own tables; {2 * len(_TABLES)} tables validate")
-    faults.add("concurrency", "re-run over the .lock files of finished runs", "`genpi internalize` again after the "
-               f"parallel runs ({len(locks)} lock files present)", 1, "exit 0; every stage reused, manifests unchanged")
+    faults.add(
+        "concurrency",
+        "two flows for the same prompt version at once",
+        "2 `genpi internalize` Prefect flows started together on one runs folder",
+        2,
+        "both exit 0; every stage done once and reused once; 1 adapter",
+    )
+    faults.add(
+        "concurrency",
+        "two different prompts in parallel",
+        "library-desk and hotel-concierge internalized at the same time in one runs folder",
+        2,
+        f"both complete; each folder only its own tables; {2 * len(_TABLES)} tables validate",
+    )
+    faults.add(
+        "concurrency",
+        "re-run over the .lock files of finished runs",
+        f"`genpi internalize` again after the parallel runs ({len(locks)} lock files present)",
+        1,
+        "exit 0; every stage reused, manifests unchanged",
+    )

@@ -46,18 +46,28 @@ SPEC = {
     "name": "corrupt-demo",
     "prompt": {"system": "You are a terse assistant. Start every reply with 'OK:' and answer in one short sentence."},
     "checks": [{"type": "must_start_with", "value": "OK:"}],
-    "inputs": {"pool": ["What is two plus two?", "Name a colour.", "Say hello.", "What is the capital of France?"],
-               "eval": [{"text": "What day comes after Monday?", "facts": ["tuesday"]}]},
+    "inputs": {
+        "pool": ["What is two plus two?", "Name a colour.", "Say hello.", "What is the capital of France?"],
+        "eval": [{"text": "What day comes after Monday?", "facts": ["tuesday"]}],
+    },
 }
 OVERRIDES = [
-    "synth.inputs.max_inputs=4", "synth.conversations.max_turns=1", "synth.conversations.environment.max_new_tokens=8",
-    "synth.teacher.max_new_tokens=48", "synth.base.max_new_tokens=8", "synth.reasons.enabled=false",
-    "dataset.val_fraction=0.3", "dataset.require_teacher_checks=false",
+    "synth.inputs.max_inputs=4",
+    "synth.conversations.max_turns=1",
+    "synth.conversations.environment.max_new_tokens=8",
+    "synth.teacher.max_new_tokens=48",
+    "synth.base.max_new_tokens=8",
+    "synth.reasons.enabled=false",
+    "dataset.val_fraction=0.3",
+    "dataset.require_teacher_checks=false",
 ]
 # the finished tables of the data stages, with the schema each is read with
 TABLES = {
-    "inputs/" + INPUTS_FILE: InputsSchema, "conversations/" + TARGETS_FILE: TargetsSchema,
-    "dataset/" + TRAIN_FILE: ExamplesSchema, "dataset/" + VAL_FILE: ExamplesSchema, "dataset/" + TEST_FILE: HeldOutSchema,
+    "inputs/" + INPUTS_FILE: InputsSchema,
+    "conversations/" + TARGETS_FILE: TargetsSchema,
+    "dataset/" + TRAIN_FILE: ExamplesSchema,
+    "dataset/" + VAL_FILE: ExamplesSchema,
+    "dataset/" + TEST_FILE: HeldOutSchema,
 }
 
 
@@ -128,8 +138,13 @@ def _foreign(path: Path) -> None:
 
 
 # a string column per table that plain coercion would have accepted as integers ("0", "1", ...)
-_STR_COLUMN = {INPUTS_FILE: "text", TARGETS_FILE: "produced_by", TRAIN_FILE: "conversation_id",
-               VAL_FILE: "conversation_id", TEST_FILE: "example_id"}
+_STR_COLUMN = {
+    INPUTS_FILE: "text",
+    TARGETS_FILE: "produced_by",
+    TRAIN_FILE: "conversation_id",
+    VAL_FILE: "conversation_id",
+    TEST_FILE: "example_id",
+}
 DAMAGE = {
     "truncated Parquet": lambda p: _truncate(p),
     "wrong column type": lambda p: _wrong_type(p, _STR_COLUMN[p.name]),
@@ -153,13 +168,19 @@ def test_damaged_tables_are_refused_on_read_naming_the_file(run_copy, faults):
                 assert "wrong column type" in str(err.value)
             tried += 1
             path.write_bytes(backup)
-    faults.add("corrupt file", "truncated / wrong-type / foreign Parquet table read by a stage",
-               "half the bytes cut; a column rewritten as int64; a foreign table with other columns, on "
-               f"{len(TABLES)} tables of a finished run", tried, f"{tried}/{tried} refused with TableError naming the file")
+    faults.add(
+        "corrupt file",
+        "truncated / wrong-type / foreign Parquet table read by a stage",
+        "half the bytes cut; a column rewritten as int64; a foreign table with other columns, on "
+        f"{len(TABLES)} tables of a finished run",
+        tried,
+        f"{tried}/{tried} refused with TableError naming the file",
+    )
 
 
-@pytest.mark.parametrize("rel", ["inputs/" + INPUTS_FILE, "dataset/" + TRAIN_FILE, "dataset/" + VAL_FILE],
-                         ids=["inputs", "train", "val"])
+@pytest.mark.parametrize(
+    "rel", ["inputs/" + INPUTS_FILE, "dataset/" + TRAIN_FILE, "dataset/" + VAL_FILE], ids=["inputs", "train", "val"]
+)
 def test_damaged_output_of_a_finished_stage_is_recomputed_to_the_same_rows(run_copy, rel, faults):
     """Pipeline path: the manifest's output hash no longer matches, so the stage (and only what depends on
     it) is recomputed; the re-run's tables equal the uninterrupted run's, row for row."""
@@ -174,9 +195,13 @@ def test_damaged_output_of_a_finished_stage_is_recomputed_to_the_same_rows(run_c
         assert outputs["conversations"].reused  # the model stage upstream is not redone
         rows = _same_rows(run_dir, frames)
         damaged += 1
-    faults.add("corrupt file", f"damaged output of a finished stage ({rel})",
-               "truncated, column retyped, foreign table, deleted; then the pipeline re-run", damaged,
-               f"stage recomputed each time; {rows} rows equal to the uninterrupted run; 0 rows lost")
+    faults.add(
+        "corrupt file",
+        f"damaged output of a finished stage ({rel})",
+        "truncated, column retyped, foreign table, deleted; then the pipeline re-run",
+        damaged,
+        f"stage recomputed each time; {rows} rows equal to the uninterrupted run; 0 rows lost",
+    )
 
 
 def _edit_manifest(path: Path, edit) -> None:
@@ -189,7 +214,9 @@ MANIFEST_EDITS = {
     "rows changed": lambda m: m["rows"].update({k: (v or 0) + 1 for k, v in m["rows"].items()}),
     "key changed": lambda m: m.update(key="0" * 64),
     "output hash changed": lambda m: m["outputs"].update({k: "f" * 64 for k in m["outputs"]}),
-    "config changed": lambda m: m["config"].update(val_fraction=0.49) if "val_fraction" in m["config"] else m["config"].update(x=1),
+    "config changed": lambda m: (
+        m["config"].update(val_fraction=0.49) if "val_fraction" in m["config"] else m["config"].update(x=1)
+    ),
 }
 
 
@@ -211,9 +238,13 @@ def test_hand_edited_manifest_is_an_error_naming_it(run_copy, stage_name, faults
         tried += 1
         path.write_text(original)
     assert _data_stages(spec_path, runs)[stage_name].reused  # the restored manifest is trusted again
-    faults.add("corrupt file", f"hand-edited {stage_name}/_manifest.json",
-               "rows, key, output hashes or config edited (still valid JSON); JSON cut in half; then the pipeline re-run",
-               tried, f"{tried}/{tried} refused with an error naming the manifest; nothing reused")
+    faults.add(
+        "corrupt file",
+        f"hand-edited {stage_name}/_manifest.json",
+        "rows, key, output hashes or config edited (still valid JSON); JSON cut in half; then the pipeline re-run",
+        tried,
+        f"{tried}/{tried} refused with an error naming the manifest; nothing reused",
+    )
 
 
 def test_manifest_without_checksum_is_recomputed_not_trusted(run_copy, faults):
@@ -224,21 +255,29 @@ def test_manifest_without_checksum_is_recomputed_not_trusted(run_copy, faults):
     assert not outputs["dataset"].reused and outputs["conversations"].reused
     assert json.loads(path.read_text())["checksum"]
     _same_rows(run_dir, frames)
-    faults.add("corrupt file", "manifest without its checksum (older genpi or edited)", "`checksum` key removed", 1,
-               "stage recomputed to the same rows, never trusted")
+    faults.add(
+        "corrupt file",
+        "manifest without its checksum (older genpi or edited)",
+        "`checksum` key removed",
+        1,
+        "stage recomputed to the same rows, never trusted",
+    )
 
 
 def _genpi_train(run_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([GENPI, "train", str(run_dir), "--set", "train.epochs=1"], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [GENPI, "train", str(run_dir), "--set", "train.epochs=1"], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_train_refuses_a_damaged_dataset_naming_the_file(run_copy, faults):
     """`genpi train RUN` reads a finished run without re-running it: damage must stop it before training."""
     _, _, run_dir, _ = run_copy
     cases = [
-        ("dataset/" + TRAIN_FILE, _truncate), ("dataset/" + VAL_FILE, lambda p: _wrong_type(p, "conversation_id")),
-        ("dataset/" + TEST_FILE, _foreign), ("ingest/prompt.json", lambda p: p.write_text("{\"spec\": {}}")),
+        ("dataset/" + TRAIN_FILE, _truncate),
+        ("dataset/" + VAL_FILE, lambda p: _wrong_type(p, "conversation_id")),
+        ("dataset/" + TEST_FILE, _foreign),
+        ("ingest/prompt.json", lambda p: p.write_text('{"spec": {}}')),
         ("dataset/" + MANIFEST, lambda p: _edit_manifest(p, MANIFEST_EDITS["rows changed"])),
         ("dataset/" + TRAIN_FILE, lambda p: p.unlink()),
     ]
@@ -252,9 +291,13 @@ def test_cli_train_refuses_a_damaged_dataset_naming_the_file(run_copy, faults):
         assert path.name in out.stderr or str(path) in out.stderr, out.stderr[-2000:]
         path.write_bytes(backup)
         assert not (run_dir / "train" / MANIFEST).exists()
-    faults.add("corrupt file", "damaged table, prompt.json or manifest under `genpi train RUN`",
-               "truncated / retyped / foreign / deleted table, emptied prompt.json, edited manifest", len(cases),
-               f"{len(cases)}/{len(cases)} exit 2 naming the file, no traceback, nothing trained")
+    faults.add(
+        "corrupt file",
+        "damaged table, prompt.json or manifest under `genpi train RUN`",
+        "truncated / retyped / foreign / deleted table, emptied prompt.json, edited manifest",
+        len(cases),
+        f"{len(cases)}/{len(cases)} exit 2 naming the file, no traceback, nothing trained",
+    )
 
 
 def test_unreadable_ingested_prompt_names_the_file(run_copy):

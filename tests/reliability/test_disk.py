@@ -27,11 +27,19 @@ GENPI = str(Path(sys.executable).with_name("genpi"))
 SPEC = {
     "name": "disk-demo",
     "prompt": {"system": "You are a terse assistant. Answer in one short sentence."},
-    "inputs": {"pool": ["What is two plus two?", "Name a colour.", "Say hello."],
-               "eval": [{"text": "What day comes after Monday?", "facts": ["tuesday"]}]},
+    "inputs": {
+        "pool": ["What is two plus two?", "Name a colour.", "Say hello."],
+        "eval": [{"text": "What day comes after Monday?", "facts": ["tuesday"]}],
+    },
 }
-SETS = ["synth.inputs.max_inputs=3", "synth.conversations.max_turns=1", "synth.conversations.environment.max_new_tokens=8",
-        "synth.teacher.max_new_tokens=48", "synth.base.max_new_tokens=8", "synth.reasons.enabled=false"]
+SETS = [
+    "synth.inputs.max_inputs=3",
+    "synth.conversations.max_turns=1",
+    "synth.conversations.environment.max_new_tokens=8",
+    "synth.teacher.max_new_tokens=48",
+    "synth.base.max_new_tokens=8",
+    "synth.reasons.enabled=false",
+]
 STAGES = ("ingest", "inputs", "conversations")
 
 
@@ -39,6 +47,7 @@ def _limit(max_bytes: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing us
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
     return apply
 
 
@@ -46,8 +55,9 @@ def _synthesize(spec: Path, runs: Path, preexec=None) -> subprocess.CompletedPro
     args = [GENPI, "synthesize", str(spec), "--no-prefect", "--runs-dir", str(runs)]
     for item in SETS:
         args += ["--set", item]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, preexec_fn=preexec,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=600, preexec_fn=preexec, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
 
 
 @pytest.fixture
@@ -80,18 +90,26 @@ def _assert_clear_error(out: subprocess.CompletedProcess, runs: Path, reason: st
 def test_atomic_write_under_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, faults):
     """In a child process (the limit must not touch pytest): EFBIG on write, no temp file, no final file."""
     target = tmp_path / "stage" / "table.parquet"
-    code = ("import sys; from pathlib import Path; from genpi_core.store.stage import atomic_write_bytes\n"
-            "try:\n    atomic_write_bytes(Path(sys.argv[1]), b'x' * 100_000)\n"
-            "except OSError as exc:\n    print(exc); sys.exit(3)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
-                         preexec_fn=_limit(4096))
+    code = (
+        "import sys; from pathlib import Path; from genpi_core.store.stage import atomic_write_bytes\n"
+        "try:\n    atomic_write_bytes(Path(sys.argv[1]), b'x' * 100_000)\n"
+        "except OSError as exc:\n    print(exc); sys.exit(3)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120, preexec_fn=_limit(4096)
+    )
     assert out.returncode == 3, out.stderr
     assert f"cannot write {target}: File too large" in out.stdout
     assert list(target.parent.iterdir()) == []
     atomic_write_bytes(target, b"ok")  # without the limit the same write succeeds
     assert target.read_bytes() == b"ok"
-    faults.add("disk", "file size limit hit while writing a table", "RLIMIT_FSIZE=4 KiB in a child process (EFBIG)", 1,
-               "OSError naming the file; no temp or final file left")
+    faults.add(
+        "disk",
+        "file size limit hit while writing a table",
+        "RLIMIT_FSIZE=4 KiB in a child process (EFBIG)",
+        1,
+        "OSError naming the file; no temp or final file left",
+    )
 
 
 def test_run_folder_that_is_a_file_is_a_clear_error(tmp_path, spec, faults):
@@ -99,10 +117,17 @@ def test_run_folder_that_is_a_file_is_a_clear_error(tmp_path, spec, faults):
     runs.write_text("not a folder")
     out = _synthesize(spec, runs)
     assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert str(runs) in out.stderr and ("Not a directory" in out.stderr or "File exists" in out.stderr), out.stderr[-2000:]
+    assert str(runs) in out.stderr and ("Not a directory" in out.stderr or "File exists" in out.stderr), out.stderr[
+        -2000:
+    ]
     assert runs.read_text() == "not a folder"
-    faults.add("disk", "run folder is not writable (a file where the folder should be)", "runs_dir points at a file",
-               1, "clear error naming the path, exit != 0, no traceback")
+    faults.add(
+        "disk",
+        "run folder is not writable (a file where the folder should be)",
+        "runs_dir points at a file",
+        1,
+        "clear error naming the path, exit != 0, no traceback",
+    )
 
 
 def test_file_size_limit_during_synthesis_then_rerun_completes(tmp_path, spec, embedded_model_dir, faults):
@@ -115,16 +140,25 @@ def test_file_size_limit_during_synthesis_then_rerun_completes(tmp_path, spec, e
     again = _synthesize(spec, runs)
     assert again.returncode == 0, again.stderr[-3000:]
     assert set(_check_nothing_partial(runs)) == set(STAGES)
-    faults.add("disk", "file size limit during `genpi synthesize`", "RLIMIT_FSIZE=1 KiB on the CLI process (EFBIG)", 1,
-               "exit 1 naming the file, no manifest for the failed stage, no partial file; re-run completed")
+    faults.add(
+        "disk",
+        "file size limit during `genpi synthesize`",
+        "RLIMIT_FSIZE=1 KiB on the CLI process (EFBIG)",
+        1,
+        "exit 1 naming the file, no manifest for the failed stage, no partial file; re-run completed",
+    )
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None or os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _remount_and_rerun(mount: Path, options: str, spec: Path, runs: Path) -> None:
@@ -158,10 +192,14 @@ def test_disk_full_at_several_points_of_synthesis_then_rerun_completes(tmp_path,
             subprocess.run(["umount", str(mount)], capture_output=True)
     injected = [s for s in failed_at if s]
     assert injected, f"no size made the run fail: {failed_at}"
-    faults.add("disk", "disk full during `genpi synthesize`",
-               f"run folder on a tmpfs of {', '.join(sizes)} (ENOSPC), then remounted larger", len(injected),
-               f"failed in stages {injected}: exit 1 naming the file, no manifest for the failed stage, "
-               "no partial file; every re-run completed")
+    faults.add(
+        "disk",
+        "disk full during `genpi synthesize`",
+        f"run folder on a tmpfs of {', '.join(sizes)} (ENOSPC), then remounted larger",
+        len(injected),
+        f"failed in stages {injected}: exit 1 naming the file, no manifest for the failed stage, "
+        "no partial file; every re-run completed",
+    )
 
 
 @pytest.mark.reliability
@@ -182,6 +220,10 @@ def test_read_only_run_folder_is_a_clear_error_then_rerun_completes(tmp_path, sp
         _remount_and_rerun(mount, "rw", spec, runs)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
-    faults.add("disk", "run folder not writable (read-only file system)",
-               "run folder on a tmpfs remounted read-only (EROFS), then read-write", 1,
-               "exit != 0 naming the run folder, no traceback, nothing written; re-run completed")
+    faults.add(
+        "disk",
+        "run folder not writable (read-only file system)",
+        "run folder on a tmpfs remounted read-only (EROFS), then read-write",
+        1,
+        "exit != 0 naming the run folder, no traceback, nothing written; re-run completed",
+    )

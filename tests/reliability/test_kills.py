@@ -32,6 +32,7 @@ RESUMABLE = ("conversations", "train")  # they checkpoint, so each kill there le
 
 # ---- default suite ----------------------------------------------------------------------------------
 
+
 def _train_data(folder: Path) -> tuple[Path, Path]:
     from genpi_core.prompt.pg_format import pg_question
     from genpi_core.store.tables import write_table
@@ -40,12 +41,28 @@ def _train_data(folder: Path) -> tuple[Path, Path]:
     def rows(ids):
         out = []
         for i in ids:
-            out.append({"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
-                        "messages": json.dumps([{"role": "user", "content": f"Question {i}?"}]),
-                        "target": f"Topic: t{i}\nAnswer: a{i}.", "reason": "", "weight": 1.0})
-            out.append({"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
-                        "messages": json.dumps(pg_question(f"Question {i}?", "Hello!", f"Topic: t{i}")),
-                        "target": "[user]\nReply as 'Topic: x' then 'Answer: y'.", "reason": "", "weight": 1.0})
+            out.append(
+                {
+                    "example_id": f"c{i}:0",
+                    "conversation_id": f"c{i}",
+                    "objective": "sft",
+                    "messages": json.dumps([{"role": "user", "content": f"Question {i}?"}]),
+                    "target": f"Topic: t{i}\nAnswer: a{i}.",
+                    "reason": "",
+                    "weight": 1.0,
+                }
+            )
+            out.append(
+                {
+                    "example_id": f"c{i}:pg",
+                    "conversation_id": f"c{i}",
+                    "objective": "pg",
+                    "messages": json.dumps(pg_question(f"Question {i}?", "Hello!", f"Topic: t{i}")),
+                    "target": "[user]\nReply as 'Topic: x' then 'Answer: y'.",
+                    "reason": "",
+                    "weight": 1.0,
+                }
+            )
         return pd.DataFrame(out)
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,17 +84,24 @@ def test_trainer_dies_with_a_killed_pipeline(tmp_path, faults):
     train_path, val_path = _train_data(tmp_path / "data")
     out = tmp_path / "train"
     cfg = TrainConfig(epochs=50, batch_size=2, pg_per_step=1, checkpoint_every=1, lora=LoraConfig(rank=4, alpha=8))
-    job = TrainJob(model=ModelConfig(device="cpu"), train=cfg, train_path=str(train_path), val_path=str(val_path),
-                   out_dir=str(out))
+    job = TrainJob(
+        model=ModelConfig(device="cpu"), train=cfg, train_path=str(train_path), val_path=str(val_path), out_dir=str(out)
+    )
     (tmp_path / "job.json").write_text(job.model_dump_json())
     parent_code = textwrap.dedent(f"""
         from pathlib import Path
         from genpi_core.train.job import TrainJob, launch
-        job = TrainJob.model_validate_json(Path({str(tmp_path / 'job.json')!r}).read_text())
+        job = TrainJob.model_validate_json(Path({str(tmp_path / "job.json")!r}).read_text())
         launch(job, Path(job.out_dir) / "_state")
     """)
-    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=kh.ROOT, env=kh.env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code],
+        cwd=kh.ROOT,
+        env=kh.env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         # kill once the trainer has written its first checkpoint: it is mid-training, not starting up
@@ -98,9 +122,13 @@ def test_trainer_dies_with_a_killed_pipeline(tmp_path, faults):
     finally:
         kh.kill_group(parent.pid)
         parent.wait()
-    faults.add("kill", "SIGKILL of the pipeline process alone (not its group) during training",
-               "kill -9 of the process running train_job.launch after the trainer's first checkpoint", 1,
-               f"{len(trainers)} trainer process(es) died with it (PR_SET_PDEATHSIG); stage folder unchanged 2-5 s later")
+    faults.add(
+        "kill",
+        "SIGKILL of the pipeline process alone (not its group) during training",
+        "kill -9 of the process running train_job.launch after the trainer's first checkpoint",
+        1,
+        f"{len(trainers)} trainer process(es) died with it (PR_SET_PDEATHSIG); stage folder unchanged 2-5 s later",
+    )
 
 
 def test_table_comparison_counts_lost_and_duplicated_rows(tmp_path):
@@ -171,7 +199,9 @@ def test_kill_chain_every_stage(tmp_path, faults):
                 break
             mode = "pipeline" if index % 2 == 0 else "group"
             index, attempts = index + 1, attempts + 1
-            kill = kh.kill_once(config, runs, run_dir, log, kh.Kill(stage, mode, _delay(rng, stage, seconds[stage], want)))
+            kill = kh.kill_once(
+                config, runs, run_dir, log, kh.Kill(stage, mode, _delay(rng, stage, seconds[stage], want))
+            )
             kills.append(kill)
             # every stage finished before this attempt was reused, not redone
             for done, at in finished_after.items():
@@ -179,7 +209,9 @@ def test_kill_chain_every_stage(tmp_path, faults):
             finished_after = kh.finished_at(run_dir)
             for done, at in kill.finished_before.items():
                 assert finished_after.get(done) == at, f"kill {len(kills)}: finished stage {done} changed"
-            assert kill.orphans == [], f"kill {len(kills)} in {kill.landed}: processes outlived the pipeline: {kill.orphans}"
+            assert kill.orphans == [], (
+                f"kill {len(kills)} in {kill.landed}: processes outlived the pipeline: {kill.orphans}"
+            )
             assert kh.verify_outputs(run_dir) == [], f"kill {len(kills)}: {kh.verify_outputs(run_dir)}"
         short = max(0, want - sum(k.landed == stage for k in kills))
     report["chain_s"] = round(time.monotonic() - started, 1)
@@ -197,29 +229,45 @@ def test_kill_chain_every_stage(tmp_path, faults):
     diff = kh.compare_tables(ref_dir, run_dir)
     landed = Counter(k.landed for k in kills)
     by_mode = Counter((k.landed, k.mode) for k in kills)
-    report.update(kills=[vars(k) | {"finished_before": sorted(k.finished_before)} for k in kills],
-                  landed=dict(landed), rows_compared=diff.rows_compared, rows_lost=diff.rows_lost,
-                  missing=diff.missing, extra=diff.extra, duplicates=diff.duplicates,
-                  content_differs=diff.content_differs, tmp_leftovers=leftovers)
+    report.update(
+        kills=[vars(k) | {"finished_before": sorted(k.finished_before)} for k in kills],
+        landed=dict(landed),
+        rows_compared=diff.rows_compared,
+        rows_lost=diff.rows_lost,
+        missing=diff.missing,
+        extra=diff.extra,
+        duplicates=diff.duplicates,
+        content_differs=diff.content_differs,
+        tmp_leftovers=leftovers,
+    )
     print(json.dumps(report, indent=2, default=str))
-    (Path(os.environ.get("GENPI_KILL_REPORT", tmp_path / "kill_report.json"))).write_text(json.dumps(report, indent=2, default=str))
+    (Path(os.environ.get("GENPI_KILL_REPORT", tmp_path / "kill_report.json"))).write_text(
+        json.dumps(report, indent=2, default=str)
+    )
 
     # recorded before the verdict, so a failed chain shows up in docs/reliability.md as a failed row
     differs = ", ".join(diff.content_differs) or "none"
     for stage in kh.KILL_STAGES:
         modes = {m: by_mode[(stage, m)] for m in ("pipeline", "group")}
-        faults.add("kill", f"SIGKILL during {stage}",
-                   f"kill -9 of `genpi internalize` (process alone {modes['pipeline']}x, whole group {modes['group']}x) "
-                   f"a seeded random delay after it entered {stage} (seed {seed})",
-                   landed[stage],
-                   f"re-run completed; finished stages reused (same finished_at); {diff.rows_compared} rows in "
-                   f"{len(kh.tables(run_dir))} tables vs the uninterrupted run: {diff.rows_lost} rows lost or duplicated; "
-                   f"no orphan process; tables whose text differs: {differs}")
+        faults.add(
+            "kill",
+            f"SIGKILL during {stage}",
+            f"kill -9 of `genpi internalize` (process alone {modes['pipeline']}x, whole group {modes['group']}x) "
+            f"a seeded random delay after it entered {stage} (seed {seed})",
+            landed[stage],
+            f"re-run completed; finished stages reused (same finished_at); {diff.rows_compared} rows in "
+            f"{len(kh.tables(run_dir))} tables vs the uninterrupted run: {diff.rows_lost} rows lost or duplicated; "
+            f"no orphan process; tables whose text differs: {differs}",
+        )
     elsewhere = {s: n for s, n in landed.items() if s not in kh.KILL_STAGES}
     if elsewhere:
-        faults.add("kill", "SIGKILL between stages or in ingest/promote",
-                   "a kill aimed at a stage whose delay outlasted it", sum(elsewhere.values()),
-                   f"landed: {elsewhere}; same checks as the rows above")
+        faults.add(
+            "kill",
+            "SIGKILL between stages or in ingest/promote",
+            "a kill aimed at a stage whose delay outlasted it",
+            sum(elsewhere.values()),
+            f"landed: {elsewhere}; same checks as the rows above",
+        )
 
     assert diff.absent_tables == []
     assert diff.rows_lost == 0, (diff.missing, diff.extra, diff.duplicates)

@@ -30,8 +30,13 @@ def test_service_binds_loopback_by_default(faults):
     assert inspect.signature(service.up).parameters["host"].default == "127.0.0.1"
     args = build_parser().parse_args(["server", "up"])
     assert args.host == "127.0.0.1"
-    faults.add("security", "Prefect server bind address", "default of `genpi server up` and genpi.service.up", 1,
-               "127.0.0.1 (loopback only)")
+    faults.add(
+        "security",
+        "Prefect server bind address",
+        "default of `genpi server up` and genpi.service.up",
+        1,
+        "127.0.0.1 (loopback only)",
+    )
 
 
 def test_python_tags_are_refused_by_name_in_specs_and_configs(tmp_path, faults):
@@ -40,15 +45,22 @@ def test_python_tags_are_refused_by_name_in_specs_and_configs(tmp_path, faults):
     spec, config = tmp_path / "spec.yaml", tmp_path / "config.yaml"
     spec.write_text(f"name: demo\nprompt:\n  system: {payload}\n")
     config.write_text(f"runs_dir: {payload}\n")
-    with pytest.raises(SpecError, match=r"field `prompt.system` \(line 3\): the Python tag !!python/object/apply:os.system"):
+    with pytest.raises(
+        SpecError, match=r"field `prompt.system` \(line 3\): the Python tag !!python/object/apply:os.system"
+    ):
         load_spec(spec)
     with pytest.raises(ValueError, match=r"field `runs_dir` \(line 1\): the Python tag"):
         load_config(config)
     with pytest.raises(ValueError, match="the Python tag"):
         load_config(None, [f"runs_dir={payload}"])
     assert not marker.exists()
-    faults.add("security", "Python object tags in spec, config and --set", "!!python/object/apply:os.system", 3,
-               "refused naming the file, field and tag; nothing executed")
+    faults.add(
+        "security",
+        "Python object tags in spec, config and --set",
+        "!!python/object/apply:os.system",
+        3,
+        "refused naming the file, field and tag; nothing executed",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +88,26 @@ def test_api_key_never_appears_in_outputs_logs_or_prefect(tmp_path, openai_serve
     and logs, stdout, stderr and the server's log."""
     url, serve_log = openai_server
     runs, home = tmp_path / "runs", tmp_path / "prefect-home"
-    env = {**os.environ, "GENPI_API_KEY": SENTINEL, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1",
-           "PREFECT_LOGGING_LEVEL": "DEBUG"}
+    env = {
+        **os.environ,
+        "GENPI_API_KEY": SENTINEL,
+        "PREFECT_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "PREFECT_LOGGING_LEVEL": "DEBUG",
+    }
     for var in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(var, None)
     server = f"{{kind: openai, base_url: '{url}', served_model: '{embedded_model_dir}', max_concurrency: 2}}"
-    sets = [f"synth.conversations.environment_engine.backend={server}", f"synth.generator.backend={server}",
-            "synth.reasons.enabled=true", "synth.reasons.sampling.max_new_tokens=24", "synth.conversations.max_turns=2",
-            "synth.conversations.environment.max_new_tokens=16", "dataset.require_teacher_checks=false",
-            "evaluate.sampling.max_new_tokens=16"]
+    sets = [
+        f"synth.conversations.environment_engine.backend={server}",
+        f"synth.generator.backend={server}",
+        "synth.reasons.enabled=true",
+        "synth.reasons.sampling.max_new_tokens=24",
+        "synth.conversations.max_turns=2",
+        "synth.conversations.environment.max_new_tokens=16",
+        "dataset.require_teacher_checks=false",
+        "evaluate.sampling.max_new_tokens=16",
+    ]
     args = [GENPI, "internalize", str(EXAMPLE_SPEC), "--config", str(SMOKE_CONFIG), "--runs-dir", str(runs)]
     for item in sets:
         args += ["--set", item]
@@ -101,8 +124,13 @@ def test_api_key_never_appears_in_outputs_logs_or_prefect(tmp_path, openai_serve
     assert needle not in out.stdout.encode() and needle not in out.stderr.encode()
     assert needle not in serve_log.read_bytes()
     assert hits == [], hits
-    faults.add("security", "API key in outputs, logs, manifests, report, Prefect artifacts and database",
-               f"sentinel GENPI_API_KEY on a whole Prefect `genpi internalize` run whose environment model and "
-               f"reasons generator are a real `transformers serve` ({served} requests); grep of {len(scanned)} files "
-               "(run folder with manifests and report.md, PREFECT_HOME: SQLite DB with logs and artifacts, "
-               "results), stdout, stderr, server log", 1, "0 hits")
+    faults.add(
+        "security",
+        "API key in outputs, logs, manifests, report, Prefect artifacts and database",
+        f"sentinel GENPI_API_KEY on a whole Prefect `genpi internalize` run whose environment model and "
+        f"reasons generator are a real `transformers serve` ({served} requests); grep of {len(scanned)} files "
+        "(run folder with manifests and report.md, PREFECT_HOME: SQLite DB with logs and artifacts, "
+        "results), stdout, stderr, server log",
+        1,
+        "0 hits",
+    )

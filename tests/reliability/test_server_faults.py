@@ -74,9 +74,14 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-LABELS = {"sleep": "reply slower than the client timeout", "close": "connection closed mid-reply",
-          "drop": "connection closed without a reply", "malformed": "malformed JSON body (HTTP 200)",
-          "no_choices": "JSON body without `choices` (HTTP 200)", "bad_type": "`content` not a string (HTTP 200)"}
+LABELS = {
+    "sleep": "reply slower than the client timeout",
+    "close": "connection closed mid-reply",
+    "drop": "connection closed without a reply",
+    "malformed": "malformed JSON body (HTTP 200)",
+    "no_choices": "JSON body without `choices` (HTTP 200)",
+    "bad_type": "`content` not a string (HTTP 200)",
+}
 QUESTIONS = [_user(q) for q in ("Say hello.", "What is 2 + 2?", "Name a colour.", "Say goodbye.")]
 
 
@@ -107,13 +112,16 @@ def _dead_url() -> str:
 
 # --- the backend alone (default suite, seconds) ------------------------------------------------------------
 
+
 def test_transient_faults_are_retried_and_change_nothing(fresh, monkeypatch, faults):
     clean_backend = _backend(fresh.url, max_concurrency=2)
     clean = [c.text for c in clean_backend.generate(QUESTIONS, SHORT)]
     clean_backend.close()
     assert all(clean) and fresh.generated >= len(QUESTIONS)
     injected = 0
-    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.05)  # the schedule is the next test's; here: what is retried
+    monkeypatch.setattr(
+        openai_backend, "_BACKOFF_BASE_S", 0.05
+    )  # the schedule is the next test's; here: what is retried
     for fault in ("500", "502", "503", "429", "sleep", "close", "drop", "malformed", "no_choices", "bad_type"):
         backend = _backend(fresh.url, max_concurrency=2, max_retries=3, timeout_s=1.0)
         mark = fresh.mark()
@@ -123,9 +131,13 @@ def test_transient_faults_are_retried_and_change_nothing(fresh, monkeypatch, fau
         assert [c.text for c in out] == clean, fault
         assert fresh.faults_since(mark)[fault] == 3 and fresh.requests_since(mark) == len(QUESTIONS) + 3, fault
         injected += 3
-        faults.add("server", LABELS.get(fault, f"HTTP {fault}"),
-                   f"fault server answers 3 of 7 requests with `{fault}` (4 prompts, max_retries=3)", 3,
-                   "retried; the 4 completions equal the clean run's")
+        faults.add(
+            "server",
+            LABELS.get(fault, f"HTTP {fault}"),
+            f"fault server answers 3 of 7 requests with `{fault}` (4 prompts, max_retries=3)",
+            3,
+            "retried; the 4 completions equal the clean run's",
+        )
     assert injected == 30
 
 
@@ -143,8 +155,13 @@ def test_backoff_grows_is_bounded_and_honours_retry_after(fresh, monkeypatch, fa
     assert len(gaps) == 3
     for attempt, gap in enumerate(gaps, start=1):  # 0.25-0.5, 0.5-1, 1-2 s (+ scheduling slack)
         assert 0.5 * 0.5 * 2 ** (attempt - 1) - 0.05 <= gap <= 0.5 * 2 ** (attempt - 1) + 0.5, gaps
-    faults.add("server", "HTTP 503 three times in a row", "fault server, one request, max_retries=4", 3,
-               f"waits {', '.join(f'{g:.2f}' for g in gaps)} s: exponential, jittered, capped at 30 s")
+    faults.add(
+        "server",
+        "HTTP 503 three times in a row",
+        "fault server, one request, max_retries=4",
+        3,
+        f"waits {', '.join(f'{g:.2f}' for g in gaps)} s: exponential, jittered, capped at 30 s",
+    )
 
     waited = {}
     for fault in ("429:2", "503:date"):
@@ -161,8 +178,13 @@ def test_backoff_grows_is_bounded_and_honours_retry_after(fresh, monkeypatch, fa
     first, second = fresh.seen[mark : mark + 2]
     assert 0.9 <= second.at - first.at <= 2.5
     backend.close()
-    faults.add("server", "HTTP 429/503 with Retry-After", "fault server sends Retry-After: 2, an HTTP date, and 3600", 3,
-               f"waited {waited['429:2']:.2f} s and {waited['503:date']:.2f} s; 3600 s capped")
+    faults.add(
+        "server",
+        "HTTP 429/503 with Retry-After",
+        "fault server sends Retry-After: 2, an HTTP date, and 3600",
+        3,
+        f"waited {waited['429:2']:.2f} s and {waited['503:date']:.2f} s; 3600 s capped",
+    )
 
 
 def test_server_down_fails_fast_naming_servers_and_counts(fresh, monkeypatch, caplog, faults):
@@ -188,18 +210,26 @@ def test_server_down_fails_fast_naming_servers_and_counts(fresh, monkeypatch, ca
     # the key went to the server in its header, and into no error or log line
     assert {s.authorization for s in fresh.seen[mark:]} == {f"Bearer {sentinel}"}
     assert sentinel not in message and sentinel not in caplog.text and "request 0 to" in caplog.text
-    faults.add("server", "server down for good (HTTP 503 on one replica, connection refused on the other)",
-               "fault server answers 503 to everything; the second base URL has no listener", fresh.requests_since(mark),
-               f"GenerationError in {seconds:.1f} s naming both URLs, the request, 3 attempts and the requests sent")
+    faults.add(
+        "server",
+        "server down for good (HTTP 503 on one replica, connection refused on the other)",
+        "fault server answers 503 to everything; the second base URL has no listener",
+        fresh.requests_since(mark),
+        f"GenerationError in {seconds:.1f} s naming both URLs, the request, 3 attempts and the requests sent",
+    )
 
     mark = fresh.mark()
     fresh.set(["400"])
     backend = _backend(fresh.url, max_concurrency=1, max_retries=3)
-    with pytest.raises(GenerationError, match=rf"{re.escape(fresh.url)}/chat/completions: request 0 refused with HTTP 400"):
+    with pytest.raises(
+        GenerationError, match=rf"{re.escape(fresh.url)}/chat/completions: request 0 refused with HTTP 400"
+    ):
         backend.generate(QUESTIONS[:1], SHORT)
     backend.close()
     assert fresh.requests_since(mark) == 1  # a refusal is not retried
-    faults.add("server", "HTTP 400 refusal", "fault server answers 400 once", 1, "not retried; error names URL and request")
+    faults.add(
+        "server", "HTTP 400 refusal", "fault server answers 400 once", 1, "not retried; error names URL and request"
+    )
 
 
 def test_one_dead_replica_the_other_serves(fresh, faults):
@@ -217,8 +247,13 @@ def test_one_dead_replica_the_other_serves(fresh, faults):
     # the dead replica is tried once, then skipped while the live one serves (no backoff sleeps)
     assert backend.requests_per_url[dead] == 1 and backend.requests_per_url[fresh.url] == len(questions)
     assert seconds < 3, seconds
-    faults.add("server", "one of two replicas dead", "second base URL with no listener (connection refused)", 1,
-               f"{len(questions)}/{len(questions)} served by the live replica; dead one tried once, then skipped")
+    faults.add(
+        "server",
+        "one of two replicas dead",
+        "second base URL with no listener (connection refused)",
+        1,
+        f"{len(questions)}/{len(questions)} served by the live replica; dead one tried once, then skipped",
+    )
 
     # a replica that asks for time (429, Retry-After: 30) is left alone that long; the other one serves meanwhile
     with FaultServer(fresh.engine, script=["429:30"]) as busy:
@@ -230,8 +265,13 @@ def test_one_dead_replica_the_other_serves(fresh, faults):
         assert [c.text for c in out] == expected[: len(QUESTIONS)]
         assert busy.requests_since(0) == 1 and backend.requests_per_url[fresh.url] == len(QUESTIONS)
         assert seconds < 20, seconds  # nobody waited out the 30 s
-    faults.add("server", "one of two replicas busy (HTTP 429, Retry-After: 30)", "fault server replica answers 429 once", 1,
-               f"retried on the other replica at once; busy one skipped for the rest of the batch ({seconds:.1f} s)")
+    faults.add(
+        "server",
+        "one of two replicas busy (HTTP 429, Retry-After: 30)",
+        "fault server replica answers 429 once",
+        1,
+        f"retried on the other replica at once; busy one skipped for the rest of the batch ({seconds:.1f} s)",
+    )
 
 
 def test_bad_content_is_returned_as_such_not_retried(fresh, faults):
@@ -247,6 +287,7 @@ def test_bad_content_is_returned_as_such_not_retried(fresh, faults):
 
 # --- real synthesis stages through the backend --------------------------------------------------------------
 
+
 def _config(runs: Path, url: str, **backend) -> PipelineConfig:
     return PipelineConfig(
         runs_dir=str(runs),
@@ -254,7 +295,8 @@ def _config(runs: Path, url: str, **backend) -> PipelineConfig:
         synth=SynthConfig(
             inputs=InputsConfig(source="pool", max_inputs=3),
             conversations=ConversationsConfig(max_turns=2, environment=SamplingConfig(max_new_tokens=24)),
-            teacher=SamplingConfig(max_new_tokens=32), base=SamplingConfig(max_new_tokens=12),
+            teacher=SamplingConfig(max_new_tokens=32),
+            base=SamplingConfig(max_new_tokens=12),
             reasons=ReasonsConfig(enabled=False),
         ),
     )
@@ -303,18 +345,26 @@ def test_conversations_stage_survives_transient_faults(fresh, spec_file, clean_c
     injected = sum(n for f, n in fresh.faults_since(mark).items() if f != "ok")
     assert injected >= 12 and fresh.requests_since(mark) == clean_requests + injected
     _assert_same(_tables(out), clean)
-    faults.add("server", "mixed transient faults during the conversations stage",
-               "fault server script: 500, 503, 429+Retry-After, close mid-reply, drop, malformed JSON, no choices, "
-               "sleep past the 2 s timeout", injected,
-               f"stage completed; messages/targets/episodes/quarantine equal the clean run's ({clean_requests} requests); "
-               "0 rows lost")
+    faults.add(
+        "server",
+        "mixed transient faults during the conversations stage",
+        "fault server script: 500, 503, 429+Retry-After, close mid-reply, drop, malformed JSON, no choices, "
+        "sleep past the 2 s timeout",
+        injected,
+        f"stage completed; messages/targets/episodes/quarantine equal the clean run's ({clean_requests} requests); "
+        "0 rows lost",
+    )
 
 
-def test_conversations_stage_resumes_after_the_server_stays_down(fresh, spec_file, clean_conversations, tmp_path, faults):
+def test_conversations_stage_resumes_after_the_server_stays_down(
+    fresh, spec_file, clean_conversations, tmp_path, faults
+):
     clean, clean_requests, _ = clean_conversations
     cfg = _config(tmp_path, fresh.url, max_retries=2)
     mark = fresh.mark()
-    fresh.set(["ok"] * 6, then="503")  # the first agent turn (3 teacher + 3 base requests) finishes, then the server dies
+    fresh.set(
+        ["ok"] * 6, then="503"
+    )  # the first agent turn (3 teacher + 3 base requests) finishes, then the server dies
     with pytest.raises(GenerationError) as info:
         _conversations(spec_file, cfg)
     down = fresh.requests_since(mark) - 6
@@ -331,10 +381,14 @@ def test_conversations_stage_resumes_after_the_server_stays_down(fresh, spec_fil
     resumed_requests = fresh.requests_since(mark)
     assert resumed_requests == clean_requests - 6  # the finished turn was reused, not generated again
     _assert_same(_tables(out), clean)
-    faults.add("server", "server down for good mid-stage (conversations)",
-               "fault server answers 503 to every request after the first agent turn; max_retries=2", down,
-               "GenerationError naming the URL and attempts; no manifest, no table left; the re-run resumed at turn 2 "
-               f"({resumed_requests} of {clean_requests} requests) and equals the clean run; 0 rows lost")
+    faults.add(
+        "server",
+        "server down for good mid-stage (conversations)",
+        "fault server answers 503 to every request after the first agent turn; max_retries=2",
+        down,
+        "GenerationError naming the URL and attempts; no manifest, no table left; the re-run resumed at turn 2 "
+        f"({resumed_requests} of {clean_requests} requests) and equals the clean run; 0 rows lost",
+    )
 
 
 @pytest.mark.reliability
@@ -352,24 +406,36 @@ def test_conversations_quarantine_bad_content(fresh, spec_file, clean_conversati
     # nothing lost: every conversation is accounted for, the two bad ones ended with their reason
     episodes = tables[EPISODES_FILE]
     assert len(episodes) == len(clean[EPISODES_FILE]) == 3
-    assert (episodes["status"] == "ended").all() and set(episodes["conversation_id"]) == set(clean[EPISODES_FILE]["conversation_id"])
+    assert (episodes["status"] == "ended").all() and set(episodes["conversation_id"]) == set(
+        clean[EPISODES_FILE]["conversation_id"]
+    )
     # request i of a turn is live conversation i: the first conversation got the empty reply, the second the cut one
     first, second = list(clean[EPISODES_FILE]["conversation_id"])[:2]
     errors = quarantine.groupby("row_key")["error"].apply(list)
     assert "turn 0: empty agent turn" in errors[first]
     assert "turn 0: agent turn truncated at the length cap" in errors[second]
     assert episodes.set_index("conversation_id").loc[first, "stop_reason"] == "empty agent turn"
-    faults.add("server", "empty and length-truncated completions (conversations)",
-               "fault server answers 1 teacher request with empty content, 1 with a real reply cut at 3 tokens", 2,
-               "both quarantined with their reason, episodes ended with it; none retried, none lost")
+    faults.add(
+        "server",
+        "empty and length-truncated completions (conversations)",
+        "fault server answers 1 teacher request with empty content, 1 with a real reply cut at 3 tokens",
+        2,
+        "both quarantined with their reason, episodes ended with it; none retried, none lost",
+    )
 
 
 @pytest.mark.reliability
 def test_inputs_stage_retries_and_quarantines_generator_faults(fresh, spec_file, tmp_path, faults):
     def cfg(runs: str, **backend) -> PipelineConfig:
         base = _config(tmp_path / runs, fresh.url, max_concurrency=1, **backend)
-        inputs = InputsConfig(source="generate", max_inputs=6, num_generated=4, per_request=2, oversample=1.5,
-                              sampling=SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=40, seed=3))
+        inputs = InputsConfig(
+            source="generate",
+            max_inputs=6,
+            num_generated=4,
+            per_request=2,
+            oversample=1.5,
+            sampling=SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=40, seed=3),
+        )
         return base.model_copy(update={"synth": base.synth.model_copy(update={"inputs": inputs})})
 
     def run(runs: str, **backend):
@@ -400,9 +466,17 @@ def test_inputs_stage_retries_and_quarantines_generator_faults(fresh, spec_file,
     generated_q = quarantine["raw"].str.contains('"source": "generated"').sum()
     assert (inputs["source"] == "generated").sum() + generated_q == out.rows["generated_written"]
     assert clean_out.rows["inputs"] > 0
-    faults.add("server", "transient faults during the inputs stage (generator)",
-               "fault server: 500, close mid-reply, malformed JSON, 429+Retry-After over 3 generator requests", transient,
-               "inputs.parquet and quarantine.parquet equal the clean run's")
-    faults.add("server", "empty and truncated generator replies (inputs)",
-               "fault server: 1 empty reply, 1 real reply cut at 3 tokens with finish_reason=length", 2,
-               "empty reply and cut-off message quarantined with their reason; every generated text accounted for")
+    faults.add(
+        "server",
+        "transient faults during the inputs stage (generator)",
+        "fault server: 500, close mid-reply, malformed JSON, 429+Retry-After over 3 generator requests",
+        transient,
+        "inputs.parquet and quarantine.parquet equal the clean run's",
+    )
+    faults.add(
+        "server",
+        "empty and truncated generator replies (inputs)",
+        "fault server: 1 empty reply, 1 real reply cut at 3 tokens with finish_reason=length",
+        2,
+        "empty reply and cut-off message quarantined with their reason; every generated text accounted for",
+    )

@@ -41,17 +41,25 @@ def service(tmp_path_factory, embedded_model_dir):
     for var in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
         env.pop(var, None)
     started = time.perf_counter()
-    up = subprocess.run([GENPI, "server", "up", "--home", str(home), "--port", "0"], env=env, capture_output=True,
-                        text=True, timeout=300)
+    up = subprocess.run(
+        [GENPI, "server", "up", "--home", str(home), "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr + _logs(home)
         assert auth not in up.stdout + up.stderr + _logs(home)  # the secret is never printed or logged
         yield Service(home, runs, auth, {**env, "PREFECT_HOME": str(home)}, time.perf_counter() - started)
     finally:
-        down = subprocess.run([GENPI, "server", "down", "--home", str(home)], env=env, capture_output=True, text=True,
-                              timeout=120)
+        down = subprocess.run(
+            [GENPI, "server", "down", "--home", str(home)], env=env, capture_output=True, text=True, timeout=120
+        )
         print(down.stdout, down.stderr)
 
 
 def _logs(home: Path) -> str:
-    return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted((home / "logs").glob("*.log")))
+    return "".join(
+        f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted((home / "logs").glob("*.log"))
+    )

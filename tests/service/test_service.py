@@ -27,9 +27,16 @@ DEPLOYMENTS = {"internalize", "evaluate", "benchmark", "watch", "reinternalize-n
 # configs/smoke.yaml: tiny.yaml cut further (6 inputs, 1 turn, no reasons, 2 held-out inputs), so the module's two
 # real runs stay within minutes on 2 shared cores; the watcher's run gets the same settings as --set overrides
 SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
-FAST = ["synth.inputs.max_inputs=6", "synth.conversations.max_turns=1", "synth.reasons.enabled=false",
-        "train.pg_reasons=false", "evaluate.max_examples=2", "evaluate.bootstrap_resamples=0",
-        "evaluate.leakage.enabled=false", "evaluate.multi_turn.enabled=false"]
+FAST = [
+    "synth.inputs.max_inputs=6",
+    "synth.conversations.max_turns=1",
+    "synth.reasons.enabled=false",
+    "train.pg_reasons=false",
+    "evaluate.max_examples=2",
+    "evaluate.bootstrap_resamples=0",
+    "evaluate.leakage.enabled=false",
+    "evaluate.multi_turn.enabled=false",
+]
 TIMINGS: dict[str, float] = {}
 
 
@@ -99,8 +106,12 @@ def rest_run(service):
         twin_ended = time.time()
     assert final["state_type"] == "COMPLETED", json.dumps(final["state"], indent=2)
     assert twin_final["state_type"] == "COMPLETED", json.dumps(twin_final["state"], indent=2)
-    _record(service.runs, rest_run_end_to_end_s=ended - started, rest_run_flow_s=final["total_run_time"],
-            simultaneous_pair_end_to_end_s=max(ended, twin_ended) - started)
+    _record(
+        service.runs,
+        rest_run_end_to_end_s=ended - started,
+        rest_run_flow_s=final["total_run_time"],
+        simultaneous_pair_end_to_end_s=max(ended, twin_ended) - started,
+    )
     return cfg, final, twin_final
 
 
@@ -152,8 +163,20 @@ def test_second_trigger_of_the_same_version_does_no_training(service, rest_run):
     run_dir = next(p for p in (service.runs / "library-desk").iterdir() if p.is_dir())
     before = _manifests(run_dir)
     started = time.time()
-    out = service.genpi("run", str(EXAMPLE_SPEC), "--config", str(SMOKE_CONFIG), "--runs-dir", str(service.runs),
-                        "--api-url", service.ui_url, "--wait", "--timeout", "900", timeout=1000)
+    out = service.genpi(
+        "run",
+        str(EXAMPLE_SPEC),
+        "--config",
+        str(SMOKE_CONFIG),
+        "--runs-dir",
+        str(service.runs),
+        "--api-url",
+        service.ui_url,
+        "--wait",
+        "--timeout",
+        "900",
+        timeout=1000,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     _record(service.runs, rerun_same_version_s=time.time() - started)
     assert "Completed" in out.stdout and str(run_dir) in out.stdout
@@ -167,8 +190,13 @@ def test_second_trigger_of_the_same_version_does_no_training(service, rest_run):
 
 def test_run_without_auth_is_refused_by_the_cli(service):
     env = {k: v for k, v in service.env.items() if k not in ("GENPI_SERVER_AUTH", "PREFECT_API_AUTH_STRING")}
-    out = subprocess.run([GENPI, "run", str(EXAMPLE_SPEC), "--api-url", service.ui_url], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [GENPI, "run", str(EXAMPLE_SPEC), "--api-url", service.ui_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "HTTP 401" in out.stderr
 
 
@@ -177,25 +205,46 @@ def test_changed_prompt_file_starts_an_event_triggered_run(service, rest_run, tm
     prompts.mkdir()
     spec = prompts / "library_desk.yaml"
     shutil.copy(EXAMPLE_SPEC, spec)
-    args = ["watch", str(prompts), "--once", "--config", str(TINY_CONFIG), "--runs-dir", str(service.runs),
-            "--api-url", service.ui_url, *[a for s in FAST for a in ("--set", s)]]
+    args = [
+        "watch",
+        str(prompts),
+        "--once",
+        "--config",
+        str(TINY_CONFIG),
+        "--runs-dir",
+        str(service.runs),
+        "--api-url",
+        service.ui_url,
+        *[a for s in FAST for a in ("--set", s)],
+    ]
     # the watcher's config differs from the REST run's, but the version is the same: already internalized
     out = service.genpi(*args)
-    assert out.returncode == 0 and "already internalized" in out.stdout and "changed ->" not in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "already internalized" in out.stdout and "changed ->" not in out.stdout, (
+        out.stdout + out.stderr
+    )
 
     text = spec.read_text()
     spec.write_text(text.replace("Front desk phone: (555) 014-2290.", "Front desk phone: (555) 014-2291."))
     with service.api() as api:
         deployment = api.deployment("genpi-internalize/internalize")
-        before = {r["id"] for r in api.request("POST", "/flow_runs/filter", json={
-            "deployments": {"id": {"any_": [deployment["id"]]}}})}
+        before = {
+            r["id"]
+            for r in api.request(
+                "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}}
+            )
+        }
         out = service.genpi(*args)
         assert out.returncode == 0 and "changed -> event genpi.prompt.changed" in out.stdout, out.stdout + out.stderr
         emitted = time.time()
         deadline = time.time() + 60
         while True:
-            runs = [r for r in api.request("POST", "/flow_runs/filter", json={
-                "deployments": {"id": {"any_": [deployment["id"]]}}}) if r["id"] not in before]
+            runs = [
+                r
+                for r in api.request(
+                    "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}}
+                )
+                if r["id"] not in before
+            ]
             if runs or time.time() > deadline:
                 break
             time.sleep(0.2)
@@ -204,14 +253,18 @@ def test_changed_prompt_file_starts_an_event_triggered_run(service, rest_run, tm
         assert run["parameters"]["spec_path"] == str(spec.resolve())
         assert run["parameters"]["config"]["synth"]["inputs"]["max_inputs"] == 6  # the watcher's config came along
         final = api.wait(run["id"], timeout_s=1800, poll_s=1)
-        events = api.request("POST", "/events/filter", json={"filter": {"event": {"name": ["genpi.prompt.changed"]}},
-                                                              "limit": 5})
+        events = api.request(
+            "POST", "/events/filter", json={"filter": {"event": {"name": ["genpi.prompt.changed"]}}, "limit": 5}
+        )
     assert final["state_type"] == "COMPLETED", json.dumps(final["state"], indent=2)
     occurred = max(_ts(e["occurred"]) for e in events["events"])
-    _record(service.runs, event_to_run_created_s=_ts(run["created"]) - occurred,
-            event_to_running_s=_ts(final["start_time"]) - occurred,
-            event_to_completed_s=_ts(final["end_time"]) - occurred,
-            watcher_exit_to_completed_s=_ts(final["end_time"]) - emitted)
+    _record(
+        service.runs,
+        event_to_run_created_s=_ts(run["created"]) - occurred,
+        event_to_running_s=_ts(final["start_time"]) - occurred,
+        event_to_completed_s=_ts(final["end_time"]) - occurred,
+        watcher_exit_to_completed_s=_ts(final["end_time"]) - emitted,
+    )
     payload = next(e for e in events["events"] if _ts(e["occurred"]) == occurred)
     assert payload["resource"]["prefect.resource.name"] == "library-desk"
     assert final["name"] == f"library-desk-{payload['payload']['version12']}"

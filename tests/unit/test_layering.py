@@ -79,8 +79,10 @@ def test_layers_import_only_the_layers_below():
             for line, target in _imported(module, path):
                 top = target.split(".")[0]
                 if top in FIRST_PARTY and top != layer and top not in allowed:
-                    violations.append(f"{path.relative_to(ROOT)}:{line}: {layer} imports {target} "
-                                      f"(allowed: {', '.join(sorted(allowed | {layer}))})")
+                    violations.append(
+                        f"{path.relative_to(ROOT)}:{line}: {layer} imports {target} "
+                        f"(allowed: {', '.join(sorted(allowed | {layer}))})"
+                    )
     assert not violations, "layering violations:\n" + "\n".join(violations)
 
 
@@ -91,11 +93,13 @@ def _importable(package: str) -> list[str]:
 
 def _import_all_then(modules: list[str], check: str) -> subprocess.CompletedProcess:
     """Import ``modules`` in a fresh interpreter, then run ``check`` (which sets ``bad``) and fail on anything in it."""
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            f"{check}\n"
-            "assert not bad, bad\n")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"{check}\n"
+        "assert not bad, bad\n"
+    )
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
 
 
@@ -111,7 +115,9 @@ def test_schemas_import_nothing_of_ours():
     modules = _importable("schemas")
     others = tuple(p for p in FIRST_PARTY if p != "schemas")
     proc = _import_all_then(modules, f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {others!r})")
-    assert proc.returncode == 0, f"importing schemas loaded other first-party packages (or failed):\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"importing schemas loaded other first-party packages (or failed):\n{proc.stderr[-4000:]}"
+    )
 
 
 def _decorator_name(node: ast.expr) -> str:

@@ -20,17 +20,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_vllm_serve(model_dir: str, served: str, log: Path, *, core: int | None = None, max_model_len: int = 4096,
-                     extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
+def start_vllm_serve(
+    model_dir: str,
+    served: str,
+    log: Path,
+    *,
+    core: int | None = None,
+    max_model_len: int = 4096,
+    extra_args: Sequence[str] = (),
+) -> tuple[subprocess.Popen, str]:
     """One `vllm serve` process (1 GiB of KV cache, fp32, eager) and its base URL; `core` pins it to one core."""
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     if core is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)  # one core each: unpinned replicas fight over both cores
     # `python -m ...api_server`: vllm-cpu's `vllm` console script is broken (its dist is named vllm-cpu)
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--served-model-name", served, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-               "--enforce-eager", "--max-model-len", str(max_model_len), *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        served,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        str(max_model_len),
+        *extra_args,
+    ]
     proc = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 

@@ -20,15 +20,23 @@ from schemas.datasets import (
 
 pytestmark = pytest.mark.vllm
 
-QUESTIONS = ["Do you have books about sailing?", "When does the library open on Sunday?",
-             "Can I renew a book online?", "I lost my library card, what should I do?"]
+QUESTIONS = [
+    "Do you have books about sailing?",
+    "When does the library open on Sunday?",
+    "Can I renew a book online?",
+    "I lost my library card, what should I do?",
+]
 
 
 def _conversations(spec):
     first = user_turn(QUESTIONS[0])
     answered = first + [{"role": "assistant", "content": "Topic: collection\nAnswer: Yes, on the second floor."}]
-    return [with_prompt(spec.prompt, first), without_prompt(first), environment_view(spec, answered),
-            with_prompt(spec.prompt, answered + user_turn("And about knots?"))]
+    return [
+        with_prompt(spec.prompt, first),
+        without_prompt(first),
+        environment_view(spec, answered),
+        with_prompt(spec.prompt, answered + user_turn("And about knots?")),
+    ]
 
 
 def test_vllm_and_transformers_build_the_same_prompt_and_stop_tokens(vllm_backend, transformers_backend, example_spec):
@@ -69,8 +77,16 @@ def test_seeded_sampling_is_repeatable(vllm_backend):
 def test_role_swapped_synthesis_on_vllm(vllm_backend, example_spec, tmp_path):
     run_inputs(example_spec, "v" * 64, InputsConfig(max_inputs=4), None, tmp_path)  # 4 inputs from the pool
     greedy = SamplingConfig(max_new_tokens=48)
-    rows = run_conversations(example_spec, tmp_path / "inputs.parquet", vllm_backend, greedy, greedy,
-                             SamplingConfig(max_new_tokens=32), 2, tmp_path / "out")
+    rows = run_conversations(
+        example_spec,
+        tmp_path / "inputs.parquet",
+        vllm_backend,
+        greedy,
+        greedy,
+        SamplingConfig(max_new_tokens=32),
+        2,
+        tmp_path / "out",
+    )
     out = tmp_path / "out"
     targets = read_table(out / "targets.parquet", TargetsSchema)
     messages = read_table(out / "messages.parquet", MessagesSchema)
@@ -84,6 +100,8 @@ def test_role_swapped_synthesis_on_vllm(vllm_backend, example_spec, tmp_path):
     assert len(quarantine) == (~episodes["stop_reason"].isin(normal)).sum(), summary
     assert set(targets["produced_by"]) == {vllm_backend.name}
     assert targets["teacher_output"].str.startswith("Topic:").all()
-    first = targets[targets["turn"] == 0]  # later base turns see the teacher's earlier replies and may copy their format
+    first = targets[
+        targets["turn"] == 0
+    ]  # later base turns see the teacher's earlier replies and may copy their format
     assert not first["base_output"].str.startswith("Topic:").any()
     assert len(messages) == episodes["messages"].sum()

@@ -25,8 +25,12 @@ TRAIN = [  # question -> reply in a fixed format the base model never uses on it
     ("Is there a quiet room?", "Topic: spaces\nAnswer: Yes, the quiet room is on the third floor."),
     ("Do you lend laptops?", "Topic: services\nAnswer: Yes, for four hours with your library card."),
 ]
-QUESTIONS = ["Do you have books about gardening?", "When are you open on Saturday?",  # held out from training
-             "Can I borrow DVDs?", "Do you have a study room for groups?"]
+QUESTIONS = [
+    "Do you have books about gardening?",
+    "When are you open on Saturday?",  # held out from training
+    "Can I borrow DVDs?",
+    "Do you have a study room for groups?",
+]
 SAMPLING = SamplingConfig(max_new_tokens=24)  # greedy
 SERVED_BASE, SERVED_ADAPTER = "smol", "student"
 
@@ -49,9 +53,16 @@ def adapter_dir(embedded_model_dir, tmp_path_factory) -> str:
     np.random.seed(0)
     torch.manual_seed(0)
     tokenizer = load_tokenizer("embedded")
-    model = get_peft_model(load_model("embedded"), LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        load_model("embedded"),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     rows = []
     for question, answer in TRAIN:
         context = chat_token_ids(tokenizer, without_prompt(user_turn(question)))
@@ -63,7 +74,10 @@ def adapter_dir(embedded_model_dir, tmp_path_factory) -> str:
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (ids, lab) in enumerate(rows):  # right padding, pads masked out of attention and loss
         input_ids[i, : len(ids)], labels[i, : len(lab)], attention[i, : len(ids)] = (
-            torch.tensor(ids), torch.tensor(lab), 1)
+            torch.tensor(ids),
+            torch.tensor(lab),
+            1,
+        )
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
@@ -101,8 +115,9 @@ def base_replies(transformers_backend, conversations):
 
 
 def test_in_process_vllm_lora_matches_transformers_peft(adapter_dir, conversations, peft_replies, base_replies):
-    backend = make_backend(ModelConfig(), BackendConfig(kind="vllm", cpu_kv_cache_gib=1, max_model_len=2048),
-                           adapter=adapter_dir)
+    backend = make_backend(
+        ModelConfig(), BackendConfig(kind="vllm", cpu_kv_cache_gib=1, max_model_len=2048), adapter=adapter_dir
+    )
     try:
         assert backend.lora_request is not None
         served = backend.generate(conversations, SAMPLING)
@@ -122,8 +137,13 @@ def test_in_process_vllm_lora_matches_transformers_peft(adapter_dir, conversatio
 @pytest.fixture(scope="module")
 def lora_server(embedded_model_dir, adapter_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm-serve-lora") / "server.log"
-    proc, url = start_vllm_serve(embedded_model_dir, SERVED_BASE, log, max_model_len=2048, extra_args=[
-        "--enable-lora", "--lora-modules", f"{SERVED_ADAPTER}={adapter_dir}", "--max-lora-rank", "16"])
+    proc, url = start_vllm_serve(
+        embedded_model_dir,
+        SERVED_BASE,
+        log,
+        max_model_len=2048,
+        extra_args=["--enable-lora", "--lora-modules", f"{SERVED_ADAPTER}={adapter_dir}", "--max-lora-rank", "16"],
+    )
     try:
         wait_ready(proc, url, log)
         yield url
@@ -132,9 +152,10 @@ def lora_server(embedded_model_dir, adapter_dir, tmp_path_factory):
 
 
 def _served(url: str, model: str):
-    return make_backend(ModelConfig(name_or_path="embedded"),
-                        BackendConfig(kind="openai", base_url=f"{url}/v1", served_model=model, max_concurrency=2,
-                                      timeout_s=300))
+    return make_backend(
+        ModelConfig(name_or_path="embedded"),
+        BackendConfig(kind="openai", base_url=f"{url}/v1", served_model=model, max_concurrency=2, timeout_s=300),
+    )
 
 
 def test_vllm_serve_lora_module_matches_transformers_peft(lora_server, conversations, peft_replies, base_replies):

@@ -32,17 +32,27 @@ def replicas(embedded_model_dir, tmp_path_factory):
 def _served_requests(url: str) -> float:
     """Finished requests as counted by the server itself (its Prometheus metrics)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:request_success_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total{")
+    )
 
 
 def test_two_vllm_serve_replicas_share_the_load_and_match_in_process(replicas, transformers_backend, example_spec):
     before = [_served_requests(url) for url in replicas]
-    backend = make_backend(ModelConfig(name_or_path="embedded"),
-                           BackendConfig(kind="openai", base_url=[f"{u}/v1" for u in replicas], served_model=SERVED,
-                                         max_concurrency=4, timeout_s=300))
-    questions = ["Do you have books about sailing?", "When are you open on Sunday?", "Can I print here?",
-                 "How do I renew a book?", "Is there a quiet room?", "Do you lend laptops?"]
+    backend = make_backend(
+        ModelConfig(name_or_path="embedded"),
+        BackendConfig(
+            kind="openai", base_url=[f"{u}/v1" for u in replicas], served_model=SERVED, max_concurrency=4, timeout_s=300
+        ),
+    )
+    questions = [
+        "Do you have books about sailing?",
+        "When are you open on Sunday?",
+        "Can I print here?",
+        "How do I renew a book?",
+        "Is there a quiet room?",
+        "Do you lend laptops?",
+    ]
     conversations = [with_prompt(example_spec.prompt, user_turn(q)) for q in questions]
     sampling = SamplingConfig(max_new_tokens=24)
     served = backend.generate(conversations, sampling)

@@ -51,7 +51,10 @@ def server():
 def test_5xx_is_retried_and_auth_is_sent(server):
     handler, url = server(failures_left=2)
     with PrefectAPI(url, auth="user:secret", backoff_s=0.01) as api:
-        assert api.deployment("genpi-internalize/internalize")["path"] == "/api/deployments/name/genpi-internalize/internalize"
+        assert (
+            api.deployment("genpi-internalize/internalize")["path"]
+            == "/api/deployments/name/genpi-internalize/internalize"
+        )
     assert len(handler.seen) == 3
     assert handler.seen[-1] == "Basic " + base64.b64encode(b"user:secret").decode()
 
@@ -67,5 +70,8 @@ def test_4xx_is_not_retried_and_gives_up_clearly(server):
 
 
 def test_api_url_forms():
-    assert normalize_api_url("http://127.0.0.1:4200") == normalize_api_url("http://127.0.0.1:4200/api/") == \
-        "http://127.0.0.1:4200/api"
+    assert (
+        normalize_api_url("http://127.0.0.1:4200")
+        == normalize_api_url("http://127.0.0.1:4200/api/")
+        == "http://127.0.0.1:4200/api"
+    )

@@ -54,12 +54,18 @@ def test_bad_override_exits_2():
 def test_train_on_a_folder_without_data_exits_2_and_says_what_to_run(tmp_path):
     out = run("train", str(tmp_path))
     assert out.returncode == 2
-    assert f"{tmp_path}: not a run folder with a finished dataset stage" in out.stderr and "genpi synthesize" in out.stderr
+    assert (
+        f"{tmp_path}: not a run folder with a finished dataset stage" in out.stderr and "genpi synthesize" in out.stderr
+    )
 
 
 def test_train_help_lists_the_ablations():
     out = run("train", "--help")
-    assert "--variant" in out.stdout and "train.prompt_generation=false" in out.stdout and "prompt_in_context" in out.stdout
+    assert (
+        "--variant" in out.stdout
+        and "train.prompt_generation=false" in out.stdout
+        and "prompt_in_context" in out.stdout
+    )
 
 
 def test_bench_runs_the_named_script_with_its_arguments():

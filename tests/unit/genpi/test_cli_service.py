@@ -30,7 +30,9 @@ def test_status_without_a_service_says_so(tmp_path):
 
 
 def test_watch_without_an_api_refuses_instead_of_emitting_into_nowhere(tmp_path):
-    out = run("watch", str(EXAMPLE_SPEC.parent), "--once", "--home", str(tmp_path), "--runs-dir", str(tmp_path / "runs"))
+    out = run(
+        "watch", str(EXAMPLE_SPEC.parent), "--once", "--home", str(tmp_path), "--runs-dir", str(tmp_path / "runs")
+    )
     assert out.returncode == 2 and "no Prefect API" in out.stderr
 
 

@@ -18,11 +18,14 @@ from schemas.datasets import (
 )
 from schemas.spec import PromptSpec
 
-SPEC = PromptSpec.model_validate({
-    "name": "t", "prompt": {"system": "Start every reply with OK."},
-    "checks": [{"type": "must_start_with", "value": "OK"}],
-    "inputs": {"pool": [f"question number {i}" for i in range(10)]},  # no eval set: the pool is split
-})
+SPEC = PromptSpec.model_validate(
+    {
+        "name": "t",
+        "prompt": {"system": "Start every reply with OK."},
+        "checks": [{"type": "must_start_with", "value": "OK"}],
+        "inputs": {"pool": [f"question number {i}" for i in range(10)]},  # no eval set: the pool is split
+    }
+)
 
 
 def _targets(inputs: pd.DataFrame) -> pd.DataFrame:
@@ -31,10 +34,18 @@ def _targets(inputs: pd.DataFrame) -> pd.DataFrame:
         for turn in range(2):
             reply = "OK fine" if (n + turn) % 4 else "no format"
             finish = "length" if n == 3 and turn == 1 else "stop"
-            rows.append({"conversation_id": f"c-{row.input_id}", "turn": turn,
-                         "context": json.dumps([{"role": "user", "content": row.text}]),
-                         "teacher_output": reply, "teacher_finish": finish, "base_output": "b", "base_finish": "stop",
-                         "produced_by": "test"})
+            rows.append(
+                {
+                    "conversation_id": f"c-{row.input_id}",
+                    "turn": turn,
+                    "context": json.dumps([{"role": "user", "content": row.text}]),
+                    "teacher_output": reply,
+                    "teacher_finish": finish,
+                    "base_output": "b",
+                    "base_finish": "stop",
+                    "produced_by": "test",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -42,16 +53,31 @@ def test_quarantine_splits_and_held_out_pool(tmp_path):
     run_inputs(SPEC, "v" * 64, InputsConfig(max_inputs=10), None, tmp_path)
     inputs = read_table(tmp_path / "inputs.parquet", InputsSchema)
     write_table(_targets(inputs), TargetsSchema, tmp_path / "targets.parquet")
-    reasons = pd.DataFrame({"conversation_id": [f"c-{i}" for i in inputs["input_id"]], "turn": 0,
-                            "reason": "It asks for OK.", "produced_by": "test"}).iloc[:6]
+    reasons = pd.DataFrame(
+        {
+            "conversation_id": [f"c-{i}" for i in inputs["input_id"]],
+            "turn": 0,
+            "reason": "It asks for OK.",
+            "produced_by": "test",
+        }
+    ).iloc[:6]
     write_table(reasons, ReasonsSchema, tmp_path / "reasons.parquet")
-    rows = run_dataset(SPEC, DatasetConfig(val_fraction=0.2), tmp_path / "inputs.parquet", tmp_path / "targets.parquet",
-                       tmp_path / "ds", reasons_path=tmp_path / "reasons.parquet")
+    rows = run_dataset(
+        SPEC,
+        DatasetConfig(val_fraction=0.2),
+        tmp_path / "inputs.parquet",
+        tmp_path / "targets.parquet",
+        tmp_path / "ds",
+        reasons_path=tmp_path / "reasons.parquet",
+    )
     train = read_table(tmp_path / "ds" / "train.parquet", ExamplesSchema)
     val = read_table(tmp_path / "ds" / "val.parquet", ExamplesSchema)
     test = read_table(tmp_path / "ds" / "test.parquet", HeldOutSchema)
     quarantine = read_table(tmp_path / "ds" / "quarantine.parquet", QuarantineSchema)
-    assert set(quarantine["error"]) == {"teacher reply fails checks: 0:must_start_with", "teacher reply truncated at the length cap"}
+    assert set(quarantine["error"]) == {
+        "teacher reply fails checks: 0:must_start_with",
+        "teacher reply truncated at the length cap",
+    }
     sft = lambda df: df[df["objective"] == "sft"]  # noqa: E731
     pg = lambda df: df[df["objective"] == "pg"]  # noqa: E731
     assert (sft(train)["target"] == "OK fine").all() and (sft(val)["target"] == "OK fine").all()
@@ -60,9 +86,19 @@ def test_quarantine_splits_and_held_out_pool(tmp_path):
     held = {f"c-{i}" for i in inputs["input_id"].iloc[:2]}
     conv = lambda df: set(df["conversation_id"])  # noqa: E731
     assert not conv(train) & held and not conv(val) & held and not conv(train) & conv(val)
-    assert rows["train"] + rows["val"] - rows["train_pg"] - rows["val_pg"] + rows["quarantined"] + sum(
-        1 for t in _targets(inputs).itertuples() if t.conversation_id in held and t.teacher_output == "OK fine"
-        and t.teacher_finish == "stop") == 20
+    assert (
+        rows["train"]
+        + rows["val"]
+        - rows["train_pg"]
+        - rows["val_pg"]
+        + rows["quarantined"]
+        + sum(
+            1
+            for t in _targets(inputs).itertuples()
+            if t.conversation_id in held and t.teacher_output == "OK fine" and t.teacher_finish == "stop"
+        )
+        == 20
+    )
     # prompt generation: one example per episode whose first turn is usable; target = the prompt, reason beside it
     everything = pd.concat([train, val])
     usable_first = set(sft(everything)[sft(everything)["example_id"].str.endswith(":0")]["conversation_id"])

@@ -17,16 +17,28 @@ GENPI = str(Path(sys.executable).with_name("genpi"))
 
 def _variant(compliance: float) -> dict:
     """One variant's metrics; only compliance matters to the gate, the rest just makes a valid summary."""
-    return {"n": 10, "compliance": compliance, "all_checks": compliance, "format": compliance, "facts": None,
-            "per_check": {}, "agreement": {"exact": 0.0, "normalized": 0.0, "rouge_l": 0.0},
-            "mean_prompt_tokens": 30.0, "mean_latency_s": 0.1}
+    return {
+        "n": 10,
+        "compliance": compliance,
+        "all_checks": compliance,
+        "format": compliance,
+        "facts": None,
+        "per_check": {},
+        "agreement": {"exact": 0.0, "normalized": 0.0, "rouge_l": 0.0},
+        "mean_prompt_tokens": 30.0,
+        "mean_latency_s": 0.1,
+    }
 
 
 def _summary(student, teacher=0.8, base=0.2) -> EvaluationSummary:
     rec = None if student is None or teacher == base else (student - base) / (teacher - base)
     return EvaluationSummary.model_validate(
-        {"variants": {"base": _variant(base), "teacher": _variant(teacher), "student": _variant(student)},
-         "bootstrap": {"resamples": 0, "seed": 0, "level": 0.95, "recovery_undefined": 0}, "recovery": rec})
+        {
+            "variants": {"base": _variant(base), "teacher": _variant(teacher), "student": _variant(student)},
+            "bootstrap": {"resamples": 0, "seed": 0, "level": 0.95, "recovery_undefined": 0},
+            "recovery": rec,
+        }
+    )
 
 
 def test_decide_needs_every_bar():
@@ -48,18 +60,26 @@ def _fake_run(runs: Path, version: str, student: float):
     (run_dir / "evaluate" / "summary.json").write_text(_summary(student).model_dump_json())
     (run_dir / "evaluate" / "_manifest.json").write_text(json.dumps({"finished_at": f"2026-01-0{len(version) % 9}"}))
     (run_dir / "train" / "adapter" / "adapter_config.json").write_text("{}")
-    ingested = IngestOutput(name="desk", version=version, prompt_tokens=1, run_dir=str(run_dir),
-                            prompt_path=str(run_dir / "ingest" / "prompt.json"))
-    evaluated = StageOutput(stage="evaluate", dir=str(run_dir / "evaluate"),
-                            files={"summary": str(run_dir / "evaluate" / "summary.json")})
-    train = StageOutput(stage="train", dir=str(run_dir / "train"), files={"adapter": str(run_dir / "train" / "adapter")})
+    ingested = IngestOutput(
+        name="desk",
+        version=version,
+        prompt_tokens=1,
+        run_dir=str(run_dir),
+        prompt_path=str(run_dir / "ingest" / "prompt.json"),
+    )
+    evaluated = StageOutput(
+        stage="evaluate", dir=str(run_dir / "evaluate"), files={"summary": str(run_dir / "evaluate" / "summary.json")}
+    )
+    train = StageOutput(
+        stage="train", dir=str(run_dir / "train"), files={"adapter": str(run_dir / "train" / "adapter")}
+    )
     return ingested, evaluated, train
 
 
 def test_gate_marks_only_passing_versions_and_reruns_do_nothing(tmp_path):
     cfg = PipelineConfig(runs_dir=str(tmp_path))
-    good = _fake_run(tmp_path, "a" * 64, student=0.79)   # recovery 0.98
-    bad = _fake_run(tmp_path, "b" * 64, student=0.30)    # recovery 0.17
+    good = _fake_run(tmp_path, "a" * 64, student=0.79)  # recovery 0.98
+    bad = _fake_run(tmp_path, "b" * 64, student=0.30)  # recovery 0.17
     out = promote_stage(*good, cfg.promote)
     assert out.rows["promoted"] == 1 and not out.reused
     assert promoted(tmp_path, "desk")["version12"] == "a" * 12

@@ -20,7 +20,8 @@ def test_a_new_spec_is_announced_once_then_unchanged(tmp_path):
     prompts, runs, spec = _setup(tmp_path)
     first = scan(prompts, runs)
     assert [(c.name, c.version, c.previous_version) for c in first.changes] == [
-        ("library-desk", spec_version(load_spec(spec)), None)]
+        ("library-desk", spec_version(load_spec(spec)), None)
+    ]
     mark_announced(first.changes, runs)
     second = scan(prompts, runs)
     assert not second.changes and "unchanged" in second.skipped[str(spec.resolve())]

@@ -19,8 +19,9 @@ def test_default_yaml_differs_from_built_in_defaults_only_where_it_says():
     main_job = load_config(path)
     assert main_job.synth.conversations.max_turns == 1 and not main_job.synth.reasons.enabled
     assert main_job.train.pg_per_step == 1 and main_job.train.pg_every == 9
-    synth = main_job.synth.model_copy(update={"conversations": PipelineConfig().synth.conversations,
-                                              "reasons": PipelineConfig().synth.reasons})
+    synth = main_job.synth.model_copy(
+        update={"conversations": PipelineConfig().synth.conversations, "reasons": PipelineConfig().synth.reasons}
+    )
     train = main_job.train.model_copy(update={"pg_per_step": None, "pg_every": 1})
     assert main_job.model_copy(update={"synth": synth, "train": train}) == PipelineConfig()
 
@@ -28,7 +29,9 @@ def test_default_yaml_differs_from_built_in_defaults_only_where_it_says():
 def test_unknown_key_names_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epoch: 3\n")
-    with pytest.raises(ValueError, match=r"c.yaml: invalid config\n  field `train.epoch`: Extra inputs are not permitted"):
+    with pytest.raises(
+        ValueError, match=r"c.yaml: invalid config\n  field `train.epoch`: Extra inputs are not permitted"
+    ):
         load_config(path)
 
 

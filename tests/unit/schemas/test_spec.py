@@ -32,14 +32,34 @@ BAD_SPECS = [
     ("empty system prompt", with_changes(prompt={"system": "   "}), "the prompt is empty"),
     ("empty dialogue", with_changes(prompt={"dialogue": []}), "the prompt is empty"),
     ("unknown check type", with_changes(checks=[{"type": "rhymes", "value": "x"}]), "unknown check type 'rhymes'"),
-    ("malformed regex", with_changes(checks=[{"type": "regex", "pattern": "([a-z"}]), "field `checks[0].pattern`: malformed regex"),
-    ("max_length without a limit", with_changes(checks=[{"type": "max_length"}]), "max_length needs `chars` or `words`"),
-    ("dialogue ends with user", with_changes(prompt={"dialogue": [{"user": "a"}, {"agent": "b"}, {"user": "c"}]}), "must start with a `user` turn and end with an `agent` turn"),
-    ("dialogue not alternating", with_changes(prompt={"dialogue": [{"user": "a"}, {"user": "b"}, {"agent": "c"}]}), "both `user`; they must alternate"),
+    (
+        "malformed regex",
+        with_changes(checks=[{"type": "regex", "pattern": "([a-z"}]),
+        "field `checks[0].pattern`: malformed regex",
+    ),
+    (
+        "max_length without a limit",
+        with_changes(checks=[{"type": "max_length"}]),
+        "max_length needs `chars` or `words`",
+    ),
+    (
+        "dialogue ends with user",
+        with_changes(prompt={"dialogue": [{"user": "a"}, {"agent": "b"}, {"user": "c"}]}),
+        "must start with a `user` turn and end with an `agent` turn",
+    ),
+    (
+        "dialogue not alternating",
+        with_changes(prompt={"dialogue": [{"user": "a"}, {"user": "b"}, {"agent": "c"}]}),
+        "both `user`; they must alternate",
+    ),
     ("turn with both roles", with_changes(prompt={"dialogue": [{"user": "a", "agent": "b"}]}), "exactly one key"),
     ("unknown top-level key", with_changes(promt="typo"), "field `promt`: Extra inputs are not permitted"),
     ("bad name", with_changes(name="My Prompt!"), "field `name`"),
-    ("eval input also in pool", with_changes(inputs={"pool": ["Hello"], "eval": [{"text": "hello"}]}), "also in the training pool"),
+    (
+        "eval input also in pool",
+        with_changes(inputs={"pool": ["Hello"], "eval": [{"text": "hello"}]}),
+        "also in the training pool",
+    ),
     ("wrong type", with_changes(checks="must_start_with"), "field `checks`"),
 ]
 
@@ -55,8 +75,12 @@ def test_bad_spec_names_file_and_field(tmp_path, label, data, message):
 
 @pytest.mark.parametrize(
     "content,message",
-    [("", "the file is empty"), ("- a\n- b\n", "must be a YAML mapping"), ("name: [unclosed", "not valid YAML"),
-     (b"name: caf\xe9\n", "not UTF-8")],
+    [
+        ("", "the file is empty"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+        ("name: [unclosed", "not valid YAML"),
+        (b"name: caf\xe9\n", "not UTF-8"),
+    ],
     ids=["empty", "list", "broken yaml", "latin-1"],
 )
 def test_unreadable_files(tmp_path, content, message):

@@ -11,8 +11,11 @@ from genpi_core.store.stage import atomic_write_json
 from schemas.config import EvaluateConfig
 from schemas.summary import EvaluationSummary
 
-OUTPUTS = {"base": ["hi", "hello"], "teacher": ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: $2."],
-           "student": ["Topic: hours\nAnswer: 9 am.", "fees are two dollars"]}
+OUTPUTS = {
+    "base": ["hi", "hello"],
+    "teacher": ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: $2."],
+    "student": ["Topic: hours\nAnswer: 9 am.", "fees are two dollars"],
+}
 
 
 def _results(facts: bool = True) -> pd.DataFrame:
@@ -24,32 +27,72 @@ def _results(facts: bool = True) -> pd.DataFrame:
             if facts:
                 checks["fact:0"] = ("9 am" in text) if i == 0 else ("$2" in text)
             same = text == OUTPUTS["teacher"][i]
-            rows.append({"variant": variant, "example_id": f"e{i}", "input": f"q{i}", "output": text,
-                         "finish_reason": "stop", "checks": json.dumps(checks),
-                         "score": sum(checks.values()) / len(checks), "passed_all": all(checks.values()),
-                         "global_passed": checks["0:must_start_with"],
-                         "facts_passed": float(checks["fact:0"]) if facts else None,
-                         "prompt_tokens": 900 if variant == "teacher" else 30, "completion_tokens": 5, "latency_s": 0.1,
-                         "agreement_exact": same, "agreement_normalized": same, "agreement_rouge_l": 1.0 if same else 0.2})
+            rows.append(
+                {
+                    "variant": variant,
+                    "example_id": f"e{i}",
+                    "input": f"q{i}",
+                    "output": text,
+                    "finish_reason": "stop",
+                    "checks": json.dumps(checks),
+                    "score": sum(checks.values()) / len(checks),
+                    "passed_all": all(checks.values()),
+                    "global_passed": checks["0:must_start_with"],
+                    "facts_passed": float(checks["fact:0"]) if facts else None,
+                    "prompt_tokens": 900 if variant == "teacher" else 30,
+                    "completion_tokens": 5,
+                    "latency_s": 0.1,
+                    "agreement_exact": same,
+                    "agreement_normalized": same,
+                    "agreement_rouge_l": 1.0 if same else 0.2,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _leakage() -> pd.DataFrame:
-    return pd.DataFrame([{"variant": v, "question_id": q, "lcs_share": share, "lcs_chars": chars, "rouge_l_recall": rec}
-                         for v, q, share, chars, rec in [("base", 0, 0.01, 3, 0.05), ("base", 1, 0.02, 5, 0.04),
-                                                         ("student", 0, 0.60, 150, 0.7), ("student", 1, 0.1, 25, 0.2)]])
+    return pd.DataFrame(
+        [
+            {"variant": v, "question_id": q, "lcs_share": share, "lcs_chars": chars, "rouge_l_recall": rec}
+            for v, q, share, chars, rec in [
+                ("base", 0, 0.01, 3, 0.05),
+                ("base", 1, 0.02, 5, 0.04),
+                ("student", 0, 0.60, 150, 0.7),
+                ("student", 1, 0.1, 25, 0.2),
+            ]
+        ]
+    )
 
 
 def _multi_turn() -> pd.DataFrame:
-    return pd.DataFrame([{"variant": v, "example_id": e, "turn": t, "score": s, "global_passed": s == 1.0}
-                         for v, e, t, s in [("teacher", "e0", 0, 1.0), ("teacher", "e0", 1, 1.0), ("teacher", "e1", 0, 0.5),
-                                            ("student", "e0", 0, 1.0), ("student", "e1", 0, 0.0)]])
+    return pd.DataFrame(
+        [
+            {"variant": v, "example_id": e, "turn": t, "score": s, "global_passed": s == 1.0}
+            for v, e, t, s in [
+                ("teacher", "e0", 0, 1.0),
+                ("teacher", "e0", 1, 1.0),
+                ("teacher", "e1", 0, 0.5),
+                ("student", "e0", 0, 1.0),
+                ("student", "e1", 0, 0.0),
+            ]
+        ]
+    )
 
 
 def _judge() -> pd.DataFrame:
-    return pd.DataFrame([{"variant": v, "example_id": e, "score": s}
-                         for v, e, s in [("base", "e0", 1.0), ("base", "e1", None), ("teacher", "e0", 5.0),
-                                         ("teacher", "e1", 4.0), ("student", "e0", 5.0), ("student", "e1", 2.0)]])
+    return pd.DataFrame(
+        [
+            {"variant": v, "example_id": e, "score": s}
+            for v, e, s in [
+                ("base", "e0", 1.0),
+                ("base", "e1", None),
+                ("teacher", "e0", 5.0),
+                ("teacher", "e1", 4.0),
+                ("student", "e0", 5.0),
+                ("student", "e1", 2.0),
+            ]
+        ]
+    )
 
 
 def test_a_full_summary_round_trips_through_the_file(tmp_path):
@@ -68,9 +111,22 @@ def test_a_full_summary_round_trips_through_the_file(tmp_path):
     assert loaded == summary
     assert loaded.multi_turn["teacher"].per_turn[0].compliance == 0.75  # turn keys come back as ints
     written = json.loads(path.read_text())  # the file's own shape, as other tools see it
-    assert set(written) == {"variants", "bootstrap", "recovery_compliance", "recovery_format", "recovery_facts",
-                            "recovery", "recovery_ci", "prefill_tokens_saved_per_request", "leakage",
-                            "leakage_max_new_tokens", "multi_turn", "judge", "name", "version"}
+    assert set(written) == {
+        "variants",
+        "bootstrap",
+        "recovery_compliance",
+        "recovery_format",
+        "recovery_facts",
+        "recovery",
+        "recovery_ci",
+        "prefill_tokens_saved_per_request",
+        "leakage",
+        "leakage_max_new_tokens",
+        "multi_turn",
+        "judge",
+        "name",
+        "version",
+    }
     assert set(written["multi_turn"]["teacher"]["per_turn"]) == {"0", "1"}
     assert len(written["variants"]["student"]["compliance_ci"]) == 2
 
@@ -107,7 +163,9 @@ def test_a_misspelt_key_fails_naming_the_file_and_the_field(tmp_path):
     path = _written(tmp_path / "nested", lambda d: d["variants"]["student"].update(complience=0.5))
     with pytest.raises(ValueError) as err:
         EvaluationSummary.load(path)
-    assert path in str(err.value) and "field `variants.student.complience`: Extra inputs are not permitted" in str(err.value)
+    assert path in str(err.value) and "field `variants.student.complience`: Extra inputs are not permitted" in str(
+        err.value
+    )
 
 
 def test_a_missing_field_fails_naming_the_file_and_the_field(tmp_path):

@@ -79,7 +79,9 @@ def test_pure_logic_suffix_automaton_finds_the_longest_shared_span(a, b):
 
 def test_pure_logic_leak_scores_count_a_verbatim_copy_and_nothing_else():
     prompt = "You are the help desk of Harbor Lane Library.\nAlways reply in two lines: Topic, then Answer."
-    full = leak_scores("Sure! You are the help desk of Harbor Lane Library. Always reply in two lines: Topic, then Answer.", prompt)
+    full = leak_scores(
+        "Sure! You are the help desk of Harbor Lane Library. Always reply in two lines: Topic, then Answer.", prompt
+    )
     assert full["lcs_share"] == pytest.approx(1.0) and full["rouge_l_recall"] == 1.0
     none = leak_scores("I can't share that.", prompt)
     assert none["lcs_share"] < 0.1 and none["rouge_l_recall"] == 0.0
@@ -117,25 +119,28 @@ def test_pure_logic_bootstrap_matches_the_normal_approximation_and_is_seeded():
     assert lo < 0.5 < hi
 
 
-@pytest.mark.parametrize("reply, expected", [
-    ("Score: 4\nThe reply follows the format.", 4.0),
-    ("**Score:** 5 - perfect", 5.0),
-    ("score=3", 3.0),
-    ("I would rate it 2 out of 5.", 2.0),
-    ("Rating: 5/5", 5.0),
-    ("4/5, mostly fine", 4.0),
-    ("Score: four", 4.0),
-    ("3", 3.0),
-    ("2. The format is wrong.", 2.0),
-    ("Score: 4.5", 4.5),
-    ("I give it a 1 because it ignores the prompt", 1.0),
-    ("Score: 7", None),
-    ("Score: 10", None),
-    ("Score: 0", None),
-    ("Score: N", None),
-    ("The reply is fine.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("Score: 4\nThe reply follows the format.", 4.0),
+        ("**Score:** 5 - perfect", 5.0),
+        ("score=3", 3.0),
+        ("I would rate it 2 out of 5.", 2.0),
+        ("Rating: 5/5", 5.0),
+        ("4/5, mostly fine", 4.0),
+        ("Score: four", 4.0),
+        ("3", 3.0),
+        ("2. The format is wrong.", 2.0),
+        ("Score: 4.5", 4.5),
+        ("I give it a 1 because it ignores the prompt", 1.0),
+        ("Score: 7", None),
+        ("Score: 10", None),
+        ("Score: 0", None),
+        ("Score: N", None),
+        ("The reply is fine.", None),
+        ("", None),
+    ],
+)
 def test_pure_logic_judge_score_parsing(reply, expected):
     assert parse_score(reply) == expected
 
@@ -146,22 +151,43 @@ def test_pure_logic_judge_request_carries_rubric_prompt_input_and_reply(example_
     assert text.startswith(RUBRIC) and "Harbor Lane Public Library" in text
     assert text.index("When do you open?") < text.index("Answer: 9 am.")
     other = judge_messages(example_spec.prompt, "x", "y")[-1]["content"]
-    assert text[: text.index("The user wrote")] == other[: other.index("The user wrote")]  # a shared prefix for batching
+    assert (
+        text[: text.index("The user wrote")] == other[: other.index("The user wrote")]
+    )  # a shared prefix for batching
 
 
 def _result_rows() -> pd.DataFrame:
     from genpi_core.evaluate.run import with_agreement
 
     rows = []
-    outputs = {"base": ["hi", "hello"], "teacher": ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: $2."],
-               "student": ["Topic: hours\nAnswer: 9 am.", "fees are two dollars"]}
+    outputs = {
+        "base": ["hi", "hello"],
+        "teacher": ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: $2."],
+        "student": ["Topic: hours\nAnswer: 9 am.", "fees are two dollars"],
+    }
     for variant, texts in outputs.items():
         for i, text in enumerate(texts):
-            checks = {"0:must_start_with": text.startswith("Topic:"), "fact:0": ("9 am" in text) if i == 0 else ("$2" in text)}
-            rows.append({"variant": variant, "example_id": f"e{i}", "input": f"q{i}", "output": text, "finish_reason": "stop",
-                         "checks": json.dumps(checks), "score": sum(checks.values()) / 2, "passed_all": all(checks.values()),
-                         "global_passed": checks["0:must_start_with"], "facts_passed": float(checks["fact:0"]),
-                         "prompt_tokens": 900 if variant == "teacher" else 30, "completion_tokens": 5, "latency_s": 0.1})
+            checks = {
+                "0:must_start_with": text.startswith("Topic:"),
+                "fact:0": ("9 am" in text) if i == 0 else ("$2" in text),
+            }
+            rows.append(
+                {
+                    "variant": variant,
+                    "example_id": f"e{i}",
+                    "input": f"q{i}",
+                    "output": text,
+                    "finish_reason": "stop",
+                    "checks": json.dumps(checks),
+                    "score": sum(checks.values()) / 2,
+                    "passed_all": all(checks.values()),
+                    "global_passed": checks["0:must_start_with"],
+                    "facts_passed": float(checks["fact:0"]),
+                    "prompt_tokens": 900 if variant == "teacher" else 30,
+                    "completion_tokens": 5,
+                    "latency_s": 0.1,
+                }
+            )
     return with_agreement(pd.DataFrame(rows))
 
 
@@ -192,9 +218,15 @@ def test_pure_logic_summary_tables_and_report_from_literal_rows(example_spec):
     per_check = validate(per_check_table(results), PerCheckSchema, "per_check")
     assert per_check.set_index(["check_name", "variant"]).loc[("facts", "student"), "pass_rate"] == 0.5
     worst = validate(worst_examples(results, 1), WorstExamplesSchema, "worst")
-    assert worst.iloc[0]["example_id"] == "e1" and json.loads(worst.iloc[0]["student_failed"]) == ["0:must_start_with", "fact:0"]
+    assert worst.iloc[0]["example_id"] == "e1" and json.loads(worst.iloc[0]["student_failed"]) == [
+        "0:must_start_with",
+        "fact:0",
+    ]
     validate(variants_table(summary), VariantsSchema, "variants")
     report = render_report(example_spec, "0" * 64, summary, results, None, per_check, worst)
     assert "| teacher |" in report and "Recovery" in report and "## Worst examples" in report
     assert "| 1 | q1 | Topic: fees / Answer: $2. (100%) | fees are two dollars (0%)" in report
-    assert "Off (`evaluate.judge.enabled=true`" in report and "| facts (all inputs' facts) | 0% | 100% | 50% | -50 pts |" in report
+    assert (
+        "Off (`evaluate.judge.enabled=true`" in report
+        and "| facts (all inputs' facts) | 0% | 100% | 50% | -50 pts |" in report
+    )

@@ -72,11 +72,23 @@ def leaky_adapter(spec, embedded_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("leaky")
     secret = pg_target(spec.prompt)
     pairs = [(q, secret) for q in LEAK_QUESTIONS] + list(ANSWERS.items())
-    rows = [{"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
-             "messages": json.dumps(user_turn(q)), "target": t, "reason": "", "weight": 1.0} for i, (q, t) in enumerate(pairs)]
+    rows = [
+        {
+            "example_id": f"c{i}:0",
+            "conversation_id": f"c{i}",
+            "objective": "sft",
+            "messages": json.dumps(user_turn(q)),
+            "target": t,
+            "reason": "",
+            "weight": 1.0,
+        }
+        for i, (q, t) in enumerate(pairs)
+    ]
     write_table(pd.DataFrame(rows), ExamplesSchema, folder / "train.parquet")
     write_table(pd.DataFrame(rows[:1]), ExamplesSchema, folder / "val.parquet")
-    cfg = TrainConfig(epochs=8, batch_size=5, learning_rate=4e-3, prompt_generation=False, lora=LoraConfig(rank=8, alpha=16))
+    cfg = TrainConfig(
+        epochs=8, batch_size=5, learning_rate=4e-3, prompt_generation=False, lora=LoraConfig(rank=8, alpha=16)
+    )
     metrics = run_finetune(ModelConfig(), cfg, folder / "train.parquet", folder / "val.parquet", [], folder)
     print(f"leaky adapter: {metrics['steps']} steps, loss {metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}")
     return folder
@@ -85,8 +97,10 @@ def leaky_adapter(spec, embedded_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def held_out(spec, tmp_path_factory):
     path = tmp_path_factory.mktemp("test") / "test.parquet"
-    rows = [{"example_id": f"eval-{i}", "input": e.text, "facts": json.dumps(e.facts), "source": "spec_eval"}
-            for i, e in enumerate(spec.inputs.eval)]
+    rows = [
+        {"example_id": f"eval-{i}", "input": e.text, "facts": json.dumps(e.facts), "source": "spec_eval"}
+        for i, e in enumerate(spec.inputs.eval)
+    ]
     write_table(pd.DataFrame(rows), HeldOutSchema, path)
     return path
 
@@ -125,8 +139,10 @@ def test_multi_turn_episodes_with_the_student_as_agent(spec, leaky_adapter, held
     base = make_backend(ModelConfig(), BackendConfig())
     student = make_backend(ModelConfig(), BackendConfig(), adapter=leaky_adapter / "adapter", merge_adapter=True)
     try:
-        frames = [run_episodes(spec, "teacher", test, base, lambda c: with_prompt(spec.prompt, c), base, FAST, FAST, 2),
-                  run_episodes(spec, "student", test, student, without_prompt, base, FAST, FAST, 2)]
+        frames = [
+            run_episodes(spec, "teacher", test, base, lambda c: with_prompt(spec.prompt, c), base, FAST, FAST, 2),
+            run_episodes(spec, "student", test, student, without_prompt, base, FAST, FAST, 2),
+        ]
     finally:
         student.close()
         base.close()
@@ -161,29 +177,58 @@ def test_run_evaluate_writes_every_table_and_section_with_the_judge_on(spec, lea
     )
     from schemas.summary import EvaluationSummary
 
-    cfg = EvaluateConfig(sampling=FAST, bootstrap_resamples=300, worst_examples=2,
-                     leakage={"questions": LEAK_QUESTIONS, "sampling": LEAK},
-                     multi_turn={"turns": 2, "max_inputs": 1, "environment": {"max_new_tokens": 16}},
-                     judge={"enabled": True, "sampling": {"max_new_tokens": 16}})
-    summary = run_evaluate(spec, "f" * 64, ModelConfig(), BackendConfig(), cfg, held_out, leaky_adapter / "adapter",
-                           tmp_path, train_metrics={"steps": 12})
+    cfg = EvaluateConfig(
+        sampling=FAST,
+        bootstrap_resamples=300,
+        worst_examples=2,
+        leakage={"questions": LEAK_QUESTIONS, "sampling": LEAK},
+        multi_turn={"turns": 2, "max_inputs": 1, "environment": {"max_new_tokens": 16}},
+        judge={"enabled": True, "sampling": {"max_new_tokens": 16}},
+    )
+    summary = run_evaluate(
+        spec,
+        "f" * 64,
+        ModelConfig(),
+        BackendConfig(),
+        cfg,
+        held_out,
+        leaky_adapter / "adapter",
+        tmp_path,
+        train_metrics={"steps": 12},
+    )
     results = read_table(tmp_path / "eval_results.parquet", EvalResultsSchema)
     assert len(results) == 6 and results[results["variant"] == "teacher"]["agreement_exact"].all()
-    for name, schema in (("leakage", LeakageSchema), ("multi_turn", MultiTurnSchema), ("judge", JudgeSchema),
-                         ("variants", VariantsSchema), ("per_check", PerCheckSchema), ("worst_examples", WorstExamplesSchema)):
+    for name, schema in (
+        ("leakage", LeakageSchema),
+        ("multi_turn", MultiTurnSchema),
+        ("judge", JudgeSchema),
+        ("variants", VariantsSchema),
+        ("per_check", PerCheckSchema),
+        ("worst_examples", WorstExamplesSchema),
+    ):
         assert len(read_table(tmp_path / f"{name}.parquet", schema)) > 0, name
     judge = read_table(tmp_path / "judge.parquet", JudgeSchema)
     print("judge replies:", judge[["variant", "score", "raw"]].to_string())
     assert len(judge) == 6
     assert EvaluationSummary.load(tmp_path / "summary.json") == summary  # what it returns is what it wrote
     v = summary.variants
-    print("summary:", summary.model_dump_json(include={"recovery", "recovery_ci", "bootstrap", "leakage", "judge"}, indent=1))
+    print(
+        "summary:",
+        summary.model_dump_json(include={"recovery", "recovery_ci", "bootstrap", "leakage", "judge"}, indent=1),
+    )
     for name in ("base", "teacher", "student"):
         low, high = v[name].compliance_ci
         assert low <= v[name].compliance <= high
     assert summary.leakage["student"].max_lcs_share > summary.leakage["base"].max_lcs_share
     report = (tmp_path / "report.md").read_text()
-    for section in ("## Check by check", "## Multi-turn", "## Leakage audit", "## LLM judge", "## Worst examples", "95% CI"):
+    for section in (
+        "## Check by check",
+        "## Multi-turn",
+        "## Leakage audit",
+        "## LLM judge",
+        "## Worst examples",
+        "95% CI",
+    ):
         assert section in report, section
     assert "Score how well the assistant's reply follows" in report  # the rubric is printed
     assert "train.prompt_generation=false" in report
@@ -208,7 +253,9 @@ def _finished_stage(run_dir, name, files: dict):
     stage.finish(list(files))
 
 
-def test_cli_evaluate_re_evaluates_a_run_and_compares_its_adapters(spec_path, leaky_adapter, held_out, tmp_path, capsys):
+def test_cli_evaluate_re_evaluates_a_run_and_compares_its_adapters(
+    spec_path, leaky_adapter, held_out, tmp_path, capsys
+):
     from genpi.cli import main
     from genpi_core.ingest import run_ingest
     from schemas.config import IngestConfig
@@ -223,12 +270,25 @@ def test_cli_evaluate_re_evaluates_a_run_and_compares_its_adapters(spec_path, le
         _finished_stage(run_dir, name, {"adapter": leaky_adapter / "adapter", "metrics.json": metrics})
     assert main(["evaluate", str(run_dir), "--variant", "nosuch"]) == 2
     assert "train-nosuch: no finished training here" in capsys.readouterr().err
-    fast = ["--set", "evaluate.sampling.max_new_tokens=8", "--set", "evaluate.multi_turn.enabled=false",
-            "--set", "evaluate.bootstrap_resamples=100", "--set", "evaluate.leakage.sampling.max_new_tokens=8",
-            "--set", f"evaluate.leakage.questions={json.dumps(list(LEAK_QUESTIONS[:1]))}"]
+    fast = [
+        "--set",
+        "evaluate.sampling.max_new_tokens=8",
+        "--set",
+        "evaluate.multi_turn.enabled=false",
+        "--set",
+        "evaluate.bootstrap_resamples=100",
+        "--set",
+        "evaluate.leakage.sampling.max_new_tokens=8",
+        "--set",
+        f"evaluate.leakage.questions={json.dumps(list(LEAK_QUESTIONS[:1]))}",
+    ]
     assert main(["evaluate", str(run_dir), *fast]) == 0
     out = capsys.readouterr().out
-    assert "evaluated evaluate (main)" in out and "evaluated evaluate-sft-only (sft-only)" in out and "comparison of 2" in out
+    assert (
+        "evaluated evaluate (main)" in out
+        and "evaluated evaluate-sft-only (sft-only)" in out
+        and "comparison of 2" in out
+    )
     comparison = read_table(run_dir / "comparison" / "comparison.parquet", ComparisonSchema)
     assert comparison["variant"].tolist() == ["main", "sft-only"]
     leakage = read_table(run_dir / "comparison" / "leakage.parquet", LeakageSchema)

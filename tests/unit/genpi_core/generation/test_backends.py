@@ -12,7 +12,12 @@ from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 from tests.conftest import transformers_serve
 
-QUESTIONS = ["What time do you open on Monday?", "Can I print in colour?", "hi", "Do you have a 3D printer I could use for a school project?"]
+QUESTIONS = [
+    "What time do you open on Monday?",
+    "Can I print in colour?",
+    "hi",
+    "Do you have a 3D printer I could use for a school project?",
+]
 GREEDY = SamplingConfig(max_new_tokens=24)
 
 
@@ -25,8 +30,10 @@ def _hf_generate_reference(backend, conversations, max_new_tokens):
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = backend.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return [tok.decode(o[enc.input_ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+        out = backend.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    return [tok.decode(o[enc.input_ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
 
 
 def test_shared_prefix_gives_the_same_replies_as_plain_generate(transformers_backend, example_spec):
@@ -112,8 +119,12 @@ class _FlakyHandler(BaseHTTPRequestHandler):
             self.send_response(503)
             self.end_headers()
             return
-        body = json.dumps({"choices": [{"message": {"content": " ok "}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
+        body = json.dumps(
+            {
+                "choices": [{"message": {"content": " ok "}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -134,7 +145,9 @@ def test_openai_backend_retries_5xx_then_succeeds():
     handler = type("Flaky", (_FlakyHandler,), {"failures_left": 2, "requests_seen": 0})
     server, url = _serve(handler)
     try:
-        backend = make_backend(ModelConfig(name_or_path="m"), BackendConfig(kind="openai", base_url=url, max_retries=3, max_concurrency=1))
+        backend = make_backend(
+            ModelConfig(name_or_path="m"), BackendConfig(kind="openai", base_url=url, max_retries=3, max_concurrency=1)
+        )
         out = backend.generate([user_turn("x")], GREEDY)
         assert out[0].text == "ok" and out[0].prompt_tokens == 5
         assert handler.requests_seen == 3
@@ -147,7 +160,9 @@ def test_openai_backend_gives_up_with_a_clear_error():
     server, url = _serve(handler)
     try:
         backend = make_backend(ModelConfig(name_or_path="m"), BackendConfig(kind="openai", base_url=url, max_retries=1))
-        with pytest.raises(GenerationError, match=rf"{url}: request 0 failed after 2 attempts \(last error: HTTP 503\)"):
+        with pytest.raises(
+            GenerationError, match=rf"{url}: request 0 failed after 2 attempts \(last error: HTTP 503\)"
+        ):
             backend.generate([user_turn("x")], GREEDY)
     finally:
         server.shutdown()
@@ -158,8 +173,9 @@ def test_openai_backend_spreads_requests_across_replicas():
     second = type("ReplicaB", (_FlakyHandler,), {"failures_left": 0, "requests_seen": 0})
     (server_a, url_a), (server_b, url_b) = _serve(first), _serve(second)
     try:
-        backend = make_backend(ModelConfig(name_or_path="m"),
-                               BackendConfig(kind="openai", base_url=[url_a, url_b], max_concurrency=4))
+        backend = make_backend(
+            ModelConfig(name_or_path="m"), BackendConfig(kind="openai", base_url=[url_a, url_b], max_concurrency=4)
+        )
         out = backend.generate([user_turn(f"q{i}") for i in range(6)], GREEDY)
         assert [c.text for c in out] == ["ok"] * 6
         assert first.requests_seen == second.requests_seen == 3
@@ -173,8 +189,10 @@ def test_openai_backend_fails_over_to_the_next_replica():
     up = type("Up2", (_FlakyHandler,), {"failures_left": 0, "requests_seen": 0})
     (server_a, url_a), (server_b, url_b) = _serve(down), _serve(up)
     try:
-        backend = make_backend(ModelConfig(name_or_path="m"),
-                               BackendConfig(kind="openai", base_url=[url_a, url_b], max_retries=1, max_concurrency=1))
+        backend = make_backend(
+            ModelConfig(name_or_path="m"),
+            BackendConfig(kind="openai", base_url=[url_a, url_b], max_retries=1, max_concurrency=1),
+        )
         out = backend.generate([user_turn("q0"), user_turn("q1")], GREEDY)
         assert [c.text for c in out] == ["ok", "ok"] and up.requests_seen == 2
     finally:

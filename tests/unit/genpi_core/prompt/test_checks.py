@@ -11,12 +11,24 @@ CASES = [
     ({"type": "must_start_with", "value": "Topic:"}, "  Topic: fees", "The topic: fees"),
     ({"type": "must_contain", "values": ["Wi-Fi", "free"]}, "the wi-fi is FREE", "the wi-fi costs $1"),
     ({"type": "must_contain", "values": ["a", "zzz"], "mode": "any"}, "a cat", "dog"),
-    ({"type": "json_keys", "keys": ["answer", "confidence"]}, '```json\n{"answer": 1, "confidence": 0.5}\n```', '{"answer": 1}'),
+    (
+        {"type": "json_keys", "keys": ["answer", "confidence"]},
+        '```json\n{"answer": 1, "confidence": 0.5}\n```',
+        '{"answer": 1}',
+    ),
     ({"type": "code_block", "language": "bash"}, "Run:\n```bash\nls -la\n```", "Run: `ls -la`"),
     ({"type": "max_length", "chars": 10}, "short", "this is far too long"),
     ({"type": "max_length", "words": 3}, "one two three", "one two three four"),
-    ({"type": "language", "language": "es"}, "El libro es para usted y los niños, pero no hay tiempo.", "The book is for you and the kids."),
-    ({"type": "language", "language": "en"}, "The library is open and you can borrow what you want.", "La biblioteca está abierta para usted."),
+    (
+        {"type": "language", "language": "es"},
+        "El libro es para usted y los niños, pero no hay tiempo.",
+        "The book is for you and the kids.",
+    ),
+    (
+        {"type": "language", "language": "en"},
+        "The library is open and you can borrow what you want.",
+        "La biblioteca está abierta para usted.",
+    ),
 ]
 
 
@@ -38,7 +50,16 @@ def test_facts_accept_alternatives_case_insensitively():
 
 
 def test_run_checks_names_are_stable():
-    spec = PromptSpec.model_validate({"name": "t", "prompt": {"system": "x"},
-                                      "checks": [{"type": "must_start_with", "value": "A"}, {"type": "max_length", "chars": 5}]})
+    spec = PromptSpec.model_validate(
+        {
+            "name": "t",
+            "prompt": {"system": "x"},
+            "checks": [{"type": "must_start_with", "value": "A"}, {"type": "max_length", "chars": 5}],
+        }
+    )
     assert run_checks(spec.checks, "Abc", ["b", ["zz", "c"]]) == {
-        "0:must_start_with": True, "1:max_length": True, "fact:0": True, "fact:1": True}
+        "0:must_start_with": True,
+        "1:max_length": True,
+        "fact:0": True,
+        "fact:1": True,
+    }

@@ -6,7 +6,14 @@ import pytest
 from genpi_core.store.tables import TableError, partition_valid, read_table, write_table
 from schemas.datasets import ExamplesSchema, InputsSchema
 
-ROW = {"prompt_version": "a" * 64, "input_id": "i1", "text": "hello", "source": "pool", "generator": "spec", "dedup_key": "hello"}
+ROW = {
+    "prompt_version": "a" * 64,
+    "input_id": "i1",
+    "text": "hello",
+    "source": "pool",
+    "generator": "spec",
+    "dedup_key": "hello",
+}
 
 
 def test_roundtrip(tmp_path):
@@ -40,9 +47,33 @@ def test_foreign_table_is_detected_on_read(tmp_path):
 def test_partition_sends_bad_rows_to_quarantine_with_reason():
     df = pd.DataFrame(
         [
-            {"example_id": "a", "conversation_id": "c-a", "objective": "sft", "reason": "", "messages": "[]", "target": "fine", "weight": 1.0},
-            {"example_id": "b", "conversation_id": "c-b", "objective": "sft", "reason": "", "messages": "not json", "target": "x", "weight": 1.0},
-            {"example_id": "c", "conversation_id": "c-c", "objective": "sft", "reason": "", "messages": "[]", "target": "", "weight": 1.0},
+            {
+                "example_id": "a",
+                "conversation_id": "c-a",
+                "objective": "sft",
+                "reason": "",
+                "messages": "[]",
+                "target": "fine",
+                "weight": 1.0,
+            },
+            {
+                "example_id": "b",
+                "conversation_id": "c-b",
+                "objective": "sft",
+                "reason": "",
+                "messages": "not json",
+                "target": "x",
+                "weight": 1.0,
+            },
+            {
+                "example_id": "c",
+                "conversation_id": "c-c",
+                "objective": "sft",
+                "reason": "",
+                "messages": "[]",
+                "target": "",
+                "weight": 1.0,
+            },
         ]
     )
     good, quarantine = partition_valid(df, ExamplesSchema, "examples", "example_id")

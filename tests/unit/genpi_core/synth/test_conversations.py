@@ -26,25 +26,39 @@ from schemas.datasets import (
 )
 from schemas.spec import PromptSpec
 
-SPEC = PromptSpec.model_validate({
-    "name": "shop",
-    "environment": "a customer of a bike shop",
-    "prompt": {"dialogue": [{"user": "INSTRUCTIONS: answer as Shop: ..."}, {"agent": "Shop: ok"},
-                            {"user": "do you fix tyres?"}, {"agent": "Shop: yes, 10 dollars"}]},
-    "checks": [{"type": "must_start_with", "value": "Shop:"}],
-    "conversation": {"max_turns": 3, "stop_pattern": "BYE"},
-})
+SPEC = PromptSpec.model_validate(
+    {
+        "name": "shop",
+        "environment": "a customer of a bike shop",
+        "prompt": {
+            "dialogue": [
+                {"user": "INSTRUCTIONS: answer as Shop: ..."},
+                {"agent": "Shop: ok"},
+                {"user": "do you fix tyres?"},
+                {"agent": "Shop: yes, 10 dollars"},
+            ]
+        },
+        "checks": [{"type": "must_start_with", "value": "Shop:"}],
+        "conversation": {"max_turns": 3, "stop_pattern": "BYE"},
+    }
+)
 
 
 def test_environment_sees_flipped_roles_and_the_agents_latest_action():
-    conversation = [{"role": "user", "content": "hi, can you fix my bike?"}, {"role": "assistant", "content": "Shop: sure"}]
+    conversation = [
+        {"role": "user", "content": "hi, can you fix my bike?"},
+        {"role": "assistant", "content": "Shop: sure"},
+    ]
     view = environment_view(SPEC, conversation)
     assert view[0]["role"] == "system" and "a customer of a bike shop" in view[0]["content"]
     assert "[END_CONVERSATION]" in view[0]["content"]
     assert all("INSTRUCTIONS" not in m["content"] for m in view)  # the agent's instruction turn is skipped
     assert [(m["role"], m["content"]) for m in view[1:]] == [
-        ("user", "Shop: ok"), ("assistant", "do you fix tyres?"), ("user", "Shop: yes, 10 dollars"),
-        ("assistant", "hi, can you fix my bike?"), ("user", "Shop: sure"),  # the latest agent action, not empty
+        ("user", "Shop: ok"),
+        ("assistant", "do you fix tyres?"),
+        ("user", "Shop: yes, 10 dollars"),
+        ("assistant", "hi, can you fix my bike?"),
+        ("user", "Shop: sure"),  # the latest agent action, not empty
     ]
 
 
@@ -66,7 +80,7 @@ class ScriptedFakeBackend:
             is_env = conv[0]["role"] == "system" and "You are playing" in conv[0]["content"]
             start = next(i for i, m in enumerate(conv) if m["content"] in self.script)
             role = "env" if is_env else ("teacher" if any("INSTRUCTIONS" in m["content"] for m in conv) else "base")
-            replies_so_far = sum(m["role"] == "assistant" for m in conv[start + 1:])
+            replies_so_far = sum(m["role"] == "assistant" for m in conv[start + 1 :])
             text, finish = self.script[conv[start]["content"]][role][replies_so_far]
             out.append(Completion(text, finish, 10, 5, 0.0))
         return out
@@ -84,11 +98,17 @@ def _inputs(tmp_path, texts):
 def test_stop_conditions_quarantine_and_one_call_per_turn(tmp_path):
     ok = lambda t: (t, "stop")  # noqa: E731
     script = {
-        "ends by marker": {"teacher": [ok("Shop: a"), ok("Shop: b")], "base": [ok("base a"), ok("base b")],
-                           "env": [ok("thanks, one more thing?"), ok("[END_CONVERSATION]")]},
+        "ends by marker": {
+            "teacher": [ok("Shop: a"), ok("Shop: b")],
+            "base": [ok("base a"), ok("base b")],
+            "env": [ok("thanks, one more thing?"), ok("[END_CONVERSATION]")],
+        },
         "agent says bye": {"teacher": [ok("Shop: BYE now")], "base": [ok("base")], "env": []},
-        "runs to max": {"teacher": [ok("Shop: 1"), ok("Shop: 2"), ok("Shop: 3")], "base": [ok("b")] * 3,
-                        "env": [ok("and then?"), ok("and after that?")]},
+        "runs to max": {
+            "teacher": [ok("Shop: 1"), ok("Shop: 2"), ok("Shop: 3")],
+            "base": [ok("b")] * 3,
+            "env": [ok("and then?"), ok("and after that?")],
+        },
         "env truncated": {"teacher": [ok("Shop: x")], "base": [ok("b")], "env": [("blah blah", "length")]},
         "env plays agent": {"teacher": [ok("Shop: y")], "base": [ok("b")], "env": [ok("Shop: I am the shop now")]},
         "teacher empty": {"teacher": [ok("")], "base": [ok("b")], "env": []},
@@ -98,8 +118,12 @@ def test_stop_conditions_quarantine_and_one_call_per_turn(tmp_path):
     g = SamplingConfig(max_new_tokens=8)
     rows = run_conversations(SPEC, inputs, backend, g, g, g, SPEC.conversation.max_turns, tmp_path / "out")
     episodes = read_table(tmp_path / "out" / "episodes.parquet", EpisodesSchema)
-    first = dict(zip(read_table(tmp_path / "out" / "messages.parquet", MessagesSchema).query("turn == 0")["conversation_id"],
-                     read_table(tmp_path / "out" / "messages.parquet", MessagesSchema).query("turn == 0")["content"]))
+    first = dict(
+        zip(
+            read_table(tmp_path / "out" / "messages.parquet", MessagesSchema).query("turn == 0")["conversation_id"],
+            read_table(tmp_path / "out" / "messages.parquet", MessagesSchema).query("turn == 0")["content"],
+        )
+    )
     reasons = {first[c]: r for c, r in zip(episodes["conversation_id"], episodes["stop_reason"])}
     assert reasons == {
         "ends by marker": "environment ended the episode",
@@ -110,7 +134,13 @@ def test_stop_conditions_quarantine_and_one_call_per_turn(tmp_path):
         "teacher empty": "empty agent turn",
     }
     targets = read_table(tmp_path / "out" / "targets.parquet", TargetsSchema)
-    assert sorted(targets.groupby("conversation_id").size().tolist()) == [1, 1, 1, 2, 3]  # the empty turn is quarantined
+    assert sorted(targets.groupby("conversation_id").size().tolist()) == [
+        1,
+        1,
+        1,
+        2,
+        3,
+    ]  # the empty turn is quarantined
     quarantine = read_table(tmp_path / "out" / "quarantine.parquet", QuarantineSchema)
     assert len(quarantine) == 3  # truncated env, env in agent format, empty teacher turn: each with a row
     # one generate call per role per step over the live conversations: 6 teacher + 6 base, 4 env, 2+2, 2 env, 1+1
@@ -119,8 +149,14 @@ def test_stop_conditions_quarantine_and_one_call_per_turn(tmp_path):
 
 def test_crash_mid_checkpoint_resumes_from_the_previous_complete_step(tmp_path):
     ok = lambda t: (t, "stop")  # noqa: E731
-    script = {f"q{i}": {"teacher": [ok(f"Shop: a{i}"), ok(f"Shop: b{i}")], "base": [ok("x"), ok("y")],
-                        "env": [ok(f"and {i}?")]} for i in range(3)}
+    script = {
+        f"q{i}": {
+            "teacher": [ok(f"Shop: a{i}"), ok(f"Shop: b{i}")],
+            "base": [ok("x"), ok("y")],
+            "env": [ok(f"and {i}?")],
+        }
+        for i in range(3)
+    }
     g = SamplingConfig(max_new_tokens=8)
     inputs = _inputs(tmp_path, list(script))
     reference = run_conversations(SPEC, inputs, ScriptedFakeBackend(script), g, g, g, 2, tmp_path / "ref")
@@ -133,7 +169,9 @@ def test_crash_mid_checkpoint_resumes_from_the_previous_complete_step(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        run_conversations(SPEC, inputs, ScriptedFakeBackend(script), g, g, g, 2, tmp_path / "run", after_step=crash_after)
+        run_conversations(
+            SPEC, inputs, ScriptedFakeBackend(script), g, g, g, 2, tmp_path / "run", after_step=crash_after
+        )
     state = tmp_path / "run" / "_state"
     (state / "step-003").mkdir()  # a half-written next checkpoint, as a kill mid-write would leave it
     (state / "step-003" / "messages.parquet").write_bytes(b"PAR1 truncated")
@@ -142,8 +180,10 @@ def test_crash_mid_checkpoint_resumes_from_the_previous_complete_step(tmp_path):
     assert backend.calls == [3, 3]  # only the last agent step ran again
     assert resumed == reference
     for table in ("messages", "targets", "episodes", "quarantine"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref" / f"{table}.parquet"),
-                                      pd.read_parquet(tmp_path / "run" / f"{table}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "ref" / f"{table}.parquet"),
+            pd.read_parquet(tmp_path / "run" / f"{table}.parquet"),
+        )
 
 
 KILLABLE_RUN = textwrap.dedent(
@@ -164,8 +204,12 @@ KILLABLE_RUN = textwrap.dedent(
 
 
 def _run(spec_path, inputs, out, tokens=48):
-    return subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, str(spec_path), str(inputs), str(out), str(tokens)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_RUN, str(spec_path), str(inputs), str(out), str(tokens)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def test_killed_synthesis_resumes_from_the_last_finished_turn(tmp_path, example_spec, embedded_model_dir):

@@ -16,8 +16,13 @@ from schemas.datasets import InputsSchema, QuarantineSchema
 
 
 def test_pool_inputs_are_deduplicated_and_recorded_as_pool(tmp_path, example_spec):
-    spec = example_spec.model_copy(update={"inputs": example_spec.inputs.model_copy(
-        update={"pool": ["Hello there", "hello   THERE", "When do you open?"]})})
+    spec = example_spec.model_copy(
+        update={
+            "inputs": example_spec.inputs.model_copy(
+                update={"pool": ["Hello there", "hello   THERE", "When do you open?"]}
+            )
+        }
+    )
     rows = run_inputs(spec, "v" * 64, InputsConfig(source="pool", max_inputs=10), None, tmp_path)
     inputs = read_table(tmp_path / "inputs.parquet", InputsSchema)
     quarantine = read_table(tmp_path / "quarantine.parquet", QuarantineSchema)
@@ -26,9 +31,16 @@ def test_pool_inputs_are_deduplicated_and_recorded_as_pool(tmp_path, example_spe
     assert dedup_key(" Hello\tthere ") == "hello there"
 
 
-def test_generated_inputs_come_from_the_model_and_bad_ones_are_quarantined(tmp_path, example_spec, transformers_backend):
-    cfg = InputsConfig(source="both", max_inputs=8, num_generated=6, per_request=3,
-                       sampling=SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=60, seed=3))
+def test_generated_inputs_come_from_the_model_and_bad_ones_are_quarantined(
+    tmp_path, example_spec, transformers_backend
+):
+    cfg = InputsConfig(
+        source="both",
+        max_inputs=8,
+        num_generated=6,
+        per_request=3,
+        sampling=SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=60, seed=3),
+    )
     rows = run_inputs(example_spec, "v" * 64, cfg, transformers_backend, tmp_path)
     inputs = read_table(tmp_path / "inputs.parquet", InputsSchema)
     quarantine = read_table(tmp_path / "quarantine.parquet", QuarantineSchema)
@@ -44,7 +56,11 @@ def test_generated_inputs_come_from_the_model_and_bad_ones_are_quarantined(tmp_p
 
 def test_generator_reply_parsing_and_quality_filters():
     assert split_messages('Here you go:\n1. "When do you open?"\n2) Can I renew online\n\n- bye') == [
-        "Here you go:", "When do you open?", "Can I renew online", "bye"]
+        "Here you go:",
+        "When do you open?",
+        "Can I renew online",
+        "bye",
+    ]
     cfg = InputsConfig(min_words=2, max_words=12, language="en")
     assert quality_problem("When do you open on Sunday?", cfg) == ""
     assert quality_problem("hours", cfg).startswith("too short")

@@ -17,6 +17,8 @@ def tiny_lm_dir() -> Path:
     real embedded model. Built by scripts/make_tiny_model.py and committed.
     """
     if not (TINY_LM_DIR / "config.json").is_file() or not (TINY_LM_DIR / "model.safetensors").is_file():
-        pytest.skip(f"tiny model missing at {TINY_LM_DIR}; create it with "
-                    "`HF_HUB_OFFLINE=1 .venv/bin/python scripts/make_tiny_model.py`")
+        pytest.skip(
+            f"tiny model missing at {TINY_LM_DIR}; create it with "
+            "`HF_HUB_OFFLINE=1 .venv/bin/python scripts/make_tiny_model.py`"
+        )
     return TINY_LM_DIR

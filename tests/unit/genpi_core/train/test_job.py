@@ -32,13 +32,28 @@ def _data(folder: Path) -> tuple[Path, Path]:
         out = []
         for i in ids:
             topic = TOPICS[i % len(TOPICS)]
-            out.append({"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
-                        "messages": json.dumps([{"role": "user", "content": f"A question about {topic}?"}]),
-                        "target": f"Topic: {topic}\nAnswer: Ask the desk about {topic}.", "reason": "", "weight": 1.0})
-            out.append({"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
-                        "messages": json.dumps(pg_question(f"A question about {topic}?", "Hello!", f"Topic: {topic}")),
-                        "target": "[user]\nReply as 'Topic: x' then 'Answer: y'.", "reason": "It sets the format.",
-                        "weight": 1.0})
+            out.append(
+                {
+                    "example_id": f"c{i}:0",
+                    "conversation_id": f"c{i}",
+                    "objective": "sft",
+                    "messages": json.dumps([{"role": "user", "content": f"A question about {topic}?"}]),
+                    "target": f"Topic: {topic}\nAnswer: Ask the desk about {topic}.",
+                    "reason": "",
+                    "weight": 1.0,
+                }
+            )
+            out.append(
+                {
+                    "example_id": f"c{i}:pg",
+                    "conversation_id": f"c{i}",
+                    "objective": "pg",
+                    "messages": json.dumps(pg_question(f"A question about {topic}?", "Hello!", f"Topic: {topic}")),
+                    "target": "[user]\nReply as 'Topic: x' then 'Answer: y'.",
+                    "reason": "It sets the format.",
+                    "weight": 1.0,
+                }
+            )
         return pd.DataFrame(out)
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,10 +64,18 @@ def _data(folder: Path) -> tuple[Path, Path]:
 
 def _job(data: Path, out: Path, **train) -> TrainJob:
     train_path, val_path = _data(data)
-    cfg = TrainConfig(epochs=2, batch_size=2, pg_per_step=1, learning_rate=5e-3, checkpoint_every=2,
-                      lora=LoraConfig(rank=4, alpha=8), **train)
-    return TrainJob(model=ModelConfig(device="cpu"), train=cfg, train_path=str(train_path), val_path=str(val_path),
-                    out_dir=str(out))
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=2,
+        pg_per_step=1,
+        learning_rate=5e-3,
+        checkpoint_every=2,
+        lora=LoraConfig(rank=4, alpha=8),
+        **train,
+    )
+    return TrainJob(
+        model=ModelConfig(device="cpu"), train=cfg, train_path=str(train_path), val_path=str(val_path), out_dir=str(out)
+    )
 
 
 def _adapter(out: Path) -> dict[str, torch.Tensor]:
@@ -89,8 +112,12 @@ def test_killed_training_resumes_and_ends_with_the_same_adapter(tmp_path, refere
     state = out / CHECKPOINT_DIR
     state.mkdir(parents=True)
     (state / TRAIN_JOB_FILE).write_text(job.model_dump_json())
-    proc = subprocess.Popen([sys.executable, "-m", "genpi_core.train.job", "--job", str(state / TRAIN_JOB_FILE)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genpi_core.train.job", "--job", str(state / TRAIN_JOB_FILE)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     killed_after = None
     while time.time() < deadline and proc.poll() is None:
@@ -127,5 +154,7 @@ def test_accelerate_launch_with_two_cpu_processes_trains_the_same_adapter(tmp_pa
 
 def test_a_failing_training_process_reports_its_log(tmp_path, embedded_model_dir):
     job = _job(tmp_path / "data", tmp_path / "out", max_seq_len=16)
-    with pytest.raises(RuntimeError, match=r"training process exited with code 1; full log: .*train.log(.|\n)*max_seq_len=16"):
+    with pytest.raises(
+        RuntimeError, match=r"training process exited with code 1; full log: .*train.log(.|\n)*max_seq_len=16"
+    ):
         launch(job, tmp_path / "out" / CHECKPOINT_DIR)

@@ -27,8 +27,10 @@ from schemas.datasets import ExamplesSchema
 
 MESSAGES = [{"role": "user", "content": "When do you open?"}]
 TARGET = "Topic: hours\nAnswer: At 9 am."
-PROMPT = [{"role": "user", "content": "You are the Harbor Lane help desk. Reply as 'Topic: x' then 'Answer: y'."},
-          {"role": "assistant", "content": "Topic: ready\nAnswer: Understood."}]
+PROMPT = [
+    {"role": "user", "content": "You are the Harbor Lane help desk. Reply as 'Topic: x' then 'Answer: y'."},
+    {"role": "assistant", "content": "Topic: ready\nAnswer: Understood."},
+]
 PROMPT_TEXT = "[user]\nYou are the Harbor Lane help desk.\n\n[assistant]\nTopic: ready"
 SMALL = LoraConfig(rank=4, alpha=8)
 
@@ -47,12 +49,30 @@ def test_only_target_and_end_of_turn_carry_loss(tokenizer):
 
 
 def _examples(n: int, target: str = TARGET, pg: int = 0, reason: str = "") -> pd.DataFrame:
-    sft = [{"example_id": f"c{i}:0", "conversation_id": f"c{i}", "objective": "sft",
-            "messages": json.dumps([{"role": "user", "content": f"question {i}"}]), "target": target, "reason": "",
-            "weight": 1.0} for i in range(n)]
-    gen = [{"example_id": f"c{i}:pg", "conversation_id": f"c{i}", "objective": "pg",
-            "messages": json.dumps(pg_question(f"question {i}", "Hi.", TARGET)), "target": PROMPT_TEXT,
-            "reason": reason, "weight": 1.0} for i in range(pg)]
+    sft = [
+        {
+            "example_id": f"c{i}:0",
+            "conversation_id": f"c{i}",
+            "objective": "sft",
+            "messages": json.dumps([{"role": "user", "content": f"question {i}"}]),
+            "target": target,
+            "reason": "",
+            "weight": 1.0,
+        }
+        for i in range(n)
+    ]
+    gen = [
+        {
+            "example_id": f"c{i}:pg",
+            "conversation_id": f"c{i}",
+            "objective": "pg",
+            "messages": json.dumps(pg_question(f"question {i}", "Hi.", TARGET)),
+            "target": PROMPT_TEXT,
+            "reason": reason,
+            "weight": 1.0,
+        }
+        for i in range(pg)
+    ]
     return pd.DataFrame(sft + gen)
 
 
@@ -61,7 +81,8 @@ def test_pg_examples_learn_the_prompt_then_the_reason_and_nothing_of_the_questio
     items = build_items(tokenizer, df, TrainConfig(), [], "train.parquet")
     pg = items["pg"][0]
     assert _learned(tokenizer, pg.ids, pg.labels) == (
-        f"{PROMPT_TEXT}\n\n{REASON_HEADER}\nThe prompt asks for a topic line." + tokenizer.eos_token)
+        f"{PROMPT_TEXT}\n\n{REASON_HEADER}\nThe prompt asks for a topic line." + tokenizer.eos_token
+    )
     assert "question 0" not in _learned(tokenizer, pg.ids, pg.labels)
     no_reason = build_items(tokenizer, df, TrainConfig(pg_reasons=False), [], "x")["pg"][0]
     assert _learned(tokenizer, no_reason.ids, no_reason.labels) == PROMPT_TEXT + tokenizer.eos_token
@@ -102,7 +123,9 @@ def test_step_plan_is_deterministic_and_covers_each_epoch():
     assert plan.steps_per_epoch == 3 and plan.total == 6
     epoch = [it.example_id for s in range(3) for it in plan.step(s)["sft"]]
     assert sorted(epoch) == sorted(f"s{i}" for i in range(10))
-    assert [it.example_id for it in plan.step(4)["pg"]] == [it.example_id for it in StepPlan(items, plan.cfg).step(4)["pg"]]
+    assert [it.example_id for it in plan.step(4)["pg"]] == [
+        it.example_id for it in StepPlan(items, plan.cfg).step(4)["pg"]
+    ]
     assert sorted(it.example_id for s in range(3) for it in plan.step(s)["pg"]) == ["p0", "p1", "p2"]
     sparse = StepPlan(items, TrainConfig(batch_size=4, epochs=2, pg_per_step=1, pg_every=2))
     assert [len(sparse.step(s)["pg"]) for s in range(6)] == [1, 0, 1, 0, 1, 0]
@@ -135,7 +158,9 @@ def test_distillation_term_uses_the_teacher_with_the_prompt(tmp_path, embedded_m
     write_table(_examples(2), ExamplesSchema, tmp_path / "train.parquet")
     write_table(_examples(1), ExamplesSchema, tmp_path / "val.parquet")
     cfg = TrainConfig(epochs=1, batch_size=2, prompt_generation=False, distill_weight=0.5, distill_top_k=8, lora=SMALL)
-    metrics = run_finetune(ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", PROMPT, tmp_path / "out")
+    metrics = run_finetune(
+        ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", PROMPT, tmp_path / "out"
+    )
     log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
     row = log[log["split"] == "train"].iloc[0]
     assert row["distill_loss"] > 0  # KL over the teacher's renormalised top-k is positive for an untrained student
@@ -146,9 +171,17 @@ def test_distillation_term_uses_the_teacher_with_the_prompt(tmp_path, embedded_m
 def test_too_long_examples_fail_loudly(tmp_path, embedded_model_dir):
     write_table(_examples(2, "word " * 300), ExamplesSchema, tmp_path / "train.parquet")
     write_table(_examples(1, "ok"), ExamplesSchema, tmp_path / "val.parquet")
-    with pytest.raises(ValueError, match=r"train.parquet: 2 example\(s\) exceed train.max_seq_len=64.*never cut silently"):
-        run_finetune(ModelConfig(), TrainConfig(max_seq_len=64), tmp_path / "train.parquet", tmp_path / "val.parquet", [],
-                     tmp_path / "out")
+    with pytest.raises(
+        ValueError, match=r"train.parquet: 2 example\(s\) exceed train.max_seq_len=64.*never cut silently"
+    ):
+        run_finetune(
+            ModelConfig(),
+            TrainConfig(max_seq_len=64),
+            tmp_path / "train.parquet",
+            tmp_path / "val.parquet",
+            [],
+            tmp_path / "out",
+        )
 
 
 def test_run_finetune_saves_a_loadable_adapter_merged_model_and_loss_log(tmp_path, embedded_model_dir, tokenizer):
@@ -176,9 +209,12 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path, embedded_mode
 
     write_table(_examples(4, "Answer: yes."), ExamplesSchema, tmp_path / "train.parquet")
     write_table(_examples(2, "Answer: no."), ExamplesSchema, tmp_path / "val.parquet")
-    cfg = TrainConfig(epochs=5, batch_size=2, prompt_generation=False, learning_rate=5e-3, lora=SMALL,
-                      early_stopping_patience=1)
-    metrics = run_finetune(ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", [], tmp_path / "out")
+    cfg = TrainConfig(
+        epochs=5, batch_size=2, prompt_generation=False, learning_rate=5e-3, lora=SMALL, early_stopping_patience=1
+    )
+    metrics = run_finetune(
+        ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", [], tmp_path / "out"
+    )
     log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
     val = log[log["split"] == "val"]
     assert metrics["stopped_early"] and metrics["planned_steps"] == 10
@@ -191,7 +227,9 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path, embedded_mode
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE
+    )
     assert loss.item() == pytest.approx(val["sft_loss"].iloc[0], rel=1e-3)
 
 
@@ -202,13 +240,19 @@ def test_qlora_says_what_is_missing_before_loading_anything(tmp_path):
 
     cfg = TrainConfig(lora=LoraConfig(quantize_base="nf4"))
     with pytest.raises(RuntimeError, match=r"quantize_base='nf4' \(QLoRA\) needs a CUDA GPU.*genpi\[qlora\]"):
-        run_finetune(ModelConfig(), cfg, tmp_path / "missing.parquet", tmp_path / "missing.parquet", [], tmp_path / "out")
+        run_finetune(
+            ModelConfig(), cfg, tmp_path / "missing.parquet", tmp_path / "missing.parquet", [], tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
     assert qlora_unavailable_reason("nf4", True, True) is None
     only_package = qlora_unavailable_reason("int8", True, False)
     assert "bitsandbytes" in only_package and "CUDA" not in only_package
     args = bitsandbytes_arguments("nf4", "bfloat16")
-    assert args["load_in_4bit"] and args["bnb_4bit_quant_type"] == "nf4" and args["bnb_4bit_compute_dtype"] is torch.bfloat16
+    assert (
+        args["load_in_4bit"]
+        and args["bnb_4bit_quant_type"] == "nf4"
+        and args["bnb_4bit_compute_dtype"] is torch.bfloat16
+    )
     assert bitsandbytes_arguments("int8", "bfloat16") == {"load_in_8bit": True}
 
 
@@ -219,8 +263,10 @@ def test_chunked_target_loss_matches_full_logits_in_value_and_gradient(tokenizer
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)  # non-zero, so lora_A gets a gradient too
-    items = [Item("a", *encode_example(tokenizer, MESSAGES, TARGET)),
-             Item("b", *encode_example(tokenizer, MESSAGES, "Topic: other\nAnswer: Hello there, how can I help you?"))]
+    items = [
+        Item("a", *encode_example(tokenizer, MESSAGES, TARGET)),
+        Item("b", *encode_example(tokenizer, MESSAGES, "Topic: other\nAnswer: Hello there, how can I help you?")),
+    ]
     generator = torch.Generator().manual_seed(0)
     for item in items:
         n = sum(1 for label in item.labels[1:] if label != IGNORE)
@@ -238,8 +284,9 @@ def test_chunked_target_loss_matches_full_logits_in_value_and_gradient(tokenizer
     batch = collate(items, tokenizer.pad_token_id)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
-    ref_ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                               ignore_index=IGNORE, reduction="sum")
+    ref_ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     student = torch.log_softmax(logits[labels != IGNORE], dim=-1)
     ids, logprobs = torch.cat([it.teacher_ids for it in items]), torch.cat([it.teacher_logprobs for it in items])
     ref_kl = (logprobs.exp() * (logprobs - student.gather(-1, ids))).sum()

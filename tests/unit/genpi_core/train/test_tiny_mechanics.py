@@ -40,8 +40,10 @@ def tiny_tokenizer(tiny_lm_dir):
 @pytest.fixture(scope="module")
 def batch(tiny_tokenizer) -> list[Item]:
     """Three examples of different lengths, so the batch is padded."""
-    return [Item(f"e{i}", *encode_example(tiny_tokenizer, messages, target))
-            for i, (messages, target) in enumerate(EXAMPLES)]
+    return [
+        Item(f"e{i}", *encode_example(tiny_tokenizer, messages, target))
+        for i, (messages, target) in enumerate(EXAMPLES)
+    ]
 
 
 def _tiny_lora(tiny_lm_dir):
@@ -69,8 +71,9 @@ def _full_logits_ce(model, batch, pad_id) -> torch.Tensor:
     tensors = collate(batch, pad_id)
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1].float()
     labels = tensors["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
 
 
 def test_labels_mask_the_context_and_learn_target_plus_end_token(tiny_tokenizer):
@@ -83,7 +86,7 @@ def test_labels_mask_the_context_and_learn_target_plus_end_token(tiny_tokenizer)
     # every context position, the earlier assistant turn included, carries no loss
     assert labels[: len(context)] == [IGNORE] * len(context)
     # the target and one closing end-of-turn token are learned, each label the token itself
-    assert labels[len(context):] == target + [tok.eos_token_id]
+    assert labels[len(context) :] == target + [tok.eos_token_id]
     assert tok.convert_tokens_to_ids("<|im_start|>") not in target  # a control string in a target stays text
 
 
@@ -146,4 +149,6 @@ def test_merged_model_matches_the_adapter_model(tiny_lm_dir, tiny_tokenizer, bat
         merged_logits = merged(**inputs).logits
     assert not torch.allclose(adapter_logits, base_logits, atol=1e-4)  # the step changed the model...
     mask = tensors["attention_mask"].bool()
-    torch.testing.assert_close(merged_logits[mask], adapter_logits[mask], rtol=1e-4, atol=1e-4)  # ...and merging keeps it
+    torch.testing.assert_close(
+        merged_logits[mask], adapter_logits[mask], rtol=1e-4, atol=1e-4
+    )  # ...and merging keeps it

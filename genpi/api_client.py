@@ -1,7 +1,7 @@
 """A small client for Prefect's REST API: what `genpi run`, `genpi server` and other systems need.
 
 It speaks plain HTTP (httpx, no Prefect import), so the same calls work from curl or any language
-(README "Run as a service"). 5xx answers and connection errors are retried with backoff: a busy
+(docs/service.md). 5xx answers and connection errors are retried with backoff: a busy
 SQLite-backed server on 2 cores occasionally answers 500/503 under load. 4xx answers are not
 retried: a bad parameter or missing auth will not get better by asking again.
 

@@ -18,7 +18,8 @@ DESCRIPTION = """\
 genpi: Generative Prompt Internalization.
 Bake a long, fixed prompt into a LoRA adapter so the model behaves as if the prompt were there
 without paying for it on every request. Runs on the embedded CPU model (SmolLM2-135M-Instruct)
-by default; any local Hugging Face model folder via --set model.name_or_path=PATH.
+by default; Qwen2.5-Coder-0.5B-Instruct via --set model.name_or_path=embedded-0.5b (fetched by
+GENPI_MODELS=embedded-0.5b bash scripts/setup.sh), or any local Hugging Face folder or .gguf file.
 """
 
 EPILOG = """\
@@ -510,7 +511,7 @@ def _add_run(sub) -> None:
         "run",
         help="start the internalize deployment over Prefect's REST API (optionally wait)",
         description="POST /api/deployments/<id>/create_flow_run with the spec path and the resolved "
-        "config as typed parameters, like the README's curl; --wait polls the run until it ends. "
+        "config as typed parameters, like the curl in docs/service.md; --wait polls the run until it ends. "
         "5xx answers and connection errors are retried. The worker reads SPEC: a local file is "
         f"sent as an absolute path. Basic auth from {AUTH_ENV}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -536,7 +537,7 @@ def _add_run(sub) -> None:
 
 @_service_errors_exit_2
 def cmd_run(args) -> int:
-    """Start a deployment run over REST, like the README's curl, and optionally wait for its final state."""
+    """Start a deployment run over REST, like the curl in docs/service.md, and optionally wait for its final state."""
     from genpi.api_client import PrefectAPI, auth_from_env
 
     cfg = _load_config(args)

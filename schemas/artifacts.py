@@ -21,6 +21,7 @@ TARGETS_FILE = "targets.parquet"
 EPISODES_FILE = "episodes.parquet"
 REASONS_FILE = "reasons.parquet"
 QUARANTINE_FILE = "quarantine.parquet"  # every stage that can reject rows writes one, empty or not
+CONVERSATIONS_PROGRESS = "progress.json"  # in conversations/_state/: the last finished turn, for resume
 
 # --- dataset -----------------------------------------------------------------------------------------
 TRAIN_FILE = "train.parquet"
@@ -35,6 +36,10 @@ LOSS_PLOT = "loss.png"
 TRAIN_LOG_FILE = "train_log.parquet"
 TRAIN_JOB_FILE = "train_job.json"  # in _state/: what the training child process was asked to do
 TRAIN_PROCESS_LOG = "train.log"  # in _state/: the child's output, tailed into the error when it fails
+CHECKPOINT_PREFIX = "checkpoint"  # in _state/: checkpoint-<step>/ folders, the newest named by LATEST_CHECKPOINT
+LATEST_CHECKPOINT = "latest_checkpoint"
+CHECKPOINT_TENSORS = "state.pt"  # in a checkpoint folder: adapter, optimizer, RNG, best adapter
+CHECKPOINT_TRAINER_STATE = "trainer_state.json"  # in a checkpoint folder: step, log, early-stopping state
 
 # --- evaluate ----------------------------------------------------------------------------------------
 EVAL_RESULTS_FILE = "eval_results.parquet"

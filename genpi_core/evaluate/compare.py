@@ -22,6 +22,7 @@ from schemas.artifacts import (
     COMPARISON_PLOT,
     COMPARISON_REPORT,
     LEAKAGE_FILE,
+    METRICS_FILE,
     SUMMARY_FILE,
 )
 from schemas.datasets import ComparisonSchema, LeakageSchema
@@ -40,7 +41,7 @@ def _row(label: str, evaluate_dir: Path, train_dir: Path) -> dict:
     leak = (summary.leakage or {}).get("student")
     judge = summary.judge.variants.get("student") if summary.judge else None
     turns = (summary.multi_turn or {}).get("student")
-    objective = json.loads((train_dir / "metrics.json").read_text()).get("objective", {})
+    objective = json.loads((train_dir / METRICS_FILE).read_text()).get("objective", {})
     return {
         "variant": label,
         "evaluate_dir": evaluate_dir.name,

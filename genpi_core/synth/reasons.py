@@ -3,7 +3,7 @@
 
 For each example the generator sees the prompt, the input, the output without the prompt (as-is)
 and with it (to-be), and explains in a few sentences why the prompt changes the answer, citing
-the prompt (METHOD.md). The prompt comes first in every request, so the transformers backend
+the prompt (docs/method.md). The prompt comes first in every request, so the transformers backend
 prefills it once for the whole batch.
 """
 

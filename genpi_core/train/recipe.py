@@ -1,4 +1,4 @@
-"""Stage 4: train the LoRA adapter with GenPI's joint objective (METHOD.md).
+"""Stage 4: train the LoRA adapter with GenPI's joint objective (docs/method.md).
 
 Reads: train.parquet, val.parquet (SFT and PG examples) and the ingested prompt. Writes:
 ``adapter/`` (peft folder, renamed into place whole), optionally ``merged/``, ``train_log.parquet``,

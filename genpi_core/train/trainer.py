@@ -21,10 +21,8 @@ from tqdm.auto import tqdm
 from genpi_core.store.stage import atomic_dir, atomic_write_json, atomic_write_text
 from genpi_core.train.data import Item, micro_batches, target_tokens
 from genpi_core.train.loss import loss_sums
+from schemas.artifacts import CHECKPOINT_PREFIX, CHECKPOINT_TENSORS, CHECKPOINT_TRAINER_STATE, LATEST_CHECKPOINT
 from schemas.config import TrainConfig
-
-CHECKPOINT = "checkpoint"
-LATEST = "latest_checkpoint"
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -110,7 +108,7 @@ class Trainer:
         point leaves the previous checkpoint or the new one, never neither."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            name = f"{CHECKPOINT}-{self.step:06d}"
+            name = f"{CHECKPOINT_PREFIX}-{self.step:06d}"
             with atomic_dir(self.state_dir / name) as tmp:
                 torch.save(
                     {
@@ -119,10 +117,10 @@ class Trainer:
                         "rng": torch.get_rng_state(),
                         "best_state": self.best_state,
                     },
-                    tmp / "state.pt",
+                    tmp / CHECKPOINT_TENSORS,
                 )
                 atomic_write_json(
-                    tmp / "trainer_state.json",
+                    tmp / CHECKPOINT_TRAINER_STATE,
                     {
                         "step": self.step,
                         "log": self.log,
@@ -132,21 +130,21 @@ class Trainer:
                         "tokens_seen": self.tokens_seen,
                     },
                 )
-            atomic_write_text(self.state_dir / LATEST, name)
-            for old in self.state_dir.glob(f"{CHECKPOINT}-*"):
+            atomic_write_text(self.state_dir / LATEST_CHECKPOINT, name)
+            for old in self.state_dir.glob(f"{CHECKPOINT_PREFIX}-*"):
                 if old.name != name:
                     shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
     def try_resume(self) -> bool:
-        pointer = self.state_dir / LATEST
+        pointer = self.state_dir / LATEST_CHECKPOINT
         if not pointer.is_file():
             return False
         from peft import set_peft_model_state_dict
 
         folder = self.state_dir / pointer.read_text().strip()
-        meta = json.loads((folder / "trainer_state.json").read_text())
-        blob = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        meta = json.loads((folder / CHECKPOINT_TRAINER_STATE).read_text())
+        blob = torch.load(folder / CHECKPOINT_TENSORS, map_location="cpu", weights_only=False)
         set_peft_model_state_dict(self._peft_model(), blob["adapter"])
         self.optimizer.load_state_dict(blob["optimizer"])
         torch.set_rng_state(blob["rng"])

@@ -19,8 +19,7 @@ import torch
 from genpi_core.prompt.pg_format import pg_question
 from genpi_core.store.tables import write_table
 from genpi_core.train.job import TrainJob, launch
-from genpi_core.train.trainer import LATEST
-from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_JOB_FILE
+from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR, LATEST_CHECKPOINT, TRAIN_JOB_FILE
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
 
@@ -121,7 +120,7 @@ def test_killed_training_resumes_and_ends_with_the_same_adapter(tmp_path, refere
     deadline = time.time() + 240
     killed_after = None
     while time.time() < deadline and proc.poll() is None:
-        pointer = state / LATEST
+        pointer = state / LATEST_CHECKPOINT
         if pointer.is_file() and int(pointer.read_text().rsplit("-", 1)[1]) >= 2:
             os.killpg(proc.pid, signal.SIGKILL)  # mid-run, no chance to clean up
             killed_after = int(pointer.read_text().rsplit("-", 1)[1])

@@ -88,7 +88,14 @@ def main() -> None:
             "base": v["base"].compliance,
             "teacher": v["teacher"].compliance,
             "student": v["student"].compliance,
+            "base_strict": v["base"].strict_success,
+            "teacher_strict": v["teacher"].strict_success,
+            "student_strict": v["student"].strict_success,
             "student_format": v["student"].format,
+            "student_task": v["student"].task,
+            "recovery_format": summary.recovery_format,
+            "recovery_task": summary.recovery_task,
+            "collapsed": bool(summary.collapse and summary.collapse.collapsed),
             "student_facts": v["student"].facts,
             "recovery": summary.recovery,
             "recovery_ci": summary.recovery_ci,
@@ -103,22 +110,24 @@ def main() -> None:
         "",
         f"Same data for every variant: {json.dumps(dataset.rows)}; reasons stage: {json.dumps(results['reasons'])}.",
         "",
-        "| variant | settings | PG examples (with reason) | student compliance | format | facts | recovery [95% CI] | leak: longest copied span / ROUGE-L recall (max) | train s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | settings | PG examples (with reason) | student strict success | format | task | compliance | strict-success recovery [95% CI] | leak: longest copied span / ROUGE-L recall (max) | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["variants"].items():
         ex = r["train_examples"]
         pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
         lines.append(
             f"| {name} | `{' '.join(r['overrides']) or 'defaults'}` | {ex['pg']} ({ex['pg_with_reason']}) | "
-            f"{pct(r['student'])} | {pct(r['student_format'])} | {pct(r['student_facts'])} | "
+            f"{pct(r['student_strict'])} | {pct(r['student_format'])} | {pct(r['student_task'])} | {pct(r['student'])} | "
             f"{_ratio(r['recovery'])} {_interval(r['recovery_ci'])} | {pct(r['student_leak_max_lcs_share'])} / "
             f"{pct(r['student_leak_max_rouge_l_recall'])} | {r['train_seconds']} | {r['eval_seconds']} |"
         )
     first = next(iter(results["variants"].values()))
     lines += [
         "",
-        f"Base (no prompt) {100 * first['base']:.0f}%, teacher (with prompt) {100 * first['teacher']:.0f}%.",
+        f"Strict success: base (no prompt) {100 * first['base_strict']:.0f}%, teacher (with prompt) "
+        f"{100 * first['teacher_strict']:.0f}%; compliance (partial credit): base {100 * first['base']:.0f}%, "
+        f"teacher {100 * first['teacher']:.0f}%.",
         f"PG dose: `train.pg_per_step={cfg.train.pg_per_step}`, `train.pg_every={cfg.train.pg_every}` over "
         f"{first['steps']} steps, so a joint run sees {-(-first['steps'] // cfg.train.pg_every) * (cfg.train.pg_per_step or cfg.train.batch_size)} "
         "PG examples (the paper: one per SFT example on every step, `pg_every: 1`, `pg_per_step: null`).",

@@ -86,10 +86,16 @@ def main() -> None:
         "targets": {"wall_seconds": 600, "peak_rss_gb": 6.0},
         "within_targets": seconds < 600 and peak / 1e9 < 6.0,
         "stage_seconds": stages,
+        "strict_success": {k: round(v.strict_success, 3) for k, v in summary.variants.items()},
         "compliance": {k: round(v.compliance, 3) for k, v in summary.variants.items()},
         "format": {k: round(v.format, 3) for k, v in summary.variants.items()},
         "facts": {k: None if v.facts is None else round(v.facts, 3) for k, v in summary.variants.items()},
-        "recovery": summary.recovery,
+        "recovery": summary.recovery,  # strict-success recovery
+        "recovery_format": summary.recovery_format,
+        "recovery_task": summary.recovery_task,
+        "recovery_compliance": summary.recovery_compliance,
+        "student_collapsed": bool(summary.collapse and summary.collapse.collapsed),
+        "teacher_cut_share_ok": summary.teacher_cut_share_ok,
         "prefill_tokens_saved_per_request": summary.prefill_tokens_saved_per_request,
         "train": json.loads((run_dir / "train" / "metrics.json").read_text()),
     }

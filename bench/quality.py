@@ -3,10 +3,12 @@
 For each spec in examples/prompts/*.yaml (or the ones named in --specs) it runs the pipeline's stages
 (ingest, inputs, conversations, reasons, dataset, train, evaluate; finished stages are reused) with one
 config, reads each evaluation's summary.json and results table, and writes bench/results/<out>.json and
-<out>.md: per prompt, compliance of base (no prompt), teacher (with the prompt) and student (adapter, no
-prompt) on the spec's held-out inputs, recovery = (student - base) / (teacher - base) with its paired
-bootstrap interval, and the mean recovery over the prompts with a stratified bootstrap interval (each
-draw resamples every prompt's held-out inputs, paired across variants, and averages the recoveries).
+<out>.md: per prompt, strict success (a reply passes every global check and its input's task checks) of base
+(no prompt), teacher (with the prompt) and student (adapter, no prompt) on the spec's held-out inputs,
+strict-success recovery = (student - base) / (teacher - base) with its paired bootstrap interval (format and
+task recovery beside it; compliance, partial credit, kept as a secondary number), and the mean strict-success
+recovery over the prompts with a stratified bootstrap interval (each draw resamples every prompt's held-out
+inputs, paired across variants, and averages the recoveries).
 
 Run: python bench/quality.py [--config configs/default.yaml] [--specs library_desk,hotel_concierge] [--set k=v ...]
 About 8 minutes per prompt with configs/default.yaml on 2 CPU cores.
@@ -50,7 +52,7 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
     train = train_stage(ingested, dataset, cfg.train, cfg.model)
     evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend)
     summary = EvaluationSummary.load(evaluation.path("summary"))
-    scores = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", "score"])
+    scores = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", "strict_success"])
     v = summary.variants
     row = {
         "spec": str(spec_path.relative_to(ROOT)),
@@ -63,6 +65,10 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
         "held_out": v["student"]["n"],
         **{
             name: {
+                "strict_success": v[name].strict_success,
+                "strict_success_ci": v[name].strict_success_ci,
+                "task": v[name].task,
+                "cut": v[name].cut,
                 "compliance": v[name].compliance,
                 "compliance_ci": v[name].compliance_ci,
                 "format": v[name].format,
@@ -74,7 +80,14 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
         "recovery": summary.recovery,
         "recovery_ci": summary.recovery_ci,
         "recovery_format": summary.recovery_format,
+        "recovery_format_ci": summary.recovery_format_ci,
+        "recovery_task": summary.recovery_task,
+        "recovery_task_ci": summary.recovery_task_ci,
+        "recovery_compliance": summary.recovery_compliance,
         "recovery_facts": summary.recovery_facts,
+        "collapsed": bool(summary.collapse and summary.collapse.collapsed),
+        "teacher_cut_share_ok": summary.teacher_cut_share_ok,
+        "uninformative_checks": summary.uninformative_checks,
         "bootstrap": summary.bootstrap.model_dump(mode="json"),
         "prefill_tokens_saved_per_request": summary.prefill_tokens_saved_per_request,
     }
@@ -84,15 +97,16 @@ def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
 def mean_recovery_ci(
     tables: list[pd.DataFrame], resamples: int, seed: int, level: float
 ) -> tuple[list[float] | None, int]:
-    """Stratified paired bootstrap of the mean recovery over prompts; draws where some prompt's teacher == base are dropped."""
+    """Stratified paired bootstrap of the mean strict-success recovery over prompts; draws where some prompt's
+    teacher == base are dropped."""
     if resamples <= 0 or not tables:
         return None, 0
     rng = np.random.default_rng(seed)
     per_prompt = []
     for table in tables:
-        paired = table.pivot(index="example_id", columns="variant", values="score").sort_index()
+        paired = table.pivot(index="example_id", columns="variant", values="strict_success").sort_index()
         idx = rng.integers(0, len(paired), size=(resamples, len(paired)))
-        s, b, t = (paired[name].to_numpy()[idx].mean(axis=1) for name in ("student", "base", "teacher"))
+        s, b, t = (paired[name].to_numpy(dtype=float)[idx].mean(axis=1) for name in ("student", "base", "teacher"))
         gap = t - b
         with np.errstate(divide="ignore", invalid="ignore"):
             per_prompt.append(np.where(np.abs(gap) >= 1e-12, (s - b) / gap, np.nan))
@@ -124,7 +138,8 @@ def render(results: dict) -> str:
         f"# Quality suite: {n} prompt{'s' if n != 1 else ''}, `{results['config']}`",
         "",
         f"Config overrides: `{' '.join(results['overrides']) or 'none'}`. Held-out inputs never trained on; greedy "
-        f"replies. Compliance is the mean share of a reply's checks (global rules + its facts) that pass. "
+        f"replies. Strict success: a reply passes every global check and its input's task checks (a reply cut at "
+        f"the token cap fails); compliance is the mean share of a reply's checks that pass (partial credit). "
         f"Brackets: {100 * level:.0f}% paired bootstrap intervals over held-out inputs "
         f"({results['bootstrap_resamples']} draws).",
         "",
@@ -136,8 +151,8 @@ def render(results: dict) -> str:
             f"Prompt: {p['prompt_tokens']} tokens; {p['held_out']} held-out inputs; dataset rows "
             f"{json.dumps(p['dataset'])}; {p['seconds']:.0f} s.",
             "",
-            "| variant | compliance | format (all global checks) | facts |",
-            "|---|---|---|---|",
+            "| variant | strict success | format (all global checks) | task | cut | compliance (partial) | facts |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, meaning in (
             ("base", "base, no prompt"),
@@ -146,7 +161,8 @@ def render(results: dict) -> str:
         ):
             s = p[name]
             lines.append(
-                f"| {meaning} | {_pct(s['compliance'])}{_interval(s['compliance_ci'])} | {_pct(s['format'])} "
+                f"| {meaning} | {_pct(s['strict_success'])}{_interval(s['strict_success_ci'])} | {_pct(s['format'])} "
+                f"| {_pct(s['task'])} | {s['cut']} | {_pct(s['compliance'])}{_interval(s['compliance_ci'])} "
                 f"| {_pct(s['facts'])} |"
             )
         checks = sorted(p["teacher"]["per_check"])
@@ -158,25 +174,28 @@ def render(results: dict) -> str:
         ]
         lines += [
             "",
-            f"**Recovery {_ratio(p['recovery'])}**{_interval(p['recovery_ci'], _ratio)} "
-            f"(format {_ratio(p['recovery_format'])}, facts {_ratio(p['recovery_facts'])}).",
+            f"**Strict-success recovery {_ratio(p['recovery'])}**{_interval(p['recovery_ci'], _ratio)} "
+            f"(format {_ratio(p['recovery_format'])}{_interval(p['recovery_format_ci'], _ratio)}, task "
+            f"{_ratio(p['recovery_task'])}{_interval(p['recovery_task_ci'], _ratio)}; compliance "
+            f"{_ratio(p['recovery_compliance'])}).{' **Student flagged as collapsed.**' if p['collapsed'] else ''}",
             "",
         ]
     m = results["mean_recovery"]
     lines += [
         "## Summary",
         "",
-        "| prompt | tokens | base | teacher | student | recovery |",
+        "| prompt | tokens | base | teacher | student | strict-success recovery |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {p['name']} | {p['prompt_tokens']} | {_pct(p['base']['compliance'])} | {_pct(p['teacher']['compliance'])} "
-        f"| {_pct(p['student']['compliance'])} | {_ratio(p['recovery'])}{_interval(p['recovery_ci'], _ratio)} |"
+        f"| {p['name']} | {p['prompt_tokens']} | {_pct(p['base']['strict_success'])} "
+        f"| {_pct(p['teacher']['strict_success'])} | {_pct(p['student']['strict_success'])} "
+        f"| {_ratio(p['recovery'])}{_interval(p['recovery_ci'], _ratio)} |"
         for p in results["prompts"]
     ]
     lines += [
         "",
-        f"**Mean recovery: {_ratio(m['value'])}**{_interval(m['ci'], _ratio)} (stratified paired bootstrap: "
+        f"**Mean strict-success recovery: {_ratio(m['value'])}**{_interval(m['ci'], _ratio)} (stratified paired bootstrap: "
         f"each draw resamples every prompt's held-out inputs; {m['undefined_draws']} draws with teacher = base "
         f"for some prompt dropped). Target: >= {results['target']:.2f}; "
         f"{'met' if m['value'] is not None and m['value'] >= results['target'] else 'not met'}.",
@@ -207,8 +226,9 @@ def main() -> None:
         prompts.append(row)
         tables.append(scores)
         print(
-            f"{row['name']}: base {_pct(row['base']['compliance'])}, teacher {_pct(row['teacher']['compliance'])}, "
-            f"student {_pct(row['student']['compliance'])}, recovery {_ratio(row['recovery'])}"
+            f"{row['name']}: strict success base {_pct(row['base']['strict_success'])}, teacher "
+            f"{_pct(row['teacher']['strict_success'])}, student {_pct(row['student']['strict_success'])}, "
+            f"strict-success recovery {_ratio(row['recovery'])}"
             f"{_interval(row['recovery_ci'], _ratio)}",
             flush=True,
         )
@@ -238,7 +258,7 @@ def main() -> None:
     (out / f"{args.out}.md").write_text(render(results))
     m = results["mean_recovery"]
     print(
-        f"mean recovery over {len(prompts)} prompts: {_ratio(m['value'])}{_interval(m['ci'], _ratio)}; "
+        f"mean strict-success recovery over {len(prompts)} prompts: {_ratio(m['value'])}{_interval(m['ci'], _ratio)}; "
         f"wrote {out / (args.out + '.json')} and {args.out}.md",
         flush=True,
     )

@@ -14,7 +14,7 @@ import time
 from genpi_core.generation.factory import make_backend
 from genpi_core.ingest import load_spec
 from genpi_core.prompt.checks import run_checks
-from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
+from genpi_core.prompt.views import input_turn, with_prompt, without_prompt
 from schemas.config import BackendConfig, ModelConfig, SamplingConfig
 
 
@@ -43,9 +43,9 @@ def main() -> None:
     items = spec.inputs.eval[: args.limit]
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
     engine = make_backend(ModelConfig(), BackendConfig(batch_size=8))
-    views = {"with": [with_prompt(spec.prompt, user_turn(i.text)) for i in items]}
+    views = {"with": [with_prompt(spec.prompt, input_turn(spec.prompt, i.text)) for i in items]}
     if not args.only_with:
-        views["without"] = [without_prompt(user_turn(i.text)) for i in items]
+        views["without"] = [without_prompt(input_turn(spec.prompt, i.text)) for i in items]
     results = {}
     for name, conversations in views.items():
         started = time.perf_counter()

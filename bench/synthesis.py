@@ -29,7 +29,7 @@ import torch
 from genpi_core.environment.simulated import environment_view
 from genpi_core.generation.factory import make_backend
 from genpi_core.ingest import load_spec
-from genpi_core.prompt.views import with_prompt, without_prompt
+from genpi_core.prompt.views import input_turn, with_prompt, without_prompt
 from genpi_core.store.tables import read_table
 from genpi_core.synth.conversations import run_conversations
 from genpi_core.synth.inputs import run_inputs
@@ -81,7 +81,7 @@ def research_loop(spec, backend, kind: str, texts: list[str], turns: int, tokens
     marker = spec.conversation.end_marker
     started, generated = time.perf_counter(), 0
     for text in texts:
-        conversation = [{"role": "user", "content": text}]
+        conversation = input_turn(spec.prompt, text)
         for turn in range(turns):
             agent, n = one(backend, with_prompt(spec.prompt, conversation), tokens)
             generated += n + one(backend, without_prompt(conversation), tokens)[1]

@@ -19,6 +19,7 @@ from typing import Any
 
 from schemas.artifacts import ADAPTER_DIR, REPORT_FILE, SUMMARY_FILE
 from schemas.config import BackendConfig, ModelConfig, PipelineConfig, SamplingConfig, load_config
+from schemas.spec import PromptBody
 from schemas.summary import EvaluationSummary
 
 ConfigLike = PipelineConfig | str | Path | None
@@ -95,11 +96,13 @@ class Student:
     """The internalized model: base weights plus the run's adapter, used *without* the prompt.
 
     Unpacks as ``model, tokenizer = student``. ``generate`` renders requests through the same no-prompt chat
-    view and engine the evaluation uses, so a reply here is the reply the report scored.
+    view and engine the evaluation uses, so a reply here is the reply the report scored. A request given as a
+    string gets the spec's ``prompt.input_prefix`` in front of it, as every input did in training.
     """
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, prompt: PromptBody | None = None) -> None:
         self._engine = engine
+        self._prompt = prompt  # the spec's PromptBody (for its input prefix); None = no prefix
         self.model = engine.model
         self.tokenizer = engine.tokenizer
 
@@ -107,12 +110,15 @@ class Student:
         return iter((self.model, self.tokenizer))
 
     def generate(self, request: str | Sequence[dict], max_new_tokens: int = 64, temperature: float = 0.0) -> str:
-        """One reply to a user message (a string) or to a conversation (a list of ``{"role", "content"}``)."""
+        """One reply to a user message (a string) or to a conversation (a list of ``{"role", "content"}``).
+
+        A conversation is sent as given: its first user message must already hold the input prefix, if any.
+        """
         from genpi_core.generation.base import Message
-        from genpi_core.prompt.views import user_turn, without_prompt
+        from genpi_core.prompt.views import input_turn, user_turn, without_prompt
 
         conversation: list[Message] = (
-            user_turn(request)
+            (user_turn(request) if self._prompt is None else input_turn(self._prompt, request))
             if isinstance(request, str)
             else [{"role": m["role"], "content": m["content"]} for m in request]
         )  # type: ignore[misc]
@@ -135,13 +141,15 @@ def load_student(run: str | Path | InternalizeResult, *, variant: str | None = N
     ``merge`` folds the adapter into the weights (same replies, faster; the model is then a plain one).
     """
     from genpi_core.generation.transformers_backend import TransformersBackend
+    from genpi_core.ingest import load_ingested
     from genpi_core.pipeline import load_run, trained
 
     ingested, _ = load_run(_run_dir(run))
+    spec, _ = load_ingested(ingested.prompt_path)
     train = trained(ingested, variant)
     model = ModelConfig.model_validate(_train_manifest_config(Path(train.dir))["model"])
     engine = TransformersBackend(model, BackendConfig(), adapter=train.path("adapter"), merge_adapter=merge)
-    return Student(engine)
+    return Student(engine, spec.prompt)
 
 
 def _run_dir(run: str | Path | InternalizeResult) -> Path:

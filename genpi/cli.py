@@ -121,12 +121,23 @@ def _headline(run_dir: Path, evaluate_dir: str = "evaluate") -> str:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.0f}%"
 
-    rec = summary.recovery
+    def ratio(x, ci=None):
+        return "n/a" if x is None else f"{x:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    warnings = []
+    if summary.collapse and summary.collapse.collapsed:
+        warnings.append(f"WARNING: the student looks collapsed ({'; '.join(summary.collapse.reasons)})")
+    if summary.teacher_cut_share_ok is False:
+        warnings.append(
+            f"WARNING: {v['teacher'].cut} of {v['teacher'].n} teacher replies cut at the token cap (at most 5% should be)"
+        )
     return (
-        f"compliance on {v['teacher'].n} held-out inputs: base {pct(v['base'].compliance)}, "
-        f"teacher (with prompt) {pct(v['teacher'].compliance)}, student (adapter, no prompt) "
-        f"{pct(v['student'].compliance)}; recovery {'n/a' if rec is None else f'{rec:.2f}'}; "
+        f"strict success on {v['teacher'].n} held-out inputs: base {pct(v['base'].strict_success)}, "
+        f"teacher (with prompt) {pct(v['teacher'].strict_success)}, student (adapter, no prompt) "
+        f"{pct(v['student'].strict_success)}; strict-success recovery {ratio(summary.recovery, summary.recovery_ci)} "
+        f"(format {ratio(summary.recovery_format)}, task {ratio(summary.recovery_task)}); "
         f"prefill tokens saved per request: {summary.prefill_tokens_saved_per_request:.0f}"
+        + "".join(f"\n{w}" for w in warnings)
     )
 
 
@@ -278,7 +289,8 @@ def _add_evaluate(sub) -> None:
         "evaluate",
         help="(re-)evaluate a run's adapters: quality, agreement, leakage; compare ablations",
         description="Evaluate finished adapters of a run folder on its held-out inputs: base vs teacher vs "
-        "student compliance per check with bootstrap intervals, agreement with the teacher, recovery, "
+        "student strict success (every global check and the input's task checks), format and task, each with "
+        "bootstrap intervals and recovery, cut replies, the collapse signal, agreement with the teacher, "
         "role-swapped multi-turn episodes, the leakage audit and (evaluate.judge.enabled) an LLM judge. "
         "Writes evaluate[-VARIANT]/report.md and its tables; never retrains. With several adapters it "
         "also writes comparison/comparison.md and comparison.parquet.",
@@ -620,7 +632,8 @@ def _add_adapters(sub) -> None:
     p = sub.add_parser(
         "adapters",
         help="list adapter versions, their metrics, gate verdict and which is promoted",
-        description="One row per run folder: held-out compliance of student/teacher/base, recovery, "
+        description="One row per run folder: held-out strict success of student/teacher/base, strict-success "
+        "recovery, "
         "the promotion gate's verdict (promote.* config) and a * on the promoted version of each prompt.",
     )
     p.add_argument("name", nargs="?", help="only this prompt name")

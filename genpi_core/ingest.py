@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from genpi_core.generation.chat_template import chat_token_ids
+from genpi_core.prompt.research_format import ResearchPromptError, parse_research_prompt
 from genpi_core.prompt.views import prompt_messages
 from genpi_core.store.stage import Stage, atomic_write_json
 from schemas.artifacts import PROMPT_FILE
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
-from schemas.spec import CHECK_TYPES, PromptSpec
+from schemas.spec import CHECK_TYPES, PROMPT_FILE_FORMATS, PromptSpec
 from schemas.yaml_input import YamlInputError, load_yaml
 
 MAX_SPEC_BYTES = 5_000_000
+_RESEARCH_MARKER = re.compile(r"\A\ufeff?\s*<(?:USER|AGENT)>:")
 
 
 class SpecError(ValueError):
@@ -47,14 +50,59 @@ def _read_yaml(path: Path) -> object:
         raise SpecError(str(exc)) from exc
 
 
+_PATH_KEYS = {"path", "format", "input_prefix"}  # what may stand beside `prompt.path` in the spec
+
+
+def _prompt_file_target(spec_path: Path, value: object) -> Path:
+    """``prompt.path`` resolved against the spec's folder; absolute paths and escapes from that folder are refused."""
+    where = f"{spec_path}: field `prompt.path`"
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: give a file name relative to the spec's folder, got {value!r}")
+    if Path(value).is_absolute():
+        raise SpecError(f"{where}: absolute path {value!r} is refused; give a path relative to the spec's folder")
+    folder = spec_path.parent.resolve()
+    target = (folder / value).resolve()  # symlinks and `..` resolved: the file itself must sit inside the folder
+    if not target.is_relative_to(folder):
+        raise SpecError(
+            f"{where}: {value!r} leads outside the spec's folder {folder}; prompt files must stay inside it"
+        )
+    return target
+
+
+def _read_prompt_text(target: Path, spec_path: Path) -> str:
+    if not target.is_file():
+        raise SpecError(f"{spec_path}: field `prompt.path`: file {target} not found")
+    data = target.read_bytes()
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{target}: {len(data)} bytes is over the {MAX_SPEC_BYTES}-byte limit for a prompt file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{target}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
 def _inline_prompt_file(raw: dict, spec_path: Path) -> None:
+    """Replace ``prompt: {path: FILE, format: ..., input_prefix: ...}`` by the file's content (so the version
+    hashes the content, never the path)."""
     prompt = raw.get("prompt")
     if not isinstance(prompt, dict) or "path" not in prompt:
         return
-    if set(prompt) != {"path"}:
-        raise SpecError(f"{spec_path}: field `prompt`: give either `path` or inline `system`/`dialogue`, not both")
-    target = (spec_path.parent / str(prompt["path"])).resolve()
-    if target.suffix in {".yaml", ".yml"}:
+    if set(prompt) - _PATH_KEYS:
+        if set(prompt) & {"system", "dialogue"}:
+            raise SpecError(f"{spec_path}: field `prompt`: give either `path` or inline `system`/`dialogue`, not both")
+        raise SpecError(
+            f"{spec_path}: field `prompt.{sorted(set(prompt) - _PATH_KEYS)[0]}`: unknown key beside `path` "
+            f"(allowed: {', '.join(sorted(_PATH_KEYS))})"
+        )
+    target = _prompt_file_target(spec_path, prompt["path"])
+    fmt = prompt.get("format") or ("yaml" if target.suffix in {".yaml", ".yml"} else "text")
+    if fmt not in PROMPT_FILE_FORMATS:
+        raise SpecError(
+            f"{spec_path}: field `prompt.format`: unknown format {fmt!r} (known: {', '.join(PROMPT_FILE_FORMATS)})"
+        )
+    prefix = prompt.get("input_prefix")
+    body: dict
+    if fmt == "yaml":
         loaded = _read_yaml(target)
         if not isinstance(loaded, dict):
             raise SpecError(f"{target}: a prompt file must be a mapping with `system` and/or `dialogue`")
@@ -62,14 +110,35 @@ def _inline_prompt_file(raw: dict, spec_path: Path) -> None:
             raise SpecError(
                 f"{target}: field `path`: a prompt file holds `system` and/or `dialogue`, not another `path`"
             )
-        raw["prompt"] = loaded
-    else:
-        if not target.is_file():
-            raise SpecError(f"{spec_path}: field `prompt.path`: file {target} not found")
+        if prefix is not None and loaded.get("input_prefix") is not None:
+            raise SpecError(f"{spec_path}: field `prompt.input_prefix`: {target} sets `input_prefix` too; keep one")
+        body = dict(loaded)
+    elif fmt == "genpi-research":
+        text = _read_prompt_text(target, spec_path)
+        if prefix is not None:
+            raise SpecError(
+                f"{spec_path}: field `prompt.input_prefix`: a genpi-research file's trailing `<USER>:` text is the "
+                f"input prefix; edit it in {target} instead"
+            )
         try:
-            raw["prompt"] = {"system": target.read_text(encoding="utf-8")}
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"{target}: not UTF-8 text") from exc
+            parsed = parse_research_prompt(text)
+        except ResearchPromptError as exc:
+            raise SpecError(
+                f"{target}: {exc} (a genpi-research prompt file, named by field `prompt.path` of {spec_path})"
+            ) from exc
+        body = {"dialogue": parsed.dialogue, "input_prefix": parsed.input_prefix}
+    else:
+        text = _read_prompt_text(target, spec_path)
+        if _RESEARCH_MARKER.match(text) and prompt.get("format") is None:
+            raise SpecError(
+                f"{spec_path}: field `prompt.format`: {target} opens with a `<USER>:`/`<AGENT>:` marker, the "
+                "kaistAI/GenPI turn format; set `format: genpi-research` to split it into turns (or `format: text` "
+                "to keep it as one system text)"
+            )
+        body = {"system": text}
+    if prefix is not None:
+        body["input_prefix"] = prefix
+    raw["prompt"] = body
 
 
 def _normalize_text(text: str) -> str:
@@ -104,9 +173,19 @@ def load_spec(path: Path | str) -> PromptSpec:
         raise SpecError(describe(str(path), "prompt spec", exc, frozenset(CHECK_TYPES))) from exc
 
 
+# Optional fields added after specs were first versioned: hashed only when set, so a spec that doesn't use
+# them keeps the version (and the run folders) it had before genpi learned them.
+_HASHED_WHEN_SET = (("prompt", "input_prefix"), ("prompt", "format"))
+
+
 def spec_version(spec: PromptSpec) -> str:
-    """sha256 of the normalized spec (canonical JSON), hex."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    """sha256 of the normalized spec (canonical JSON), hex. A prompt file is inlined before this, so the hash
+    covers the file's content, not its path."""
+    data = spec.model_dump(mode="json")
+    for section, field in _HASHED_WHEN_SET:
+        if data[section].get(field) is None:
+            data[section].pop(field, None)
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -277,7 +277,14 @@ def evaluate_stage(
     backend: BackendConfig,
     variant: str | None = None,
 ) -> StageOutput:
-    config = {"model": model.model_dump(), "backend": backend.model_dump(), "evaluate": cfg.model_dump()}
+    from genpi_core.evaluate.summary import METRICS_VERSION
+
+    config = {
+        "model": model.model_dump(),
+        "backend": backend.model_dump(),
+        "evaluate": cfg.model_dump(),
+        "metrics": METRICS_VERSION,  # an evaluation scored by older metrics is recomputed, not reused
+    }
     stage = Stage(
         Path(ingested.run_dir),
         stage_name("evaluate", variant),
@@ -302,11 +309,17 @@ def evaluate_stage(
             train_metrics=metrics,
         )
         v = summary.variants
-        rows = {
-            "base": v["base"].compliance,
-            "teacher": v["teacher"].compliance,
-            "student": v["student"].compliance,
+        rows = {  # the headline: strict success and its recovery; format and task recovery beside it
+            "base": v["base"].strict_success,
+            "teacher": v["teacher"].strict_success,
+            "student": v["student"].strict_success,
             "recovery": summary.recovery,
+            "recovery_format": summary.recovery_format,
+            "recovery_task": summary.recovery_task,
+            "student_compliance": v["student"].compliance,
+            "teacher_cut": v["teacher"].cut,
+            "student_cut": v["student"].cut,
+            "student_collapsed": int(summary.collapse.collapsed) if summary.collapse else None,
         }
         if summary.recovery_ci:
             rows["recovery_low"], rows["recovery_high"] = summary.recovery_ci

@@ -22,7 +22,8 @@ from schemas.summary import EvaluationSummary
 
 
 class AdapterRow(BaseModel):
-    """One adapter version of a prompt, as `genpi adapters` lists it."""
+    """One adapter version of a prompt, as `genpi adapters` lists it: strict success of each variant and
+    strict-success recovery (the headline), beside them compliance and the collapse flag."""
 
     name: str
     version12: str
@@ -32,35 +33,48 @@ class AdapterRow(BaseModel):
     teacher: float | None = None
     base: float | None = None
     recovery: float | None = None
+    recovery_format: float | None = None
+    recovery_task: float | None = None
+    student_compliance: float | None = None
+    collapsed: bool | None = None
     gate: str = "not evaluated"  # passed | failed | not gated | not evaluated
     promoted: bool = False
 
 
-def _metrics(summary: EvaluationSummary) -> dict[str, float | None]:
-    def compliance(variant: str) -> float | None:
+def _metrics(summary: EvaluationSummary) -> dict:
+    def strict(variant: str) -> float | None:
         metrics = summary.variants.get(variant)
-        return metrics.compliance if metrics else None
+        return metrics.strict_success if metrics else None
 
+    student = summary.variants.get("student")
     return {
-        "student": compliance("student"),
-        "teacher": compliance("teacher"),
-        "base": compliance("base"),
-        "recovery": summary.recovery,
+        "student": strict("student"),
+        "teacher": strict("teacher"),
+        "base": strict("base"),
+        "recovery": summary.recovery,  # strict-success recovery: what min_recovery gates
+        "recovery_format": summary.recovery_format,
+        "recovery_task": summary.recovery_task,
+        "student_compliance": student.compliance if student else None,
+        "collapsed": summary.collapse.collapsed if summary.collapse else None,
     }
 
 
 def decide(summary: EvaluationSummary, cfg: PromoteConfig) -> tuple[bool, list[str]]:
-    """(passes, reasons): every configured bar must be met; a missing metric fails its bar."""
+    """(passes, reasons): every configured bar must be met; a missing metric fails its bar.
+
+    ``min_recovery`` gates strict-success recovery; ``min_student_compliance`` the student's compliance."""
     metrics = _metrics(summary)
     verdicts: list[tuple[bool, str]] = []
-    for metric, bar in {"recovery": cfg.min_recovery, "student": cfg.min_student_compliance}.items():
+    bars = {"recovery": cfg.min_recovery, "student_compliance": cfg.min_student_compliance}
+    for metric, bar in bars.items():
         if bar is None:
             continue
         value = metrics[metric]
+        label = "strict-success recovery" if metric == "recovery" else "student compliance"
         if value is None:
-            verdicts.append((False, f"{metric} is undefined (bar {bar})"))
+            verdicts.append((False, f"{label} is undefined (bar {bar})"))
         else:
-            verdicts.append((value >= bar, f"{metric} {value:.3f} {'>=' if value >= bar else '<'} {bar}"))
+            verdicts.append((value >= bar, f"{label} {value:.3f} {'>=' if value >= bar else '<'} {bar}"))
     passes = all(ok for ok, _ in verdicts)
     reasons = [text for _, text in verdicts]
     return passes, reasons

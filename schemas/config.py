@@ -345,10 +345,16 @@ class PromoteConfig(_Config):
 
     min_recovery: float | None = Field(
         0.9,
-        description="Recovery of compliance, (student - base) / (teacher - base), at least this; undefined recovery fails.",
+        description="Strict-success recovery, (student - base) / (teacher - base) of the share of held-out replies "
+        "that pass every global check and every task check of their input (cut replies fail), at least this; "
+        "undefined recovery fails.",
     )
     min_student_compliance: float | None = Field(
-        None, ge=0.0, le=1.0, description="Student compliance (adapter, no prompt) at least this."
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Student compliance (adapter, no prompt; partial credit: the mean share of a reply's checks "
+        "passed) at least this.",
     )
 
 

@@ -148,11 +148,26 @@ class EvalResultsSchema(GenpiSchema):
     input: Series[str]
     output: Series[str]
     finish_reason: Series[str] = pa.Field(isin=["stop", "length"])
-    checks: Series[str] = pa.Field(description="JSON {check name: passed}.")
-    score: Series[float] = pa.Field(ge=0, le=1, description="Share of this reply's checks (global + facts) passed.")
-    passed_all: Series[bool]
+    cut: Series[bool] = pa.Field(description="Cut at the token cap (finish_reason length): every check fails.")
+    checks: Series[str] = pa.Field(description="JSON {check name: passed}; all false for a cut reply.")
+    strict_success: Series[bool] = pa.Field(
+        description="The headline: every global check and every task check of the input passed."
+    )
     global_passed: Series[bool] = pa.Field(description="All global (format) checks passed.")
+    task_passed: Series[pd.BooleanDtype] = pa.Field(
+        nullable=True, description="All the input's task checks (facts) passed; null when the input has none."
+    )
+    score: Series[float] = pa.Field(
+        ge=0, le=1, description="Partial credit: share of this reply's checks (global + facts) passed."
+    )
+    passed_all: Series[bool] = pa.Field(description="Every check passed (the same as strict_success).")
     facts_passed: Series[float] = pa.Field(ge=0, le=1, nullable=True, description="Share of facts present.")
+    example_similarity: Series[float] = pa.Field(
+        ge=0,
+        le=1,
+        nullable=True,
+        description="Largest char-trigram Jaccard similarity to the prompt's worked agent turns (null: no dialogue).",
+    )
     prompt_tokens: Series[int] = pa.Field(ge=0)
     completion_tokens: Series[int] = pa.Field(ge=0)
     latency_s: Series[float] = pa.Field(ge=0)
@@ -230,11 +245,23 @@ class JudgeSchema(GenpiSchema):
 
 
 class VariantsSchema(GenpiSchema):
-    """The report's main table: one row per variant, with bootstrap intervals."""
+    """The report's main tables: one row per variant, with bootstrap intervals."""
 
     variant: Series[str] = pa.Field(unique=True)
     n: Series[int] = pa.Field(ge=0)
-    compliance: Series[float] = pa.Field(ge=0, le=1)
+    strict_success: Series[float] = pa.Field(ge=0, le=1, description="The headline (see EvaluationSummary).")
+    strict_success_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    strict_success_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    format_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    format_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    task: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    task_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    task_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    task_n: Series[int] = pa.Field(ge=0, description="Inputs with task checks.")
+    cut: Series[int] = pa.Field(ge=0, description="Replies cut at the token cap.")
+    distinct_share: Series[float] = pa.Field(ge=0, le=1)
+    example_similarity: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    compliance: Series[float] = pa.Field(ge=0, le=1, description="Secondary: partial credit.")
     compliance_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
     compliance_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
     all_checks: Series[float] = pa.Field(ge=0, le=1)
@@ -282,14 +309,19 @@ class ComparisonSchema(GenpiSchema):
     variant: Series[str] = pa.Field(unique=True, description="`main` (train/) or the ablation's name (train-<name>/).")
     evaluate_dir: Series[str]
     n: Series[int] = pa.Field(ge=0)
-    base: Series[float] = pa.Field(ge=0, le=1)
-    teacher: Series[float] = pa.Field(ge=0, le=1)
-    student: Series[float] = pa.Field(ge=0, le=1)
+    base: Series[float] = pa.Field(ge=0, le=1, description="Strict success of the base model (no prompt).")
+    teacher: Series[float] = pa.Field(ge=0, le=1, description="Strict success of the teacher (with the prompt).")
+    student: Series[float] = pa.Field(ge=0, le=1, description="Strict success of this adapter (no prompt).")
     student_low: Series[float] = pa.Field(ge=0, le=1, nullable=True)
     student_high: Series[float] = pa.Field(ge=0, le=1, nullable=True)
-    recovery: Series[float] = pa.Field(nullable=True)
+    recovery: Series[float] = pa.Field(nullable=True, description="Strict-success recovery (the headline).")
     recovery_low: Series[float] = pa.Field(nullable=True)
     recovery_high: Series[float] = pa.Field(nullable=True)
+    recovery_format: Series[float] = pa.Field(nullable=True)
+    recovery_task: Series[float] = pa.Field(nullable=True)
+    student_compliance: Series[float] = pa.Field(ge=0, le=1, description="Secondary: partial credit.")
+    student_cut: Series[int] = pa.Field(ge=0, description="Student replies cut at the token cap.")
+    collapsed: Series[bool] = pa.Field(description="The student's collapse flag (see EvaluationSummary.collapse).")
     agreement_rouge_l: Series[float] = pa.Field(ge=0, le=1)
     multi_turn_compliance: Series[float] = pa.Field(ge=0, le=1, nullable=True)
     judge_score: Series[float] = pa.Field(ge=1, le=5, nullable=True)

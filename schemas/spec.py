@@ -7,7 +7,7 @@ checks that need the tokenizer (does the prompt fit the context?) live in genpi_
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -146,19 +146,43 @@ class DialogueTurn(_Strict):
         return self.user if self.user is not None else self.agent  # type: ignore[return-value]
 
 
+PromptFileFormat = Literal["text", "yaml", "genpi-research"]
+PROMPT_FILE_FORMATS: tuple[str, ...] = get_args(PromptFileFormat)
+
+
 class PromptBody(_Strict):
-    """The prompt to internalize. ``path`` is resolved and inlined by the loader (genpi_core.ingest)."""
+    """The prompt to internalize. ``path`` (and its ``format``) is resolved and inlined by the loader
+    (genpi_core.ingest): a loaded spec holds the file's text, never the path."""
 
     system: str | None = Field(None, description="Plain system text.")
     dialogue: list[DialogueTurn] | None = Field(
         None, description="Few-shot turns, alternating user/agent, starting with user, ending with agent."
     )
-    path: str | None = Field(
-        None, description="A .txt file (system text) or a .yaml file with `system`/`dialogue`, relative to the spec."
+    input_prefix: str | None = Field(
+        None,
+        description="Text put before every input in its user message, a blank line between (e.g. 'Now, my problem "
+        "is:'). A genpi-research prompt file's trailing `<USER>:` text sets it.",
     )
+    path: str | None = Field(
+        None,
+        description="A prompt file relative to the spec's folder (and inside it): .txt = system text, .yaml = "
+        "`system`/`dialogue`, or any file with `format: genpi-research`.",
+    )
+    format: PromptFileFormat | None = Field(
+        None,
+        description="How to read `path`: text, yaml (default by suffix), or genpi-research (`<USER>:`/`<AGENT>:` "
+        "turns, the kaistAI/GenPI research-code format).",
+    )
+
+    @field_validator("input_prefix")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value if value is not None and value.strip() else None
 
     @model_validator(mode="after")
     def _not_empty(self) -> PromptBody:
+        if self.format is not None and self.path is None:
+            raise ValueError("`format` says how to read a `path`; give `path` too, or drop `format`")
         if self.path is not None:
             if self.system is not None or self.dialogue is not None:
                 raise ValueError("give either `path` or inline `system`/`dialogue`, not both")

@@ -41,22 +41,71 @@ class Agreement(_Record):
 
 
 class VariantMetrics(_Record):
-    """One variant (base, teacher or student) over the held-out inputs."""
+    """One variant (base, teacher or student) over the held-out inputs.
+
+    Headline: ``strict_success``. ``format`` and ``task`` split it; ``compliance``, ``all_checks`` and ``facts``
+    are the older partial-credit numbers, kept for the readers that use them."""
 
     n: int = Field(description="Held-out replies scored.")
-    compliance: float = Field(description="Mean share of checks (global + the input's facts) passed per reply.")
-    all_checks: float = Field(description="Share of replies that pass every check.")
-    format: float = Field(description="Share of replies that pass every global (non-fact) check.")
+    strict_success: float = Field(
+        description="The headline: share of replies that pass every global check AND every task check of their "
+        "input (its facts). A reply cut at the token cap fails."
+    )
+    format: float = Field(description="Share of replies that pass every global (non-task) check.")
+    task: float | None = Field(
+        description="Share of replies passing all their input's task checks, over the inputs that have task "
+        "checks; null when no input has any."
+    )
+    task_n: int = Field(description="Held-out inputs with task checks (what `task` is the share of).")
+    cut: int = Field(description="Replies cut at the token cap (finish_reason length); each fails every check.")
+    distinct_share: float = Field(description="Distinct replies (exact text after strip) over replies.")
+    example_similarity: float | None = Field(
+        description="Mean over replies of the largest character-trigram Jaccard similarity between the reply and "
+        "the prompt's worked agent turns; null when the prompt has no dialogue."
+    )
+    compliance: float = Field(
+        description="Secondary (partial credit): mean share of checks (global + the input's facts) passed per reply."
+    )
+    all_checks: float = Field(description="Share of replies that pass every check (the same as strict_success).")
     facts: float | None = Field(description="Mean share of facts passed per reply; null when no input has facts.")
     per_check: dict[str, float] = Field(description="Pass rate of each global check, by check name.")
     agreement: Agreement
     mean_prompt_tokens: float = Field(description="Prompt tokens per request (what the prompt costs at prefill).")
     mean_latency_s: float = Field(description="Seconds per reply.")
+    strict_success_ci: Interval | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Paired bootstrap interval of strict_success; absent when the bootstrap is off.",
+    )
+    format_ci: Interval | None = Field(
+        None, exclude_if=_absent, description="Paired bootstrap interval of format; absent when the bootstrap is off."
+    )
+    task_ci: Interval | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Paired bootstrap interval of task (over the inputs with task checks); absent when the bootstrap "
+        "is off or no input has task checks.",
+    )
     compliance_ci: Interval | None = Field(
         None,
         exclude_if=_absent,
         description="Paired bootstrap interval of compliance; absent when the bootstrap is off.",
     )
+
+
+class Collapse(_Record):
+    """The collapse signal of the student (``genpi_core.evaluate.collapse``): does it copy instead of answering?"""
+
+    collapsed: bool = Field(
+        description="True when distinct_share < min_distinct_share, or example_similarity exceeds the teacher's "
+        "by more than max_similarity_gap."
+    )
+    reasons: list[str] = Field(description="Which bar the student missed, in words; empty when not collapsed.")
+    distinct_share: float = Field(description="The student's distinct replies over its replies.")
+    example_similarity: float | None = Field(description="The student's mean similarity to the worked agent turns.")
+    teacher_example_similarity: float | None = Field(description="The same for the teacher.")
+    min_distinct_share: float
+    max_similarity_gap: float
 
 
 class Bootstrap(_Record):
@@ -65,7 +114,9 @@ class Bootstrap(_Record):
     resamples: int = Field(description="Bootstrap draws; 0 = no intervals.")
     seed: int = Field(description="Seed of the draw.")
     level: float = Field(description="Coverage of every interval, e.g. 0.95.")
-    recovery_undefined: int = Field(description="Draws where teacher == base, dropped from the recovery interval.")
+    recovery_undefined: int = Field(
+        description="Draws where teacher == base in strict success, dropped from the headline recovery interval."
+    )
 
 
 class LeakageMetrics(_Record):
@@ -114,7 +165,8 @@ class JudgeSummary(_Record):
 
 
 class EvaluationSummary(_Record):
-    """Every number of one evaluation (summary.json): per-variant metrics, recovery, and the optional audits.
+    """Every number of one evaluation (summary.json): per-variant metrics, strict-success recovery (the headline) with
+    format and task recovery beside it, cut replies, the collapse signal, uninformative checks, and the optional audits.
 
     Write it with ``genpi_core.store.stage.atomic_write_json(path, summary)`` (its ``model_dump(mode="json")``
     leaves the off sections out); read it with :meth:`load`.
@@ -122,19 +174,53 @@ class EvaluationSummary(_Record):
 
     variants: dict[str, VariantMetrics] = Field(description="By variant name: base, teacher, student.")
     bootstrap: Bootstrap
-    recovery_compliance: float | None = Field(
-        None, description="(student - base) / (teacher - base) of compliance; null when teacher == base."
+    recovery_strict: float | None = Field(
+        None,
+        description="(student - base) / (teacher - base) of strict success; null when teacher == base. The headline.",
     )
-    recovery_format: float | None = Field(None, description="Recovery of the format rate.")
+    recovery_strict_ci: Interval | None = Field(
+        None, description="Paired bootstrap interval of recovery_strict; null when undefined."
+    )
+    recovery_format: float | None = Field(None, description="Recovery of the format rate (global checks only).")
+    recovery_format_ci: Interval | None = Field(None, description="Paired bootstrap interval of recovery_format.")
+    recovery_task: float | None = Field(
+        None, description="Recovery of the task rate (the inputs' own checks); null when undefined or none."
+    )
+    recovery_task_ci: Interval | None = Field(None, description="Paired bootstrap interval of recovery_task.")
+    recovery_compliance: float | None = Field(
+        None, description="Secondary (partial credit): recovery of compliance; null when teacher == base."
+    )
+    recovery_compliance_ci: Interval | None = Field(
+        None, description="Paired bootstrap interval of recovery_compliance."
+    )
     recovery_facts: float | None = Field(
         None, description="Recovery of the facts rate; null when undefined or no facts."
     )
-    recovery: float | None = Field(None, description="The headline: recovery of compliance (= recovery_compliance).")
+    recovery: float | None = Field(
+        None,
+        description="The headline, strict-success recovery (= recovery_strict): what the promotion gate and every "
+        "summary line use.",
+    )
     recovery_ci: Interval | None = Field(
-        None, description="Paired bootstrap interval of recovery; null when undefined."
+        None, description="Paired bootstrap interval of recovery (= recovery_strict_ci); null when undefined."
     )
     prefill_tokens_saved_per_request: float | None = Field(
         None, description="Teacher minus student prompt tokens per request: what internalizing the prompt saves."
+    )
+    max_new_tokens: int | None = Field(None, description="The evaluation's reply cap (evaluate.sampling).")
+    teacher_cut_share: float | None = Field(
+        None, description="Share of teacher replies cut at the cap; null without a teacher."
+    )
+    teacher_cut_share_ok: bool | None = Field(
+        None,
+        description="teacher_cut_share <= 5%: the cap is high enough that cuts do not make the teacher look worse "
+        "than it is; null without a teacher.",
+    )
+    collapse: Collapse | None = Field(
+        None, description="The student's collapse signal; null without both a student and a teacher."
+    )
+    uninformative_checks: list[str] = Field(
+        description="Global checks every variant (base included) passes on every reply: they tell nothing apart."
     )
     leakage: dict[str, LeakageMetrics] | None = Field(
         None, exclude_if=_absent, description="Leakage audit by variant; absent when the audit is off."

@@ -23,6 +23,26 @@ def _key(name: str, what: str) -> str:
     return f"genpi-{name}-{what}".lower().replace("_", "-")
 
 
+def _headline(summary: EvaluationSummary) -> str:
+    """Strict success and its recovery first, format and task recovery beside it, and any warning."""
+
+    def ratio(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    ci = summary.recovery_ci
+    student = summary.variants.get("student")
+    text = (
+        f"strict success {'n/a' if student is None else f'{100 * student.strict_success:.0f}%'} (student), "
+        f"strict-success recovery {ratio(summary.recovery)}{f' [{ci[0]:.2f}, {ci[1]:.2f}]' if ci else ''} "
+        f"(format {ratio(summary.recovery_format)}, task {ratio(summary.recovery_task)})"
+    )
+    if summary.collapse and summary.collapse.collapsed:
+        text += "; WARNING: the student looks collapsed"
+    if summary.teacher_cut_share_ok is False:
+        text += "; WARNING: over 5% of teacher replies cut at the token cap"
+    return text
+
+
 @task(name="publish", cache_policy=NONE)
 def publish_task(ingested: IngestOutput, evaluated: StageOutput, promoted: StageOutput | None = None) -> None:
     summary = EvaluationSummary.load(evaluated.path("summary"))
@@ -41,7 +61,7 @@ def publish_task(ingested: IngestOutput, evaluated: StageOutput, promoted: Stage
     create_table_artifact(
         key=_key(ingested.name, "evaluation"),
         table=rows,
-        description=f"{ingested.name} {version}: held-out metrics per variant; recovery {summary.recovery}",
+        description=f"{ingested.name} {version}: held-out metrics per variant; {_headline(summary)}",
     )
     report = evaluated.path("report").read_text(encoding="utf-8")
     verdict = ""

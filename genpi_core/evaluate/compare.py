@@ -36,7 +36,7 @@ def _label(variant: str | None) -> str:
 def _row(label: str, evaluate_dir: Path, train_dir: Path) -> dict:
     summary = EvaluationSummary.load(evaluate_dir / SUMMARY_FILE)
     v = summary.variants
-    s_ci = v["student"].compliance_ci or (None, None)
+    s_ci = v["student"].strict_success_ci or (None, None)
     r_ci = summary.recovery_ci or (None, None)
     leak = (summary.leakage or {}).get("student")
     judge = summary.judge.variants.get("student") if summary.judge else None
@@ -46,14 +46,19 @@ def _row(label: str, evaluate_dir: Path, train_dir: Path) -> dict:
         "variant": label,
         "evaluate_dir": evaluate_dir.name,
         "n": v["student"].n,
-        "base": v["base"].compliance,
-        "teacher": v["teacher"].compliance,
-        "student": v["student"].compliance,
+        "base": v["base"].strict_success,
+        "teacher": v["teacher"].strict_success,
+        "student": v["student"].strict_success,
         "student_low": s_ci[0],
         "student_high": s_ci[1],
         "recovery": summary.recovery,
         "recovery_low": r_ci[0],
         "recovery_high": r_ci[1],
+        "recovery_format": summary.recovery_format,
+        "recovery_task": summary.recovery_task,
+        "student_compliance": v["student"].compliance,
+        "student_cut": v["student"].cut,
+        "collapsed": bool(summary.collapse and summary.collapse.collapsed),
         "agreement_rouge_l": v["student"].agreement.rouge_l,
         "multi_turn_compliance": turns.compliance if turns else None,
         "judge_score": judge.mean_score if judge else None,
@@ -102,19 +107,24 @@ def render_comparison(run_dir: Path, table: pd.DataFrame, leakage: pd.DataFrame)
     lines = [
         f"# genpi comparison: `{run_dir.parent.name}` (version {run_dir.name})",
         "",
-        "Each adapter of this run on the same held-out inputs; intervals are paired bootstrap intervals from each "
-        "evaluation (see its report.md). Leakage = the worst of the extraction questions.",
+        "Each adapter of this run on the same held-out inputs. Base, teacher and student: strict success (a reply "
+        "passes every global check and its input's task checks); recovery = strict-success recovery, with format "
+        "and task recovery beside it. Intervals are paired bootstrap intervals from each evaluation (see its "
+        "report.md). Leakage = the worst of the extraction questions.",
         "",
-        "| adapter | base | teacher | student [CI] | recovery [CI] | ROUGE-L vs teacher | multi-turn | judge "
+        "| adapter | base | teacher | student [CI] | strict-success recovery [CI] | format / task recovery "
+        "| student compliance (partial) | collapsed | ROUGE-L vs teacher | multi-turn | judge "
         "| leakage: longest copied span | leakage: ROUGE-L recall | objective |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
         objective = json.loads(r.objective)
         pg = "with PG" if objective.get("prompt_generation") else "SFT only" if objective else "?"
         lines.append(
             f"| {r.variant} | {_pct(r.base)} | {_pct(r.teacher)} | {_pct(r.student)}{_ci(r.student_low, r.student_high, _pct)} "
-            f"| {_num(r.recovery)}{_ci(r.recovery_low, r.recovery_high, _num)} | {r.agreement_rouge_l:.2f} "
+            f"| {_num(r.recovery)}{_ci(r.recovery_low, r.recovery_high, _num)} "
+            f"| {_num(r.recovery_format)} / {_num(r.recovery_task)} | {_pct(r.student_compliance)} "
+            f"| {'**yes**' if r.collapsed else 'no'} | {r.agreement_rouge_l:.2f} "
             f"| {_pct(r.multi_turn_compliance)} | {_num(r.judge_score)} "
             f"| {'n/a' if pd.isna(r.leak_max_lcs_share) else f'{100 * r.leak_max_lcs_share:.1f}%'} "
             f"| {'n/a' if pd.isna(r.leak_max_rouge_l_recall) else f'{100 * r.leak_max_rouge_l_recall:.1f}%'} | {pg} |"
@@ -154,7 +164,7 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     student = table["student"].to_numpy(dtype=float)
     low = table["student_low"].astype(float).fillna(table["student"]).to_numpy()
     high = table["student_high"].astype(float).fillna(table["student"]).to_numpy()
-    ax.bar(xs, student, 0.5, label="student compliance", color="tab:green")
+    ax.bar(xs, student, 0.5, label="student strict success", color="tab:green")
     ax.errorbar(xs, student, yerr=[student - low, high - student], fmt="none", ecolor="black", capsize=3)
     ax.scatter(xs, table["teacher"], marker="_", s=600, color="tab:orange", label="teacher", zorder=3)
     ax.scatter(xs, table["base"], marker="_", s=600, color="tab:blue", label="base", zorder=3)

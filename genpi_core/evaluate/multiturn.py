@@ -22,7 +22,7 @@ import pandas as pd
 from genpi_core.environment.simulated import SimulatedEnvironment
 from genpi_core.generation.base import GenerationBackend, Message
 from genpi_core.prompt.checks import run_checks
-from genpi_core.prompt.views import user_turn
+from genpi_core.prompt.views import input_turn
 from schemas.config import SamplingConfig
 from schemas.spec import PromptSpec
 
@@ -41,7 +41,9 @@ def run_episodes(
     turns: int,
 ) -> pd.DataFrame:
     """Play every held-out input in ``test`` for up to ``turns`` agent turns; one row per agent turn."""
-    conversations: dict[str, list[Message]] = {row.example_id: user_turn(row.input) for row in test.itertuples()}
+    conversations: dict[str, list[Message]] = {
+        row.example_id: input_turn(spec.prompt, row.input) for row in test.itertuples()
+    }
     facts = {row.example_id: json.loads(row.facts) for row in test.itertuples()}
     live = list(conversations)
     rows: list[dict] = []

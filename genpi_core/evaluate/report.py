@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.evaluate.summary import VARIANTS
+from genpi_core.evaluate.summary import MAX_TEACHER_CUT_SHARE, VARIANTS
 from genpi_core.store.stage import atomic_save_figure
 from schemas.artifacts import (
     CHECKS_PLOT_FILE,
@@ -44,6 +44,31 @@ def _cell(text: str, limit: int = 200) -> str:
     return (text[:limit] + "…") if len(text) > limit else (text or "*(empty)*")
 
 
+def _warnings(summary: EvaluationSummary) -> list[str]:
+    """Block-quoted warnings under the headline: too many teacher replies cut, a collapsed student, checks that
+    tell nothing apart. Empty when there is nothing to warn about."""
+    v = summary.variants
+    out = []
+    if summary.teacher_cut_share_ok is False and "teacher" in v:
+        cap = f"{summary.max_new_tokens}-token " if summary.max_new_tokens else ""
+        out.append(
+            f"> **Warning: {v['teacher'].cut} of {v['teacher'].n} teacher replies "
+            f"({_pct(summary.teacher_cut_share)}) are cut at the {cap}cap**; at most "
+            f"{100 * MAX_TEACHER_CUT_SHARE:.0f}% should be. A cut reply fails every check, so the teacher looks "
+            "worse than it is and recovery is inflated: raise `evaluate.sampling.max_new_tokens`."
+        )
+    collapse = summary.collapse
+    if collapse and collapse.collapsed:
+        out.append(f"> **Warning: the student looks collapsed**: {'; '.join(collapse.reasons)}.")
+    if summary.uninformative_checks:
+        names = ", ".join(f"`{c}`" for c in summary.uninformative_checks)
+        out.append(
+            f"> **Uninformative checks**: {names} (every variant, base included, passes it on every reply: it "
+            "tells nothing apart)."
+        )
+    return [line for warning in out for line in (warning, "")]
+
+
 def render_report(
     spec: PromptSpec,
     version: str,
@@ -58,37 +83,81 @@ def render_report(
     boot = summary.bootstrap
     level = f"{100 * boot.level:.0f}%"
     judged = summary.judge.variants if summary.judge else {}
+    collapse = summary.collapse
     lines = [
-        f"# genpi report: `{spec.name}` (version {version[:12]})",
+        f"# genpi report: `{spec.name}` (version {version[:12]}): strict-success recovery "
+        f"{_ratio(summary.recovery_strict)}{_ci(summary.recovery_strict_ci, _ratio)}",
         "",
-        f"Held-out inputs: {v['teacher'].n} (never trained on). Greedy decoding. Intervals: {level} paired "
-        f"bootstrap over held-out inputs ({boot.resamples} resamples, seed {boot.seed}).",
+        f"**Strict success** (a reply passes every global check and every task check of its input): student "
+        f"{_pct(v['student'].strict_success)}, teacher {_pct(v['teacher'].strict_success)}, base "
+        f"{_pct(v['base'].strict_success)}; **recovery {_ratio(summary.recovery_strict)}**"
+        f"{_ci(summary.recovery_strict_ci, _ratio)}. Held-out inputs: {v['teacher'].n} (never trained on), "
+        f"{v['teacher'].task_n} of them with task checks. Greedy decoding. Intervals: {level} paired bootstrap over "
+        f"held-out inputs ({boot.resamples} resamples, seed {boot.seed}).",
         "",
-        f"| variant | what it is | compliance [{level} CI] | all checks pass | format (global checks) | facts "
-        "| agrees with teacher: exact / normalized / ROUGE-L | judge (1-5) | prompt tokens / request | latency / reply (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *_warnings(summary),
+        f"| variant | what it is | strict success [{level} CI] | format: global checks [CI] | task: the input's "
+        "checks [CI] | cut at the cap | distinct replies | closeness to the prompt's worked replies |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in VARIANTS:
+        s = v[name]
+        lines.append(
+            f"| {name} | {_MEANING[name]} | **{_pct(s.strict_success)}**{_ci(s.strict_success_ci)} "
+            f"| {_pct(s.format)}{_ci(s.format_ci)} | {_pct(s.task)}{_ci(s.task_ci)} | {s.cut} of {s.n} "
+            f"| {_pct(s.distinct_share)} | {_ratio(s.example_similarity)} |"
+        )
+    undefined = boot.recovery_undefined
+    lines += [
+        "",
+        "| recovery (student - base) / (teacher - base) of | value [CI] |",
+        "|---|---|",
+        f"| **strict success** (the headline; the promotion gate uses it) | **{_ratio(summary.recovery_strict)}**"
+        f"{_ci(summary.recovery_strict_ci, _ratio)} |",
+        f"| format (global checks only) | {_ratio(summary.recovery_format)}{_ci(summary.recovery_format_ci, _ratio)} |",
+        f"| task (the input's checks, inputs that have some) | {_ratio(summary.recovery_task)}"
+        f"{_ci(summary.recovery_task_ci, _ratio)} |",
+        f"| compliance (partial credit, secondary) | {_ratio(summary.recovery_compliance)}"
+        f"{_ci(summary.recovery_compliance_ci, _ratio)} |",
+        "",
+        f"Prefill tokens saved per request: {summary.prefill_tokens_saved_per_request:.0f}.",
+        "",
+        "Format and task are reported apart and never blended into the headline. A reply cut at the token cap "
+        f"(`evaluate.sampling.max_new_tokens`{f' = {summary.max_new_tokens}' if summary.max_new_tokens else ''}) "
+        "fails every check, for every variant alike. Collapse signal: *distinct replies* = distinct reply texts over "
+        "replies; *closeness* = per reply, the largest character-trigram Jaccard similarity to the prompt's own "
+        "worked agent turns, averaged"
+        + (
+            f"; the student is flagged when its distinct share is under {_pct(collapse.min_distinct_share)} or its "
+            f"closeness exceeds the teacher's by more than {collapse.max_similarity_gap:.2f} "
+            f"({'flagged' if collapse.collapsed else 'not flagged'})."
+            if collapse
+            else "."
+        )
+        + " The recovery intervals recompute recovery inside each bootstrap draw"
+        + (f"; {undefined} draws where teacher = base left it undefined and were dropped." if undefined else "."),
+        "",
+        "### Partial credit and other measures",
+        "",
+        f"| variant | compliance [{level} CI] | facts | agrees with teacher: exact / normalized / ROUGE-L "
+        "| judge (1-5) | prompt tokens / request | latency / reply (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         s = v[name]
         a = s.agreement
         judge = _ratio(judged[name].mean_score if name in judged else None) if judged else "off"
         lines.append(
-            f"| {name} | {_MEANING[name]} | {_pct(s.compliance)}{_ci(s.compliance_ci)} | {_pct(s.all_checks)} "
-            f"| {_pct(s.format)} | {_pct(s.facts)} | {_pct(a.exact)} / {_pct(a.normalized)} / {a.rouge_l:.2f} "
-            f"| {judge} | {s.mean_prompt_tokens:.0f} | {s.mean_latency_s:.2f} |"
+            f"| {name} | {_pct(s.compliance)}{_ci(s.compliance_ci)} | {_pct(s.facts)} "
+            f"| {_pct(a.exact)} / {_pct(a.normalized)} / {a.rouge_l:.2f} | {judge} | {s.mean_prompt_tokens:.0f} "
+            f"| {s.mean_latency_s:.2f} |"
         )
-    undefined = boot.recovery_undefined
     lines += [
         "",
-        f"**Recovery** (student - base) / (teacher - base) of compliance: **{_ratio(summary.recovery)}**"
-        f"{_ci(summary.recovery_ci, _ratio)}"
-        f" (format: {_ratio(summary.recovery_format)}, facts: {_ratio(summary.recovery_facts)}).",
-        f"Prefill tokens saved per request: {summary.prefill_tokens_saved_per_request:.0f}.",
-        "",
-        "Compliance = mean share of checks passed per reply (global checks + the reply's facts). Agreement compares "
-        "each reply with the teacher's reply to the same input (ROUGE-L = token-level F1 of the longest common "
-        "subsequence). The recovery interval recomputes recovery inside each bootstrap draw"
-        + (f"; {undefined} draws where teacher = base left it undefined and were dropped." if undefined else "."),
+        "Compliance = mean share of checks passed per reply (global checks + the reply's facts): partial credit, so a "
+        "reply with the right format and the wrong answer still scores. Facts = mean share of an input's facts a "
+        "reply contains. Agreement compares each reply with the teacher's reply to the same input (ROUGE-L = "
+        "token-level F1 of the longest common subsequence).",
         "",
         "## Check by check",
         "",
@@ -107,6 +176,8 @@ def render_report(
             )
             cells = [_pct(None if pd.isna(row.get(n)) else row[n]) for n in VARIANTS]
             label = "facts (all inputs' facts)" if check == "facts" else f"`{check}`"
+            if check in summary.uninformative_checks:
+                label += " (uninformative)"
             lines.append(
                 f"| {label} | " + " | ".join(cells) + f" | {'n/a' if delta is None else f'{100 * delta:+.0f} pts'} |"
             )
@@ -210,7 +281,7 @@ def _judge_section(summary: EvaluationSummary) -> list[str]:
 
 
 def _worst_section(worst: pd.DataFrame | None) -> list[str]:
-    lines = ["## Worst examples (lowest student score), teacher vs student", ""]
+    lines = ["## Worst examples (student fails strict success, lowest share of checks first), teacher vs student", ""]
     if worst is None or worst.empty:
         return lines + ["None.", ""]
     lines += [
@@ -232,25 +303,25 @@ def plot_variants(summary: EvaluationSummary, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ("compliance", "format", "facts")
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    metrics = ("strict_success", "format", "task", "compliance")
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     width = 0.26
     for i, variant in enumerate(VARIANTS):
         s = summary.variants[variant]
         values = [getattr(s, m) or 0.0 for m in metrics]
         xs = [x + (i - 1) * width for x in range(len(metrics))]
         ax.bar(xs, values, width, label=variant)
-        ci = s.compliance_ci
-        if ci:
-            ax.errorbar(
-                [xs[0]],
-                [values[0]],
-                yerr=[[values[0] - ci[0]], [ci[1] - values[0]]],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-            )
-    ax.set_xticks(range(len(metrics)), metrics)
+        for x, value, ci in zip(xs, values, [getattr(s, f"{m}_ci") for m in metrics]):
+            if ci:
+                ax.errorbar(
+                    [x],
+                    [value],
+                    yerr=[[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]],
+                    fmt="none",
+                    ecolor="black",
+                    capsize=3,
+                )
+    ax.set_xticks(range(len(metrics)), ["strict success", "format", "task", "compliance (partial)"])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of held-out replies")
     ax.set_title("Base vs teacher (prompt) vs student (adapter, no prompt)")

@@ -5,13 +5,15 @@ compliance.png, checks.png. Tables that an option turned off are written empty, 
 has the same files.
 
 Variants: base = model without the prompt; teacher = model with the prompt; student = model +
-adapter without the prompt. Compliance of a variant = the mean, over held-out replies, of the share
-of that reply's checks (global rules + its per-input facts) that pass; a partial-credit score, so a
-reply that gets the format right but misses a fact still counts for something. Also reported:
-all-checks-pass rate, format (global checks only), facts, agreement with the teacher's reply
-(agreement.py), paired bootstrap intervals (bootstrap.py), role-swapped multi-turn episodes
-(multiturn.py), the leakage audit (leakage.py) and an optional LLM judge (judge.py). Headline:
-recovery = (student - base) / (teacher - base) of compliance, with its interval.
+adapter without the prompt. Headline: STRICT SUCCESS of a variant = the share of held-out replies that
+pass every global check AND every task check of their input (its facts); strict-success recovery =
+(student - base) / (teacher - base) of it, with a paired bootstrap interval. Beside it, never blended
+into it: format (global checks only) and task (the input's checks, over inputs that have some), each
+with its own recovery and interval. A reply cut at the token cap (finish_reason "length") fails every
+check, for every variant alike, and is counted. Also reported: compliance (the mean share of a reply's
+checks that pass: partial credit, kept as a secondary number), facts, the collapse signal
+(collapse.py), uninformative checks, agreement with the teacher's reply (agreement.py), role-swapped
+multi-turn episodes (multiturn.py), the leakage audit (leakage.py) and an optional LLM judge (judge.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from genpi_core.evaluate.agreement import agreement
+from genpi_core.evaluate.collapse import char_trigrams, example_similarity, worked_agent_turns
 from genpi_core.evaluate.judge import judge_messages, score_judgements
 from genpi_core.evaluate.leakage import extraction_conversations, score_leakage
 from genpi_core.evaluate.multiturn import run_episodes
@@ -30,6 +33,7 @@ from genpi_core.evaluate.report import plot_checks, plot_variants, render_report
 from genpi_core.evaluate.summary import (
     VARIANTS,
     empty_table,
+    is_task_check,
     per_check_table,
     summarize,
     variants_table,
@@ -38,7 +42,7 @@ from genpi_core.evaluate.summary import (
 from genpi_core.generation.factory import make_backend
 from genpi_core.prompt.checks import run_checks
 from genpi_core.prompt.pg_format import pg_target
-from genpi_core.prompt.views import user_turn, with_prompt, without_prompt
+from genpi_core.prompt.views import input_turn, with_prompt, without_prompt
 from genpi_core.store.stage import atomic_write_json, atomic_write_text
 from genpi_core.store.tables import read_table, write_table
 from schemas.artifacts import (
@@ -68,15 +72,23 @@ from schemas.datasets import (
 from schemas.spec import PromptSpec
 from schemas.summary import EvaluationSummary
 
-__all__ = ["VARIANTS", "run_evaluate", "summarize", "render_report"]
+__all__ = ["VARIANTS", "run_evaluate", "score_rows", "summarize", "render_report"]
 
 
-def _score_rows(spec: PromptSpec, variant: str, test: pd.DataFrame, completions) -> pd.DataFrame:
+def score_rows(spec: PromptSpec, variant: str, test: pd.DataFrame, completions) -> pd.DataFrame:
+    """One results row per (held-out input, reply): every check, strict success, task, cut, closeness to the
+    prompt's worked replies. A cut reply (finish_reason "length") fails every check, global and task."""
+    examples = [char_trigrams(t) for t in worked_agent_turns(spec.prompt)]
     rows = []
     for item, completion in zip(test.itertuples(), completions):
         facts = json.loads(item.facts)
+        cut = completion.finish_reason == "length"
         results = run_checks(spec.checks, completion.text, facts)
-        fact_results = [v for k, v in results.items() if k.startswith("fact:")]
+        if cut:
+            results = dict.fromkeys(results, False)
+        task = [v for k, v in results.items() if is_task_check(k)]
+        global_passed = not cut and all(v for k, v in results.items() if not is_task_check(k))
+        task_passed = (not cut and all(task)) if task else None
         rows.append(
             {
                 "variant": variant,
@@ -84,11 +96,15 @@ def _score_rows(spec: PromptSpec, variant: str, test: pd.DataFrame, completions)
                 "input": item.input,
                 "output": completion.text,
                 "finish_reason": completion.finish_reason,
+                "cut": cut,
                 "checks": json.dumps(results),
-                "score": sum(results.values()) / len(results) if results else 1.0,
-                "passed_all": all(results.values()),
-                "global_passed": all(v for k, v in results.items() if not k.startswith("fact:")),
-                "facts_passed": (sum(fact_results) / len(fact_results)) if fact_results else None,
+                "strict_success": global_passed and task_passed is not False,
+                "global_passed": global_passed,
+                "task_passed": task_passed,
+                "score": 0.0 if cut else sum(results.values()) / len(results) if results else 1.0,
+                "passed_all": not cut and all(results.values()),
+                "facts_passed": (sum(task) / len(task)) if task else None,
+                "example_similarity": example_similarity(completion.text, examples),
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
                 "latency_s": completion.latency_s,
@@ -122,7 +138,7 @@ def run_evaluate(
     test = read_table(test_path, HeldOutSchema)
     if cfg.max_examples is not None:
         test = test.head(cfg.max_examples)
-    contexts = [user_turn(t) for t in test["input"]]
+    contexts = [input_turn(spec.prompt, t) for t in test["input"]]
     episodes_test = test.head(cfg.multi_turn.max_inputs)
     prompt_text = pg_target(spec.prompt)  # what prompt generation trains the adapter to write out
 
@@ -136,7 +152,7 @@ def run_evaluate(
         base = engines.enter_context(make_backend(model, backend_cfg))
         for variant, view in (("base", without_prompt), ("teacher", teacher_view)):
             completions = base.generate([view(c) for c in contexts], cfg.sampling, desc=f"eval {variant}")
-            frames.append(_score_rows(spec, variant, test, completions))
+            frames.append(score_rows(spec, variant, test, completions))
         if cfg.leakage.enabled:
             leaks.append(_leakage(base, "base", cfg, prompt_text))
         if cfg.multi_turn.enabled:
@@ -159,7 +175,7 @@ def run_evaluate(
             make_backend(model, backend_cfg, adapter=adapter_dir, merge_adapter=cfg.merge_adapter)
         )
         completions = student.generate([without_prompt(c) for c in contexts], cfg.sampling, desc="eval student")
-        frames.append(_score_rows(spec, "student", test, completions))
+        frames.append(score_rows(spec, "student", test, completions))
         if cfg.leakage.enabled:
             leaks.append(_leakage(student, "student", cfg, prompt_text))
         if cfg.multi_turn.enabled:  # the base model plays the environment, as in synthesis

@@ -41,3 +41,18 @@ def without_prompt(conversation: Sequence[Message]) -> list[Message]:
 
 def user_turn(text: str) -> list[Message]:
     return [{"role": "user", "content": text}]
+
+
+def input_message(prompt: PromptBody, text: str) -> str:
+    """A user input as its user message: the prompt's ``input_prefix`` (if any), a blank line, the input.
+
+    The same for teacher, base and student, as in the research code (its OS prompt ends "Now, I will start a
+    new problem in a new OS. My problem is:" and every input follows it).
+    """
+    return f"{prompt.input_prefix}\n\n{text}" if prompt.input_prefix else text
+
+
+def input_turn(prompt: PromptBody, text: str) -> list[Message]:
+    """The first user turn of a conversation that starts from a user input: use it wherever an input (pseudo,
+    pool or held-out) becomes the first user message, so the prefix is applied in one way everywhere."""
+    return user_turn(input_message(prompt, text))

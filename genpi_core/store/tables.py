@@ -79,7 +79,8 @@ def _check_stored_types(table: pa_arrow.Table, schema: type[pa.DataFrameModel], 
             continue  # missing columns are reported by the schema itself
         stored = table.schema.field(name).type
         dtype = str(column.dtype)
-        kind = "str" if "str" in dtype else "bool" if dtype == "bool" else "int" if "int" in dtype else "float"
+        boolean = dtype in ("bool", "boolean")  # "boolean": pandas' nullable bool
+        kind = "str" if "str" in dtype else "bool" if boolean else "int" if "int" in dtype else "float"
         if pa_arrow.types.is_null(stored):  # only nulls (an empty table): nullability is the schema's to judge
             continue
         if not any(test(stored) for test in _ARROW_KINDS[kind]):

@@ -32,7 +32,7 @@ from genpi_core.prompt.checks import (
     run_checks,
     starts_with_speaker_label,
 )
-from genpi_core.prompt.views import with_prompt, without_prompt
+from genpi_core.prompt.views import input_message, with_prompt, without_prompt
 from genpi_core.store.stage import atomic_write_json
 from genpi_core.store.tables import (
     empty_quarantine,
@@ -56,7 +56,7 @@ from schemas.datasets import (
     QuarantineSchema,
     TargetsSchema,
 )
-from schemas.spec import PromptSpec
+from schemas.spec import PromptBody, PromptSpec
 
 _ROLE_LABEL = re.compile(r"^\s*(user|assistant|agent|system|human|environment)\s*:", re.IGNORECASE)
 
@@ -92,7 +92,7 @@ class _State:
         self.step = 0
 
     @classmethod
-    def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame) -> _State:
+    def start_or_resume(cls, state_dir: Path, inputs: pd.DataFrame, prompt: PromptBody) -> _State:
         state = cls(state_dir)
         progress = state_dir / CONVERSATIONS_PROGRESS
         if progress.is_file():  # resume: only the step folder that progress.json points to is trusted
@@ -114,7 +114,7 @@ class _State:
                     "input_id": row.input_id,
                     "turn": 0,
                     "role": "user",
-                    "content": row.text,
+                    "content": input_message(prompt, row.text),  # the prompt's input prefix, if any
                     "produced_by": row.generator,
                 }
             )
@@ -270,7 +270,7 @@ def run_conversations(
     """
     state_dir = out_dir / CHECKPOINT_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = _State.start_or_resume(state_dir, read_table(inputs_path, InputsSchema))
+    state = _State.start_or_resume(state_dir, read_table(inputs_path, InputsSchema), spec.prompt)
     total_steps = 2 * max_turns - 1  # agent, environment, agent, ..., agent
     played_by = SimulatedEnvironment(spec, environment_backend or backend, environment)
     while state.step < total_steps and state.live():

@@ -3,8 +3,9 @@
 Inputs come from the spec's hand-written pool, from a generator model, or both (generated first,
 the pool tops up to ``max_inputs``). The generator reads the prompt and a few seed examples and
 writes several numbered messages per request (paper: 10 per request, temperature 1.0, top-p 0.9,
-asking for twice as many as needed). Generated texts pass quality filters (length, language,
-repetition, meta text, control tokens) and exact / near-duplicate removal; every rejected text
+asking for twice as many as needed). Each line loses its list marker ("1. ", "[1] ", "(1) ", "#1 ", a bullet)
+first. Generated texts pass quality filters (length, language, repetition, meta text, control tokens, an
+invented environment reply inside the request) and exact / near-duplicate removal; every rejected text
 gets a quarantine row with its reason, and every kept row records its source and generator. The last
 message of a reply cut at the length cap is quarantined (it is cut off), and so is a reply with no
 messages at all (one row for the reply), so a weak or failing generator is visible, never silent.
@@ -47,8 +48,38 @@ _META_TEXT = re.compile(
     r"(?:new )?messages?)\b",
     re.IGNORECASE,
 )
-_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
+# A list marker at the start of a generator line: "1. ", "1) ", "[1] ", "(1) ", "#1 ", "**1.** ", or a bullet.
+# A number must be followed by a space (or end the line), so "1.5 GB left" or "3)" inside text stay as written.
+_LIST_MARKER = re.compile(
+    r"""^\s*(?:
+        (?:\*\*)?\d{1,3}[.)](?:\*\*)?(?=\s|$)   # 1.  1)  **1.**
+      | \[\d{1,3}\]                          # [1]   (the 0.5B model keeps these)
+      | \(\d{1,3}\)                          # (1)
+      | \#\s?\d{1,3}[.):]?(?=\s|$)            # #1  # 1  #1.
+      | [-*•](?=\s)                          # - item, * item, • item
+    )\s*""",
+    re.VERBOSE,
+)
+_QUOTES = '"“”'  # double quotes only: a leading apostrophe ("'til then") is part of the message
 WEAK_GENERATOR_SHARE = 0.25
+
+# Where a label can stand in running text: the start of the text or of a line, after an opening bracket, or
+# after the end of a sentence. "the output: one line per file" is prose; "Output: 120" is a label.
+_LABEL_AT = r"(?:^|[(\[]|[.!?;]\s+)\s*"
+INVENTED_ENVIRONMENT_REPLY: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # AgentBench OS's observation line, copied from the prompt's worked example: "(The output of the OS: [120])"
+    ("os-output", re.compile(r"\bthe\s+output\s+of\s+the\s+os\b\s*(?:is\s*)?:", re.IGNORECASE)),
+    # ReAct/WebShop-style observation label with content after it: "Observation: 3 files"
+    ("observation-label", re.compile(_LABEL_AT + r"observations?\s*:\s*\S", re.IGNORECASE | re.MULTILINE)),
+    # a bare "Output:" label with content after it: "Output:\n220"
+    ("output-label", re.compile(_LABEL_AT + r"output\s*:\s*\S", re.IGNORECASE | re.MULTILINE)),
+)
+"""Text a generator writes *inside* a user request that is really the environment's reply: it copies the
+observation turns of the prompt's worked example and answers its own request. The teacher would then react to an
+invented observation, so such an input is quarantined, never trained on. Each entry is (name, pattern); a pattern
+that matches one of the spec's own example inputs (``seed_inputs`` or ``inputs.pool``) is the input format of
+that prompt (a WebShop input *is* an observation) and is not applied to it (see ``environment_reply_patterns``).
+A question about output ("what is the output of ls?") matches none of them."""
 
 
 def dedup_key(text: str) -> str:
@@ -86,13 +117,47 @@ def generator_request(spec: PromptSpec, seeds: list[str], count: int) -> list[Me
     return [{"role": "user", "content": ask}]
 
 
+def strip_list_marker(line: str) -> str:
+    """A generator line without its leading list number or bullet and its surrounding quotes.
+
+    Markers stack ("1. [1] ...", "- \"(2) ...\""), so stripping repeats until nothing changes.
+    """
+    for _ in range(4):
+        cleaned = _LIST_MARKER.sub("", line, count=1).strip().strip(_QUOTES).strip()
+        if cleaned == line:
+            break
+        line = cleaned
+    return line
+
+
 def split_messages(text: str) -> list[str]:
-    """Numbered or bulleted lines of a generator reply, numbering and quotes removed."""
-    lines = (_NUMBERING.sub("", line).strip().strip('"').strip() for line in text.splitlines())
+    """Numbered or bulleted lines of a generator reply, list markers and quotes removed."""
+    lines = (strip_list_marker(line.strip()) for line in text.splitlines())
     return [line for line in lines if line]
 
 
-def quality_problem(text: str, cfg: InputsConfig) -> str:
+def environment_reply_patterns(examples: list[str]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """The INVENTED_ENVIRONMENT_REPLY patterns that none of the spec's own example inputs match."""
+    return tuple((name, p) for name, p in INVENTED_ENVIRONMENT_REPLY if not any(p.search(e) for e in examples))
+
+
+def invented_environment_reply(
+    text: str, patterns: tuple[tuple[str, re.Pattern[str]], ...] = INVENTED_ENVIRONMENT_REPLY
+) -> str:
+    """Why ``text`` holds an invented environment reply ("" when it doesn't): the pattern's name and the match."""
+    for name, pattern in patterns:
+        match = pattern.search(text)
+        if match:
+            shown = re.sub(r"\s+", " ", match.group(0)).strip(" ([.!?;")[:40]
+            return f"contains an invented environment reply ({name}: {shown!r})"
+    return ""
+
+
+def quality_problem(
+    text: str,
+    cfg: InputsConfig,
+    environment_patterns: tuple[tuple[str, re.Pattern[str]], ...] = INVENTED_ENVIRONMENT_REPLY,
+) -> str:
     words = len(text.split())
     if words < cfg.min_words:
         return f"too short ({words} words < {cfg.min_words})"
@@ -100,6 +165,9 @@ def quality_problem(text: str, cfg: InputsConfig) -> str:
         return f"too long ({words} words > {cfg.max_words})"
     if has_control_tokens(text):
         return "contains chat-template control tokens"
+    invented = invented_environment_reply(text, environment_patterns)
+    if invented:
+        return invented
     if starts_with_speaker_label(text):
         return "starts with a speaker label (a script line, not a message)"
     if _META_TEXT.search(text):
@@ -145,10 +213,14 @@ def _generate(
             (m, "cut off at the generator's length cap (synth.inputs.sampling.max_new_tokens)" if k == cut else "")
             for k, m in enumerate(messages)
         ]
+    patterns = environment_reply_patterns(list(spec.seed_inputs) + list(spec.inputs.pool))
+    skipped = sorted({name for name, _ in INVENTED_ENVIRONMENT_REPLY} - {name for name, _ in patterns})
+    if skipped:
+        log.info("invented-reply filters %s not applied: the spec's own example inputs match them", skipped)
     rows: list[dict] = []
     bad: list[dict] = []
     for i, (text, problem) in enumerate(texts):
-        problem = problem or quality_problem(text, cfg)
+        problem = problem or quality_problem(text, cfg, patterns)
         (bad if problem else rows).append({"text": text, "row_key": f"gen-{i}", "problem": problem})
     good = pd.DataFrame(rows, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
     bad_df = pd.DataFrame(bad, columns=["text", "row_key", "problem"]).assign(

@@ -16,9 +16,16 @@ GENPI = str(Path(sys.executable).with_name("genpi"))
 
 
 def _variant(compliance: float) -> dict:
-    """One variant's metrics; only compliance matters to the gate, the rest just makes a valid summary."""
+    """One variant's metrics; the gate reads strict success (via recovery) and compliance, both set to the
+    value given; the rest just makes a valid summary."""
     return {
         "n": 10,
+        "strict_success": compliance,
+        "task": None,
+        "task_n": 0,
+        "cut": 0,
+        "distinct_share": 1.0,
+        "example_similarity": None,
         "compliance": compliance,
         "all_checks": compliance,
         "format": compliance,
@@ -37,6 +44,8 @@ def _summary(student, teacher=0.8, base=0.2) -> EvaluationSummary:
             "variants": {"base": _variant(base), "teacher": _variant(teacher), "student": _variant(student)},
             "bootstrap": {"resamples": 0, "seed": 0, "level": 0.95, "recovery_undefined": 0},
             "recovery": rec,
+            "recovery_strict": rec,
+            "uninformative_checks": [],
         }
     )
 
@@ -49,6 +58,14 @@ def test_decide_needs_every_bar():
     both = PromoteConfig(min_recovery=0.9, min_student_compliance=0.9)
     assert not decide(_summary(0.8), both)[0]
     assert decide(_summary(0.1), PromoteConfig(min_recovery=None))[0]  # no bar: always promoted
+
+
+def test_the_gate_reads_strict_success_recovery_not_compliance():
+    """A student with partial credit (high compliance recovery) but few fully correct replies is not promoted."""
+    summary = _summary(0.79).model_copy(update={"recovery": 0.1, "recovery_strict": 0.1, "recovery_compliance": 0.98})
+    passes, reasons = decide(summary, PromoteConfig(min_recovery=0.9))
+    assert not passes and reasons == ["strict-success recovery 0.100 < 0.9"]
+    assert decide(summary, PromoteConfig(min_recovery=None, min_student_compliance=0.7))[0]  # compliance: 0.79
 
 
 def _fake_run(runs: Path, version: str, student: float):
@@ -87,7 +104,7 @@ def test_gate_marks_only_passing_versions_and_reruns_do_nothing(tmp_path):
     assert out.rows["promoted"] == 0
     assert promoted(tmp_path, "desk")["version12"] == "a" * 12  # a failing version never takes the pointer
     decision = json.loads((tmp_path / "desk" / ("b" * 12) / "promote" / "decision.json").read_text())
-    assert not decision["promoted"] and "recovery 0.167 < 0.9" in decision["reasons"]
+    assert not decision["promoted"] and "strict-success recovery 0.167 < 0.9" in decision["reasons"]
     pointer_before = (tmp_path / "desk" / "promoted.json").read_text()
     assert promote_stage(*good, cfg.promote).reused  # a re-run of a finished version decides nothing again
     assert (tmp_path / "desk" / "promoted.json").read_text() == pointer_before

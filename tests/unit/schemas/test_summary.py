@@ -34,11 +34,15 @@ def _results(facts: bool = True) -> pd.DataFrame:
                     "input": f"q{i}",
                     "output": text,
                     "finish_reason": "stop",
+                    "cut": False,
                     "checks": json.dumps(checks),
+                    "strict_success": all(checks.values()),
                     "score": sum(checks.values()) / len(checks),
                     "passed_all": all(checks.values()),
                     "global_passed": checks["0:must_start_with"],
+                    "task_passed": checks["fact:0"] if facts else None,
                     "facts_passed": float(checks["fact:0"]) if facts else None,
+                    "example_similarity": 0.9 if text.startswith("Topic: hours") else 0.3,
                     "prompt_tokens": 900 if variant == "teacher" else 30,
                     "completion_tokens": 5,
                     "latency_s": 0.1,
@@ -100,7 +104,11 @@ def test_a_full_summary_round_trips_through_the_file(tmp_path):
     summary = summarize(_results(), cfg, _leakage(), _multi_turn(), _judge())
     summary = summary.model_copy(update={"name": "desk", "version": "f" * 64})
     assert isinstance(summary, EvaluationSummary)
-    assert summary.recovery == 0.5 and summary.recovery == summary.recovery_compliance
+    assert (
+        summary.recovery == 0.5 and summary.recovery == summary.recovery_strict and summary.recovery_compliance == 0.5
+    )
+    assert summary.recovery_ci == summary.recovery_strict_ci and summary.recovery_task == 0.5
+    assert summary.teacher_cut_share_ok and summary.collapse is not None and not summary.collapse.collapsed
     assert summary.prefill_tokens_saved_per_request == 870.0
     assert summary.leakage["student"].max_lcs_chars == 150 and summary.leakage_max_new_tokens is not None
     assert summary.multi_turn["teacher"].per_turn[1].n == 1 and summary.judge.variants["base"].unreadable == 1
@@ -114,12 +122,23 @@ def test_a_full_summary_round_trips_through_the_file(tmp_path):
     assert set(written) == {
         "variants",
         "bootstrap",
-        "recovery_compliance",
+        "recovery_strict",
+        "recovery_strict_ci",
         "recovery_format",
+        "recovery_format_ci",
+        "recovery_task",
+        "recovery_task_ci",
+        "recovery_compliance",
+        "recovery_compliance_ci",
         "recovery_facts",
         "recovery",
         "recovery_ci",
         "prefill_tokens_saved_per_request",
+        "max_new_tokens",
+        "teacher_cut_share",
+        "teacher_cut_share_ok",
+        "collapse",
+        "uninformative_checks",
         "leakage",
         "leakage_max_new_tokens",
         "multi_turn",
@@ -128,7 +147,8 @@ def test_a_full_summary_round_trips_through_the_file(tmp_path):
         "version",
     }
     assert set(written["multi_turn"]["teacher"]["per_turn"]) == {"0", "1"}
-    assert len(written["variants"]["student"]["compliance_ci"]) == 2
+    for interval in ("strict_success_ci", "format_ci", "task_ci", "compliance_ci"):
+        assert len(written["variants"]["student"][interval]) == 2, interval
 
 
 def test_sections_an_option_turned_off_stay_out_of_the_file_and_undefined_numbers_are_null(tmp_path):
@@ -140,7 +160,8 @@ def test_sections_an_option_turned_off_stay_out_of_the_file_and_undefined_number
         assert absent not in written, absent
     student = written["variants"]["student"]
     assert "compliance_ci" not in student and student["facts"] is None  # no bootstrap: no interval; no facts: null
-    assert written["recovery_ci"] is None and written["recovery_facts"] is None
+    assert "strict_success_ci" not in student and student["task"] is None and student["task_n"] == 0
+    assert written["recovery_ci"] is None and written["recovery_facts"] is None and written["recovery_task"] is None
     assert EvaluationSummary.load(path) == summary
 
 

@@ -178,11 +178,15 @@ def _result_rows() -> pd.DataFrame:
                     "input": f"q{i}",
                     "output": text,
                     "finish_reason": "stop",
+                    "cut": False,
                     "checks": json.dumps(checks),
+                    "strict_success": all(checks.values()),
                     "score": sum(checks.values()) / 2,
                     "passed_all": all(checks.values()),
                     "global_passed": checks["0:must_start_with"],
+                    "task_passed": checks["fact:0"],
                     "facts_passed": float(checks["fact:0"]),
+                    "example_similarity": None,
                     "prompt_tokens": 900 if variant == "teacher" else 30,
                     "completion_tokens": 5,
                     "latency_s": 0.1,
@@ -213,7 +217,11 @@ def test_pure_logic_summary_tables_and_report_from_literal_rows(example_spec):
     summary = summarize(results)
     v = summary.variants
     assert (v["base"].compliance, v["teacher"].compliance, v["student"].compliance) == (0.0, 1.0, 0.5)
-    assert summary.recovery == 0.5 and summary.recovery_ci[0] <= 0.5 <= summary.recovery_ci[1]
+    assert (v["base"].strict_success, v["teacher"].strict_success, v["student"].strict_success) == (0.0, 1.0, 0.5)
+    assert (
+        summary.recovery == summary.recovery_strict == 0.5 and summary.recovery_ci[0] <= 0.5 <= summary.recovery_ci[1]
+    )
+    assert summary.recovery_compliance == 0.5 and summary.recovery_compliance_ci[0] <= 0.5
     assert v["teacher"].agreement.model_dump() == {"exact": 1.0, "normalized": 1.0, "rouge_l": 1.0}
     per_check = validate(per_check_table(results), PerCheckSchema, "per_check")
     assert per_check.set_index(["check_name", "variant"]).loc[("facts", "student"), "pass_rate"] == 0.5
@@ -224,7 +232,8 @@ def test_pure_logic_summary_tables_and_report_from_literal_rows(example_spec):
     ]
     validate(variants_table(summary), VariantsSchema, "variants")
     report = render_report(example_spec, "0" * 64, summary, results, None, per_check, worst)
-    assert "| teacher |" in report and "Recovery" in report and "## Worst examples" in report
+    assert "| teacher |" in report and "strict-success recovery 0.50" in report.splitlines()[0]
+    assert "## Worst examples" in report
     assert "| 1 | q1 | Topic: fees / Answer: $2. (100%) | fees are two dollars (0%)" in report
     assert (
         "Off (`evaluate.judge.enabled=true`" in report

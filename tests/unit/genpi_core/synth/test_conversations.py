@@ -242,3 +242,25 @@ def test_killed_synthesis_resumes_from_the_last_finished_turn(tmp_path, example_
         a = read_table(reference / f"{table}.parquet", schema)
         b = read_table(killed / f"{table}.parquet", schema)
         pd.testing.assert_frame_equal(a, b)  # no duplicate, no lost rows: identical to the uninterrupted run
+
+
+def test_every_conversation_starts_with_the_prompts_input_prefix(tmp_path):
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, conversations, sampling, desc=""):
+            self.seen += conversations
+            return [Completion("Shop: ok", "stop", 1, 1, 0.0) for _ in conversations]
+
+    spec = SPEC.model_copy(update={"prompt": SPEC.prompt.model_copy(update={"input_prefix": "A new customer:"})})
+    backend, g = Recorder(), SamplingConfig(max_new_tokens=8)
+    run_conversations(spec, _inputs(tmp_path, ["do you sell bells?"]), backend, g, g, g, 1, tmp_path / "out")
+    messages = read_table(tmp_path / "out" / "messages.parquet", MessagesSchema)
+    assert messages.query("turn == 0")["content"].tolist() == ["A new customer:\n\ndo you sell bells?"]
+    teacher, base = backend.seen  # the same first user message with the prompt and without it
+    assert teacher[-1] == base[0] == {"role": "user", "content": "A new customer:\n\ndo you sell bells?"}
+    targets = read_table(tmp_path / "out" / "targets.parquet", TargetsSchema)
+    assert json.loads(targets["context"][0]) == base

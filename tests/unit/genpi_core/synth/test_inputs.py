@@ -1,15 +1,23 @@
-"""Input synthesis on the real embedded model: pool, generated, both; every row accounted for."""
+"""Input synthesis on the real embedded model: pool, generated, both; every row accounted for. Generator-output
+cleaning (list numbers, invented environment replies) with a fixed fake reply."""
 
 import json
 
+import pytest
+
+from genpi_core.generation.base import Completion
 from genpi_core.store.tables import read_table
 from genpi_core.synth.inputs import (
+    INVENTED_ENVIRONMENT_REPLY,
     _trigrams,
     dedup_key,
+    environment_reply_patterns,
+    invented_environment_reply,
     near_duplicate_of,
     quality_problem,
     run_inputs,
     split_messages,
+    strip_list_marker,
 )
 from schemas.config import InputsConfig, SamplingConfig
 from schemas.datasets import InputsSchema, QuarantineSchema
@@ -75,3 +83,120 @@ def test_near_duplicates_are_found_by_trigram_overlap():
     kept = [(t, _trigrams(t)) for t in ["What time do you open on Saturday morning?"]]
     assert near_duplicate_of("what time do you open on saturday morning", kept, 0.7) is not None
     assert near_duplicate_of("Can I book a study room for three people?", kept, 0.7) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[1] How many files are in /etc?",
+        "[12]How many files are in /etc?",
+        "1. How many files are in /etc?",
+        "1) How many files are in /etc?",
+        "(1) How many files are in /etc?",
+        "#1 How many files are in /etc?",
+        "# 1. How many files are in /etc?",
+        "**1.** How many files are in /etc?",
+        "- How many files are in /etc?",
+        '3. "How many files are in /etc?"',
+        "1. [1] How many files are in /etc?",
+        '  - "(2) How many files are in /etc?"',
+    ],
+)
+def test_a_leading_list_number_is_stripped_in_every_form(line):
+    assert split_messages(line) == ["How many files are in /etc?"]
+    assert strip_list_marker(line.strip()) == "How many files are in /etc?"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.5 GB of disk is left, what uses it?",
+        "2024 logs: how many are there?",
+        "-5 degrees in the server room, is that a problem?",
+        "(a) or (b): which one is faster?",
+        "'til when does the job run?",
+        "#include <stdio.h> fails to compile, why?",
+    ],
+)
+def test_numbers_and_marks_that_belong_to_the_message_stay(text):
+    assert split_messages(text) == [text]
+
+
+INVENTED = [
+    ("Count the files in /etc. (The output of the OS: [120])", "os-output"),
+    ("How many users are there?\nThe output of the OS:\n3", "os-output"),
+    ("the output of the OS is: 42. Tell me the port count", "os-output"),
+    ("Find the largest file in /var/log. Observation: /var/log/syslog", "observation-label"),
+    ("Observation:\nthe shell prints 3 lines. What next?", "observation-label"),
+    ("List the running services.\nOutput:\nnginx sshd", "output-label"),
+    ("Print the disk usage (Output: 75%)", "output-label"),
+]
+NOT_INVENTED = [
+    "What is the output of ls?",
+    "What is the output of the OS when I run uname -a?",
+    "Format the output: one file per line, sorted by size",
+    "Expected output: the total size in MB",
+    "Why does my script's output look garbled?",
+    "Explain what an observation is in a ReAct agent.",
+    "How do I save the output of a cron job to a file?",
+]
+
+
+@pytest.mark.parametrize("text,name", INVENTED)
+def test_an_invented_environment_reply_is_quarantined_with_its_name(text, name):
+    cfg = InputsConfig(min_words=2, max_words=40)
+    problem = quality_problem(text, cfg)
+    assert problem.startswith(f"contains an invented environment reply ({name}: "), problem
+    assert invented_environment_reply(text) == problem
+
+
+@pytest.mark.parametrize("text", NOT_INVENTED)
+def test_a_request_that_only_asks_about_output_is_kept(text):
+    assert invented_environment_reply(text) == ""
+    assert quality_problem(text, InputsConfig(min_words=2, max_words=40)) == ""
+
+
+def test_the_patterns_are_named_and_a_prompt_whose_own_inputs_are_observations_keeps_them():
+    names = [name for name, _ in INVENTED_ENVIRONMENT_REPLY]
+    assert names == ["os-output", "observation-label", "output-label"]
+    # a WebShop input *is* an observation: the spec's own examples switch that one pattern off, not the others
+    webshop = ["Observation:\nWebShop [SEP] Instruction: [SEP] a 12 ounce jar of jam [SEP] Search"]
+    active = environment_reply_patterns(webshop)
+    assert [name for name, _ in active] == ["os-output", "output-label"]
+    text = "Observation:\nWebShop [SEP] Instruction: [SEP] blue running shoes [SEP] Search"
+    assert invented_environment_reply(text, active) == ""
+    assert invented_environment_reply(text + " (The output of the OS: 3)", active).startswith(
+        "contains an invented environment reply (os-output"
+    )
+
+
+class _OneReply:
+    """A generator that writes the same numbered reply for every request (filter logic only)."""
+
+    name = "one-reply"
+
+    def __init__(self, text):
+        self.text = text
+
+    def generate(self, requests, sampling, desc=""):
+        return [Completion(self.text, "stop", 10, 10, 0.0) for _ in requests]
+
+
+def test_generated_inputs_lose_their_numbers_and_invented_replies_are_quarantined(tmp_path, example_spec):
+    reply = (
+        "[1] Can I renew a book twice in a row?\n"
+        "[2] How many books are on my card? (The output of the OS: [3])\n"
+        "3) What is the output of the printer in room B?\n"
+    )
+    cfg = InputsConfig(source="generate", max_inputs=10, num_generated=3, per_request=3, oversample=1.0)
+    rows = run_inputs(example_spec, "v" * 64, cfg, _OneReply(reply), tmp_path)
+    inputs = read_table(tmp_path / "inputs.parquet", InputsSchema)
+    quarantine = read_table(tmp_path / "quarantine.parquet", QuarantineSchema)
+    assert list(inputs["text"]) == [
+        "Can I renew a book twice in a row?",
+        "What is the output of the printer in room B?",
+    ]
+    assert rows["generated_written"] == 3 and rows["generated_used"] == 2
+    (bad,) = [r for r in quarantine.itertuples() if json.loads(r.raw).get("source") == "generated"]
+    assert json.loads(bad.raw)["text"] == "How many books are on my card? (The output of the OS: [3])"
+    assert bad.error == "contains an invented environment reply (os-output: 'The output of the OS:')"

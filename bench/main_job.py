@@ -86,11 +86,19 @@ def main() -> None:
         "targets": {"wall_seconds": 600, "peak_rss_gb": 6.0},
         "within_targets": seconds < 600 and peak / 1e9 < 6.0,
         "stage_seconds": stages,
+        "headline": [
+            line
+            for line in log_path.read_text(errors="replace").splitlines()
+            if line.startswith(("strict success on", "WARNING:"))
+        ],
         "strict_success": {k: round(v.strict_success, 3) for k, v in summary.variants.items()},
+        "task": {k: None if v.task is None else round(v.task, 3) for k, v in summary.variants.items()},
+        "cut": {k: v.cut for k, v in summary.variants.items()},
         "compliance": {k: round(v.compliance, 3) for k, v in summary.variants.items()},
         "format": {k: round(v.format, 3) for k, v in summary.variants.items()},
         "facts": {k: None if v.facts is None else round(v.facts, 3) for k, v in summary.variants.items()},
         "recovery": summary.recovery,  # strict-success recovery
+        "recovery_ci": summary.recovery_ci,
         "recovery_format": summary.recovery_format,
         "recovery_task": summary.recovery_task,
         "recovery_compliance": summary.recovery_compliance,

@@ -70,7 +70,7 @@ def test_flow_completes_and_every_table_validates(finished_run):
     assert v["teacher"].format > v["base"].format  # the prompt measurably changes behaviour
     assert summary.prefill_tokens_saved_per_request > 1000
     report = (run_dir / "evaluate" / "report.md").read_text()
-    assert "Recovery" in report and "| teacher |" in report
+    assert "strict-success recovery" in report and "| teacher |" in report
     assert (run_dir / "evaluate" / "compliance.png").read_bytes()[:4] == b"\x89PNG"
 
 

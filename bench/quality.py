@@ -1,267 +1,424 @@
-"""Quality suite: internalize every benchmark prompt and report how much of the prompted behaviour the adapter keeps.
+"""Quality suite: does the adapter behave like the prompted model? Strict success, per prompt, per variant, over seeds.
 
-For each spec in examples/prompts/*.yaml (or the ones named in --specs) it runs the pipeline's stages
-(ingest, inputs, conversations, reasons, dataset, train, evaluate; finished stages are reused) with one
-config, reads each evaluation's summary.json and results table, and writes bench/results/<out>.json and
-<out>.md: per prompt, strict success (a reply passes every global check and its input's task checks) of base
-(no prompt), teacher (with the prompt) and student (adapter, no prompt) on the spec's held-out inputs,
-strict-success recovery = (student - base) / (teacher - base) with its paired bootstrap interval (format and
-task recovery beside it; compliance, partial credit, kept as a secondary number), and the mean strict-success
-recovery over the prompts with a stratified bootstrap interval (each draw resamples every prompt's held-out
-inputs, paired across variants, and averages the recoveries).
+For each bundled prompt (examples/prompts: library_desk and hotel_concierge hold facts, shell_agent acts
+through bash and receives the shell's output) it synthesizes the data once, then trains and evaluates a
+matrix of students on it, with one config (configs/genpi.yaml by default: GenPI with every part on):
 
-Run: python bench/quality.py [--config configs/default.yaml] [--specs library_desk,hotel_concierge] [--set k=v ...]
-About 8 minutes per prompt with configs/default.yaml on 2 CPU cores.
+  every prompt          base, teacher, sft (SFT only), joint (SFT + prompt generation with reasons): seed 0
+  the main prompt       sft and joint with seeds 0..S-1 (--seeds, default 3), and one seed each of
+                        joint-no-reasons (PG without reasons), joint-kl (+ KL to the teacher's top-k) and
+                        joint-all-replies (trained on every teacher reply, not only those passing the checks)
+
+Every student is scored on the prompt's 30 held-out inputs (greedy). The headline is strict success: a reply
+passes every global check and its input's task checks, and a reply cut at the token cap fails. Recovery =
+(student - base) / (teacher - base) for strict success, format (global checks) and task (facts) apart, with
+two-level bootstrap intervals (resample training seeds, then held-out inputs), and joint - sft with its
+interval. Base and teacher replies are generated once per prompt and replayed for every student.
+
+Resumable: every stage checkpoints and reuses finished work, and the results file is rewritten after each
+finished cell, so a stopped or killed run continues where it stopped (run the same command again).
+Nothing else CPU-bound should run beside it: wall times are part of the record (to borrow the CPU for a
+while, `kill -STOP` the process and `kill -CONT` it after; stopped time is not counted).
+
+Run: genpi bench quality --model embedded-0.5b            (about 8-10 h on 2 cores; bench/results/quality_0.5b.*)
+     genpi bench quality --model embedded --config configs/default.yaml --seeds 1 --no-ablations   (135M)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from genpi_core.evaluate.bootstrap import recovery, two_level_bootstrap
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
+from genpi_core.store.stage import atomic_write_json
 from schemas.config import load_config
 from schemas.summary import EvaluationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS_DIR = ROOT / "examples" / "prompts"
-VARIANTS = ("base", "teacher", "student")
+RESULTS = ROOT / "bench" / "results"
+PROMPTS = ("library_desk", "hotel_concierge", "shell_agent")
+MAIN_PROMPT = "library_desk"
+METRICS = {"strict": "strict_success", "format": "global_passed", "task": "task_passed"}
+
+# student variant -> config overrides on top of the suite's config (which is the `joint` variant itself)
+VARIANTS: dict[str, list[str]] = {
+    "sft": ["train.prompt_generation=false"],
+    "joint": [],
+    "joint-no-reasons": ["train.pg_reasons=false"],
+    "joint-kl": ["train.distill_weight=0.5"],
+    "joint-all-replies": ["dataset.require_teacher_checks=false"],
+}
+ABLATIONS = ("joint-no-reasons", "joint-kl", "joint-all-replies")
 
 
-def _specs(selection: str | None) -> list[Path]:
-    available = {p.stem: p for p in sorted(SPECS_DIR.glob("*.yaml"))}
-    if not selection:
-        return list(available.values())
-    names = [s.strip() for s in selection.split(",") if s.strip()]
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise SystemExit(f"--specs: no {', '.join(unknown)} in {SPECS_DIR} (have: {', '.join(available)})")
-    return [available[n] for n in names]
+@dataclass(frozen=True)
+class Cell:
+    """One trained and evaluated student: a prompt, a variant and a training seed."""
+
+    prompt: str
+    variant: str
+    seed: int
+
+    @property
+    def name(self) -> str:  # the train-<name>/ and evaluate-<name>/ folders of the prompt's run
+        return f"{self.variant}-s{self.seed}"
 
 
-def run_spec(spec_path: Path, cfg) -> tuple[dict, pd.DataFrame]:
-    """All stages for one spec; returns its row of the results and its per-input scores (variant x example)."""
+def plan(prompts: list[str], main: str, seeds: int, ablations: bool) -> list[Cell]:
+    """The matrix, ordered so a partial run already covers every prompt: seed 0 everywhere first."""
+    cells = [Cell(p, v, 0) for p in prompts for v in ("joint", "sft")]
+    if main in prompts:
+        cells += [Cell(main, v, s) for s in range(1, seeds) for v in ("joint", "sft")]
+        if ablations:
+            cells += [Cell(main, v, 0) for v in ABLATIONS]
+    return cells
+
+
+def _peak_memory_gb() -> float:
+    """Largest resident set of this process or any finished child (the trainers run as children)."""
+    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return round(kib / 1e6, 2)
+
+
+class Clock:
+    """Wall time and peak memory summed over every run of the same suite (a resumed run adds to them), kept in
+    a small file that a daemon thread refreshes each minute, so a killed run loses at most a minute of it.
+    Time while the process was stopped (SIGSTOP, to let something else use the CPU) is left out: a tick that
+    comes much later than a minute counts as one minute."""
+
+    TICK_S = 60.0
+
+    def __init__(self, path: Path, identity: dict) -> None:
+        self.path, self.identity = path, identity
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        same = old.get("identity") == identity
+        self.total = old.get("wall_seconds", 0.0) if same else 0.0
+        self.sessions = old.get("sessions", 0) + 1 if same else 1
+        self.peak_before = old.get("peak_memory_gb", 0.0) if same else 0.0
+        self.last = time.perf_counter()
+        self.lock = threading.Lock()
+        self.save()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def _advance(self) -> None:
+        with self.lock:
+            now = time.perf_counter()
+            gap = now - self.last
+            self.total += gap if gap < 2 * self.TICK_S else self.TICK_S
+            self.last = now
+
+    def seconds(self) -> float:
+        self._advance()
+        return round(self.total, 1)
+
+    def peak_memory_gb(self) -> float:
+        return max(self.peak_before, _peak_memory_gb())
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"identity": self.identity, "wall_seconds": self.seconds(), "sessions": self.sessions}
+        atomic_write_json(self.path, record | {"peak_memory_gb": self.peak_memory_gb()})
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(self.TICK_S)
+            self.save()
+
+
+def run_cell(cell: Cell, config: str, overrides: list[str]) -> dict:
+    """Train and evaluate one student (finished stages are reused); its scores and where they came from."""
+    cfg = load_config(config, [*overrides, *VARIANTS[cell.variant], f"train.seed={cell.seed}"])
     started = time.perf_counter()
-    ingested, inputs, conversations, reasons = synthesize(spec_path, cfg)
-    dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
-    train = train_stage(ingested, dataset, cfg.train, cfg.model)
-    evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend)
+    ingested, inputs, conversations, reasons = synthesize(SPECS_DIR / f"{cell.prompt}.yaml", cfg)
+    dataset_variant = "all-replies" if not cfg.dataset.require_teacher_checks else None
+    dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons, variant=dataset_variant)
+    train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=cell.name)
+    evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=cell.name)
     summary = EvaluationSummary.load(evaluation.path("summary"))
-    scores = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", "strict_success"])
-    v = summary.variants
-    row = {
-        "spec": str(spec_path.relative_to(ROOT)),
-        "name": ingested.name,
+    table = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", *METRICS.values()])
+    scores = {
+        variant: {
+            metric: rows.sort_values("example_id")[column].fillna(True).astype(float).tolist()
+            for metric, column in METRICS.items()
+        }
+        for variant, rows in table.groupby("variant")
+    }
+    train_metrics = json.loads(train.path("metrics").read_text())
+    stages = {"synthesis": [inputs, conversations] + ([reasons] if reasons else []), "train": [train]}
+    return {
+        "prompt": cell.prompt,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "run_dir": ingested.run_dir,
         "version": ingested.version,
         "prompt_tokens": ingested.prompt_tokens,
-        "run_dir": ingested.run_dir,
-        "seconds": round(time.perf_counter() - started, 1),
-        "dataset": dataset.rows,
-        "held_out": v["student"]["n"],
-        **{
-            name: {
-                "strict_success": v[name].strict_success,
-                "strict_success_ci": v[name].strict_success_ci,
-                "task": v[name].task,
-                "cut": v[name].cut,
-                "compliance": v[name].compliance,
-                "compliance_ci": v[name].compliance_ci,
-                "format": v[name].format,
-                "facts": v[name].facts,
-                "per_check": v[name].per_check,
-            }
-            for name in VARIANTS
+        "dataset_rows": dataset.rows,
+        "seconds_this_process": round(time.perf_counter() - started, 1),
+        "reused": {k: all(s.reused for s in v) for k, v in stages.items()} | {"evaluate": evaluation.reused},
+        "train_seconds": train_metrics.get("train_seconds"),
+        "peak_memory_gb_so_far": _peak_memory_gb(),
+        "student": {
+            "strict_success": summary.variants["student"].strict_success,
+            "format": summary.variants["student"].format,
+            "task": summary.variants["student"].task,
+            "cut": summary.variants["student"].cut,
+            "collapsed": bool(summary.collapse and summary.collapse.collapsed),
+            "distinct_share": summary.collapse.distinct_share if summary.collapse else None,
         },
-        "recovery": summary.recovery,
-        "recovery_ci": summary.recovery_ci,
-        "recovery_format": summary.recovery_format,
-        "recovery_format_ci": summary.recovery_format_ci,
-        "recovery_task": summary.recovery_task,
-        "recovery_task_ci": summary.recovery_task_ci,
-        "recovery_compliance": summary.recovery_compliance,
-        "recovery_facts": summary.recovery_facts,
-        "collapsed": bool(summary.collapse and summary.collapse.collapsed),
-        "teacher_cut_share_ok": summary.teacher_cut_share_ok,
+        "reference": {
+            name: {
+                "strict_success": summary.variants[name].strict_success,
+                "format": summary.variants[name].format,
+                "task": summary.variants[name].task,
+                "cut": summary.variants[name].cut,
+            }
+            for name in ("base", "teacher")
+        },
         "uninformative_checks": summary.uninformative_checks,
-        "bootstrap": summary.bootstrap.model_dump(mode="json"),
-        "prefill_tokens_saved_per_request": summary.prefill_tokens_saved_per_request,
+        "scores": scores,
     }
-    return row, scores
 
 
-def mean_recovery_ci(
-    tables: list[pd.DataFrame], resamples: int, seed: int, level: float
-) -> tuple[list[float] | None, int]:
-    """Stratified paired bootstrap of the mean strict-success recovery over prompts; draws where some prompt's
-    teacher == base are dropped."""
-    if resamples <= 0 or not tables:
-        return None, 0
-    rng = np.random.default_rng(seed)
-    per_prompt = []
-    for table in tables:
-        paired = table.pivot(index="example_id", columns="variant", values="strict_success").sort_index()
-        idx = rng.integers(0, len(paired), size=(resamples, len(paired)))
-        s, b, t = (paired[name].to_numpy(dtype=float)[idx].mean(axis=1) for name in ("student", "base", "teacher"))
-        gap = t - b
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_prompt.append(np.where(np.abs(gap) >= 1e-12, (s - b) / gap, np.nan))
-    means = np.vstack(per_prompt).mean(axis=0)
-    defined = ~np.isnan(means)
-    if not defined.any():
-        return None, int((~defined).sum())
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means[defined], [tail, 100 - tail])
-    return [float(low), float(high)], int((~defined).sum())
+def _recoveries(cells: list[dict], metric: str, resamples: int, level: float) -> dict:
+    """Point recovery (mean over seeds) and its two-level bootstrap interval, for one variant's cells."""
+    entries = [
+        {name: c["scores"][name][metric] for name in ("base", "teacher")} | {"student": c["scores"]["student"][metric]}
+        for c in cells
+    ]
+    means = {k: float(np.mean([np.mean(e[k]) for e in entries])) for k in ("student", "base", "teacher")}
+    boot = two_level_bootstrap(entries, resamples=resamples, level=level)
+    return {
+        "value": recovery(means["student"], means["base"], means["teacher"]),
+        "ci": boot["recovery"],
+        "undefined_draws": boot["recovery_undefined"],
+        "student": means["student"],
+        "student_ci": boot["variants"].get("student"),
+    }
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
+def _difference(joint: list[dict], sft: list[dict], resamples: int, level: float) -> dict | None:
+    """Strict-success recovery of joint minus that of sft: mean(joint - sft) / mean(teacher - base), paired
+    by seed index and held-out input, with its two-level interval."""
+    pairs = list(zip(sorted(joint, key=lambda c: c["seed"]), sorted(sft, key=lambda c: c["seed"])))
+    if not pairs:
+        return None
+    entries = []
+    for j, s in pairs:
+        strict = {name: np.asarray(j["scores"][name]["strict"]) for name in ("base", "teacher")}
+        diff = np.asarray(j["scores"]["student"]["strict"]) - np.asarray(s["scores"]["student"]["strict"])
+        entries.append({"diff": diff, "zero": np.zeros_like(diff), "gap": strict["teacher"] - strict["base"]})
+    gap = float(np.mean([e["gap"].mean() for e in entries]))
+    value = float(np.mean([e["diff"].mean() for e in entries])) / gap if abs(gap) > 1e-12 else None
+    boot = two_level_bootstrap(entries, resamples=resamples, level=level, recovery_of=("diff", "zero", "gap"))
+    return {"value": value, "ci": boot["recovery"], "seeds": len(pairs)}
 
 
-def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
+def aggregate(done: list[dict], target: float, lower_target: float, resamples: int, level: float) -> dict:
+    """Per prompt: the reference variants and, per student variant, recovery with intervals over its seeds."""
+    prompts: dict[str, dict] = {}
+    for prompt in dict.fromkeys(c["prompt"] for c in done):
+        cells = [c for c in done if c["prompt"] == prompt]
+        first = cells[0]
+        variants = {}
+        for variant in VARIANTS:
+            mine = [c for c in cells if c["variant"] == variant]
+            if not mine:
+                continue
+            r = {m: _recoveries(mine, m, resamples, level) for m in METRICS}
+            variants[variant] = {
+                "seeds": sorted(c["seed"] for c in mine),
+                "strict_recovery": r["strict"]["value"],
+                "strict_recovery_ci": r["strict"]["ci"],
+                "task_recovery": r["task"]["value"],
+                "task_recovery_ci": r["task"]["ci"],
+                "format_recovery": r["format"]["value"],
+                "format_recovery_ci": r["format"]["ci"],
+                "strict_success": r["strict"]["student"],
+                "strict_success_ci": r["strict"]["student_ci"],
+                "format": r["format"]["student"],
+                "task": r["task"]["student"],
+                "cut": [c["student"]["cut"] for c in mine],
+                "collapsed": [c["student"]["collapsed"] for c in mine],
+                "distinct_share": [c["student"]["distinct_share"] for c in mine],
+                "train_seconds": [c["train_seconds"] for c in mine],
+                "goal_met": _goal(r["strict"]["value"], r["strict"]["ci"], target, lower_target),
+            }
+        joint, sft = ([c for c in cells if c["variant"] == v] for v in ("joint", "sft"))
+        prompts[prompt] = {
+            "name": prompt,
+            "version": first["version"],
+            "prompt_tokens": first["prompt_tokens"],
+            "held_out": len(first["scores"]["base"]["strict"]),
+            "dataset_rows": first["dataset_rows"],
+            "base": first["reference"]["base"],
+            "teacher": first["reference"]["teacher"],
+            "uninformative_checks": first["uninformative_checks"],
+            "variants": variants,
+            "joint_minus_sft": _difference(joint, sft, resamples, level),
+        }
+    return prompts
 
 
-def _interval(ci: list | None, fmt=_pct) -> str:
-    return "" if not ci else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+def _goal(value: float | None, ci: list | None, target: float, lower: float) -> bool:
+    return value is not None and ci is not None and value >= target and ci[0] >= lower
+
+
+def _f(x, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.0f}%" if pct else f"{x:.2f}"
+
+
+def _ci(ci, pct: bool = False) -> str:
+    return "" if not ci else f" [{_f(ci[0], pct)}, {_f(ci[1], pct)}]"
 
 
 def render(results: dict) -> str:
     level = results["confidence_level"]
-    n = len(results["prompts"])
     lines = [
-        f"# Quality suite: {n} prompt{'s' if n != 1 else ''}, `{results['config']}`",
+        f"# Quality suite: `{results['model']}`, `{results['config']}`",
         "",
-        f"Config overrides: `{' '.join(results['overrides']) or 'none'}`. Held-out inputs never trained on; greedy "
-        f"replies. Strict success: a reply passes every global check and its input's task checks (a reply cut at "
-        f"the token cap fails); compliance is the mean share of a reply's checks that pass (partial credit). "
-        f"Brackets: {100 * level:.0f}% paired bootstrap intervals over held-out inputs "
-        f"({results['bootstrap_resamples']} draws).",
+        f"{'Finished' if results['complete'] else 'In progress'}: {results['cells_done']} of {results['cells_planned']} "
+        f"students. Overrides: `{' '.join(results['overrides']) or 'none'}`. Held-out inputs never trained on; greedy. "
+        "Strict success: every global check and the input's task checks pass (a reply cut at the token cap fails). "
+        f"Recovery = (student - base) / (teacher - base). Brackets: {100 * level:.0f}% two-level bootstrap intervals "
+        f"(training seeds, then held-out inputs; {results['bootstrap_resamples']} draws). Goal per prompt: strict "
+        f"recovery >= {results['target']:.2f} with the interval's lower bound >= {results['lower_target']:.2f}.",
+        "",
+        f"Wall time so far: {results['wall_seconds'] / 3600:.1f} h over {results['sessions']} run(s) of this command; "
+        f"peak memory {results['peak_memory_gb']} GB.",
         "",
     ]
-    for p in results["prompts"]:
+    for p in results["prompts"].values():
+        b, t = p["base"], p["teacher"]
         lines += [
-            f"## {p['name']} (`{p['spec']}`, version {p['version'][:12]})",
+            f"## {p['name']} ({p['prompt_tokens']} prompt tokens, {p['held_out']} held-out inputs, version "
+            f"{p['version'][:12]})",
             "",
-            f"Prompt: {p['prompt_tokens']} tokens; {p['held_out']} held-out inputs; dataset rows "
-            f"{json.dumps(p['dataset'])}; {p['seconds']:.0f} s.",
+            f"Base (no prompt): strict {_f(b['strict_success'], True)}, format {_f(b['format'], True)}, task "
+            f"{_f(b['task'], True)}, cut {b['cut']}. Teacher (with the prompt): strict {_f(t['strict_success'], True)}, "
+            f"format {_f(t['format'], True)}, task {_f(t['task'], True)}, cut {t['cut']}."
+            + (
+                f" Uninformative checks (every variant passes): {', '.join(p['uninformative_checks'])}."
+                if p["uninformative_checks"]
+                else ""
+            ),
             "",
-            "| variant | strict success | format (all global checks) | task | cut | compliance (partial) | facts |",
-            "|---|---|---|---|---|---|---|",
+            "| student | seeds | strict success | strict recovery | task recovery | format recovery | cut | collapsed | goal |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name, meaning in (
-            ("base", "base, no prompt"),
-            ("teacher", "teacher, with the prompt"),
-            ("student", "student, adapter, no prompt"),
-        ):
-            s = p[name]
+        for name, v in p["variants"].items():
             lines.append(
-                f"| {meaning} | {_pct(s['strict_success'])}{_interval(s['strict_success_ci'])} | {_pct(s['format'])} "
-                f"| {_pct(s['task'])} | {s['cut']} | {_pct(s['compliance'])}{_interval(s['compliance_ci'])} "
-                f"| {_pct(s['facts'])} |"
+                f"| {name} | {','.join(map(str, v['seeds']))} | {_f(v['strict_success'], True)}{_ci(v['strict_success_ci'], True)} "
+                f"| **{_f(v['strict_recovery'])}**{_ci(v['strict_recovery_ci'])} | {_f(v['task_recovery'])}{_ci(v['task_recovery_ci'])} "
+                f"| {_f(v['format_recovery'])}{_ci(v['format_recovery_ci'])} | {sum(v['cut'])} "
+                f"| {sum(v['collapsed'])}/{len(v['collapsed'])} | {'met' if v['goal_met'] else '**missed**'} |"
             )
-        checks = sorted(p["teacher"]["per_check"])
-        lines += ["", "| check | base | teacher | student |", "|---|---|---|---|"]
-        lines += [
-            f"| {c} | {_pct(p['base']['per_check'].get(c))} | {_pct(p['teacher']['per_check'].get(c))} "
-            f"| {_pct(p['student']['per_check'].get(c))} |"
-            for c in checks
-        ]
-        lines += [
-            "",
-            f"**Strict-success recovery {_ratio(p['recovery'])}**{_interval(p['recovery_ci'], _ratio)} "
-            f"(format {_ratio(p['recovery_format'])}{_interval(p['recovery_format_ci'], _ratio)}, task "
-            f"{_ratio(p['recovery_task'])}{_interval(p['recovery_task_ci'], _ratio)}; compliance "
-            f"{_ratio(p['recovery_compliance'])}).{' **Student flagged as collapsed.**' if p['collapsed'] else ''}",
-            "",
-        ]
-    m = results["mean_recovery"]
-    lines += [
-        "## Summary",
-        "",
-        "| prompt | tokens | base | teacher | student | strict-success recovery |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {p['name']} | {p['prompt_tokens']} | {_pct(p['base']['strict_success'])} "
-        f"| {_pct(p['teacher']['strict_success'])} | {_pct(p['student']['strict_success'])} "
-        f"| {_ratio(p['recovery'])}{_interval(p['recovery_ci'], _ratio)} |"
-        for p in results["prompts"]
-    ]
-    lines += [
-        "",
-        f"**Mean strict-success recovery: {_ratio(m['value'])}**{_interval(m['ci'], _ratio)} (stratified paired bootstrap: "
-        f"each draw resamples every prompt's held-out inputs; {m['undefined_draws']} draws with teacher = base "
-        f"for some prompt dropped). Target: >= {results['target']:.2f}; "
-        f"{'met' if m['value'] is not None and m['value'] >= results['target'] else 'not met'}.",
-        "",
-    ]
+        d = p["joint_minus_sft"]
+        if d:
+            lines += [
+                "",
+                f"Joint minus SFT-only, strict recovery: {_f(d['value'])}{_ci(d['ci'])} ({d['seeds']} seed pair(s)).",
+            ]
+        lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument(
-        "--specs", default=None, help="comma-separated spec file stems (default: every examples/prompts/*.yaml)"
+        "--model", default="embedded-0.5b", help="model.name_or_path for every stage (base, teacher, generator)"
+    )
+    parser.add_argument("--config", default=str(ROOT / "configs" / "genpi.yaml"))
+    parser.add_argument(
+        "--prompts", default=",".join(PROMPTS), help=f"comma-separated spec stems (default: {','.join(PROMPTS)})"
+    )
+    parser.add_argument("--main", default=MAIN_PROMPT, help="the prompt that gets every seed and the ablations")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds of sft and joint on the main prompt")
+    parser.add_argument(
+        "--no-ablations", action="store_true", help="skip joint-no-reasons, joint-kl, joint-all-replies"
     )
     parser.add_argument(
-        "--set", action="append", default=[], help="config override for every prompt, e.g. train.epochs=3"
+        "--set", action="append", default=[], help="config override for every cell, e.g. train.epochs=2"
     )
-    parser.add_argument("--out", default="quality", help="writes bench/results/<out>.json and <out>.md")
-    parser.add_argument("--target", type=float, default=0.9, help="mean recovery the suite should reach")
+    parser.add_argument("--out", default=None, help="bench/results/<out>.json and .md (default: quality_<model>)")
+    parser.add_argument("--target", type=float, default=0.95, help="strict-success recovery each prompt should reach")
+    parser.add_argument(
+        "--lower-target", type=float, default=0.8, help="...with its interval's lower bound at least this"
+    )
     args = parser.parse_args()
-    cfg = load_config(args.config, args.set)
-    specs = _specs(args.specs)
+    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    missing = [p for p in prompts if not (SPECS_DIR / f"{p}.yaml").is_file()]
+    if missing:
+        raise SystemExit(f"--prompts: no {', '.join(missing)} in {SPECS_DIR}")
+    overrides = [f"model.name_or_path={args.model}", *args.set]
+    out = args.out or "quality_" + args.model.removeprefix("embedded-").replace("embedded", "135m").replace("/", "_")
+    cells = plan(prompts, args.main, args.seeds, not args.no_ablations)
+    cfg = load_config(args.config, overrides)
+    ev = cfg.evaluate
 
-    prompts, tables = [], []
-    for spec_path in specs:
-        print(f"== {spec_path.name}", flush=True)
-        row, scores = run_spec(spec_path, cfg)
-        prompts.append(row)
-        tables.append(scores)
+    path = RESULTS / f"{out}.json"
+    clock = Clock(ROOT / cfg.runs_dir / f".bench-{out}-clock.json", {"model": args.model, "overrides": overrides})
+    done: list[dict] = []
+
+    def write() -> dict:
+        results = {
+            "model": args.model,
+            "config": str(Path(args.config).resolve().relative_to(ROOT))
+            if Path(args.config).resolve().is_relative_to(ROOT)
+            else args.config,
+            "overrides": overrides,
+            "seeds": args.seeds,
+            "main_prompt": args.main,
+            "target": args.target,
+            "lower_target": args.lower_target,
+            "bootstrap_resamples": ev.bootstrap_resamples,
+            "confidence_level": ev.confidence_level,
+            "inputs": cfg.synth.inputs.max_inputs,
+            "epochs": cfg.train.epochs,
+            "cells_planned": len(cells),
+            "cells_done": len(done),
+            "complete": len(done) == len(cells),
+            "pending": [c.name + "@" + c.prompt for c in cells[len(done) :]],
+            "wall_seconds": clock.seconds(),
+            "sessions": clock.sessions,
+            "peak_memory_gb": clock.peak_memory_gb(),
+            "prompts": aggregate(done, args.target, args.lower_target, ev.bootstrap_resamples, ev.confidence_level),
+            "cells": [{k: v for k, v in c.items() if k != "scores"} for c in done],
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / f"{out}.md").write_text(render(results))
+        return results
+
+    for i, cell in enumerate(cells, 1):
+        print(f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}", flush=True)
+        done.append(run_cell(cell, args.config, overrides))
+        s = done[-1]["student"]
         print(
-            f"{row['name']}: strict success base {_pct(row['base']['strict_success'])}, teacher "
-            f"{_pct(row['teacher']['strict_success'])}, student {_pct(row['student']['strict_success'])}, "
-            f"strict-success recovery {_ratio(row['recovery'])}"
-            f"{_interval(row['recovery_ci'], _ratio)}",
+            f"   student strict {_f(s['strict_success'], True)}, format {_f(s['format'], True)}, task {_f(s['task'], True)}",
             flush=True,
         )
-
-    ev = cfg.evaluate
-    defined = [p["recovery"] for p in prompts if p["recovery"] is not None]
-    ci, undefined = mean_recovery_ci(tables, ev.bootstrap_resamples, ev.bootstrap_seed, ev.confidence_level)
-    results = {
-        "config": str(Path(args.config).resolve().relative_to(ROOT))
-        if Path(args.config).resolve().is_relative_to(ROOT)
-        else args.config,
-        "overrides": args.set,
-        "target": args.target,
-        "bootstrap_resamples": ev.bootstrap_resamples,
-        "confidence_level": ev.confidence_level,
-        "prompts": prompts,
-        "mean_recovery": {
-            "value": float(np.mean(defined)) if len(defined) == len(prompts) and prompts else None,
-            "ci": ci,
-            "undefined_draws": undefined,
-            "prompts": len(prompts),
-        },
-    }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.out}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{args.out}.md").write_text(render(results))
-    m = results["mean_recovery"]
-    print(
-        f"mean strict-success recovery over {len(prompts)} prompts: {_ratio(m['value'])}{_interval(m['ci'], _ratio)}; "
-        f"wrote {out / (args.out + '.json')} and {args.out}.md",
-        flush=True,
-    )
+        write()
+    results = write()
+    clock.save()
+    for p in results["prompts"].values():
+        for name, v in p["variants"].items():
+            print(
+                f"{p['name']} {name}: strict recovery {_f(v['strict_recovery'])}{_ci(v['strict_recovery_ci'])}",
+                flush=True,
+            )
+    print(f"wrote {path} and {out}.md", flush=True)
 
 
 if __name__ == "__main__":

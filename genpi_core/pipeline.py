@@ -30,6 +30,7 @@ from schemas.artifacts import (
     PROMOTE_OUTPUTS,
     PROMPT_FILE,
     REASONS_OUTPUTS,
+    REPLAY_DIR,
     TRAIN_OUTPUTS,
 )
 from schemas.config import (
@@ -196,7 +197,9 @@ def dataset_stage(
     conversations: StageOutput,
     cfg: DatasetConfig,
     reasons: StageOutput | None = None,
+    variant: str | None = None,
 ) -> StageOutput:
+    """Validated train/val/test tables (``dataset-<variant>/`` for a dataset ablation beside the main one)."""
     sources = {
         "prompt": Path(ingested.prompt_path),
         "inputs": inputs.path("inputs"),
@@ -204,7 +207,7 @@ def dataset_stage(
     }
     if reasons is not None:
         sources["reasons"] = reasons.path("reasons")
-    stage = Stage(Path(ingested.run_dir), "dataset", cfg, sources)
+    stage = Stage(Path(ingested.run_dir), stage_name("dataset", variant), cfg, sources)
 
     def work(out_dir: Path) -> dict:
         from genpi_core.dataset import run_dataset
@@ -223,7 +226,7 @@ def dataset_stage(
 
 
 def stage_name(stage: str, variant: str | None) -> str:
-    """`train` / `evaluate`, or `train-<variant>` for an ablation trained beside the main adapter."""
+    """`dataset` / `train` / `evaluate`, or `train-<variant>` for an ablation trained beside the main adapter."""
     if variant is None:
         return stage
     if not _VARIANT.fullmatch(variant):
@@ -307,6 +310,7 @@ def evaluate_stage(
             train.path("adapter"),
             out_dir,
             train_metrics=metrics,
+            replay_dir=Path(ingested.run_dir) / REPLAY_DIR,
         )
         v = summary.variants
         rows = {  # the headline: strict success and its recovery; format and task recovery beside it

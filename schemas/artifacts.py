@@ -31,6 +31,7 @@ TEST_FILE = "test.parquet"
 # --- train -------------------------------------------------------------------------------------------
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
+REPLAY_DIR = "replay"  # greedy base-model replies evaluations share (genpi_core/generation/replay.py)
 METRICS_FILE = "metrics.json"
 LOSS_PLOT = "loss.png"
 TRAIN_LOG_FILE = "train_log.parquet"

@@ -244,7 +244,7 @@ class TrainConfig(_Config):
     recompute_above_tokens: int = Field(
         1024,
         gt=0,
-        description="Micro-batches with a longer example recompute activations in backward (less memory, ~1/3 more compute).",
+        description="Micro-batches with a longer example recompute activations in backward (less memory, ~40-60% more time).",
     )
     max_seq_len: int = Field(
         3072,

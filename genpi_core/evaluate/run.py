@@ -39,7 +39,9 @@ from genpi_core.evaluate.summary import (
     variants_table,
     worst_examples,
 )
+from genpi_core.generation.base import GenerationBackend
 from genpi_core.generation.factory import make_backend
+from genpi_core.generation.replay import ReplayBackend
 from genpi_core.prompt.checks import run_checks
 from genpi_core.prompt.pg_format import pg_target
 from genpi_core.prompt.views import input_turn, with_prompt, without_prompt
@@ -134,7 +136,12 @@ def run_evaluate(
     adapter_dir: Path,
     out_dir: Path,
     train_metrics: dict | None = None,
+    replay_dir: Path | None = None,
 ) -> EvaluationSummary:
+    """Score base, teacher and student on the held-out inputs and write the tables, plots and summary.
+
+    With ``replay_dir``, the base model's greedy replies (base and teacher variants, leakage probes, the
+    environment's turns) are recorded there and replayed by later evaluations of other adapters."""
     test = read_table(test_path, HeldOutSchema)
     if cfg.max_examples is not None:
         test = test.head(cfg.max_examples)
@@ -149,7 +156,16 @@ def run_evaluate(
     leaks: list[pd.DataFrame] = []
     episodes: list[pd.DataFrame] = []
     with ExitStack() as engines:
-        base = engines.enter_context(make_backend(model, backend_cfg))
+        base: GenerationBackend = (
+            make_backend(model, backend_cfg)
+            if replay_dir is None
+            else ReplayBackend(
+                lambda: make_backend(model, backend_cfg),
+                {"model": model.model_dump(mode="json"), "backend": backend_cfg.model_dump(mode="json")},
+                replay_dir,
+            )
+        )
+        engines.enter_context(base)
         for variant, view in (("base", without_prompt), ("teacher", teacher_view)):
             completions = base.generate([view(c) for c in contexts], cfg.sampling, desc=f"eval {variant}")
             frames.append(score_rows(spec, variant, test, completions))

@@ -80,6 +80,7 @@ class Trainer:
         self.plan = StepPlan(items, cfg)
         self.val_items = val_items
         self.weights = objective_weights(cfg, bool(items["sft"]), bool(items["pg"]))
+        model.train()  # load_model returns eval mode: LoRA dropout and activation recompute act only in train mode
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -159,8 +160,9 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------------
     def _checkpoint_activations(self, on: bool) -> None:
-        """Recompute activations in backward for long micro-batches (PG examples hold the whole prompt):
-        a 1.8k-token example then needs a fraction of the memory, for about a third more compute."""
+        """Recompute activations in backward for long micro-batches (PG examples hold the whole prompt): a
+        1.5k-token example of the 0.5B then needs ~2 GB instead of ~8 GB of activations, for ~40-60% more
+        time (bench/results/training.md)."""
         if on == self._recomputing:
             return
         base = self._peft_model().get_base_model()

@@ -1,0 +1,87 @@
+"""The quality suite's matrix and statistics, on synthetic per-input scores (no model: control logic only)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+quality = importlib.util.module_from_spec(spec)
+sys.modules["bench_quality"] = quality  # dataclasses look their module up while the class is built
+spec.loader.exec_module(quality)
+
+N = 30
+
+
+def _cell(prompt, variant, seed, student, base=None, teacher=None):
+    base = base if base is not None else [0.0] * N
+    teacher = teacher if teacher is not None else [1.0] * (N - 3) + [0.0] * 3
+    scores = {
+        "base": {m: list(base) for m in quality.METRICS},
+        "teacher": {m: list(teacher) for m in quality.METRICS},
+        "student": {m: list(student) for m in quality.METRICS},
+    }
+    return {
+        "prompt": prompt,
+        "variant": variant,
+        "seed": seed,
+        "version": "v" * 12,
+        "prompt_tokens": 1200,
+        "dataset_rows": {},
+        "train_seconds": 1.0,
+        "student": {"strict_success": sum(student) / N, "cut": 0, "collapsed": False, "distinct_share": 1.0},
+        "reference": {"base": {}, "teacher": {}},
+        "uninformative_checks": [],
+        "scores": scores,
+    }
+
+
+def test_plan_covers_every_prompt_before_the_extra_seeds_and_ablations():
+    cells = quality.plan(["library_desk", "hotel_concierge", "shell_agent"], "library_desk", 3, True)
+    first_six = {(c.prompt, c.variant) for c in cells[:6]}
+    assert first_six == {(p, v) for p in ("library_desk", "hotel_concierge", "shell_agent") for v in ("joint", "sft")}
+    assert all(c.seed == 0 for c in cells[:6])
+    main = [c for c in cells if c.prompt == "library_desk"]
+    assert sorted((c.variant, c.seed) for c in main if c.variant in ("joint", "sft")) == [
+        ("joint", 0),
+        ("joint", 1),
+        ("joint", 2),
+        ("sft", 0),
+        ("sft", 1),
+        ("sft", 2),
+    ]
+    assert {c.variant for c in main} >= set(quality.ABLATIONS)
+    assert len({c.name + c.prompt for c in cells}) == len(cells) == 13
+
+
+def test_one_fixed_wrong_reply_gets_no_recovery_and_misses_the_goal():
+    teacher = [1.0] * 27 + [0.0] * 3
+    done = [
+        _cell("p", "joint", 0, student=[0.0] * N, teacher=teacher),  # one fixed reply that fails every input
+        _cell("p", "sft", 0, student=teacher, teacher=teacher),
+    ]
+    out = quality.aggregate(done, 0.95, 0.8, 500, 0.95)["p"]
+    assert out["variants"]["joint"]["strict_recovery"] == 0.0
+    assert not out["variants"]["joint"]["goal_met"]
+    assert out["variants"]["sft"]["strict_recovery"] == pytest.approx(1.0)
+    diff = out["joint_minus_sft"]
+    assert diff["value"] == pytest.approx(-1.0) and diff["ci"][1] < 0
+
+
+def test_seeds_widen_the_interval_and_the_point_is_their_mean():
+    teacher = [1.0] * N
+    good = [1.0] * N
+    half = [1.0] * 15 + [0.0] * 15
+    one = quality.aggregate([_cell("p", "joint", 0, good, teacher=teacher)], 0.95, 0.8, 500, 0.95)["p"]
+    three = quality.aggregate(
+        [_cell("p", "joint", s, st, teacher=teacher) for s, st in enumerate((good, half, good))], 0.95, 0.8, 500, 0.95
+    )["p"]
+    v = three["variants"]["joint"]
+    assert v["seeds"] == [0, 1, 2]
+    assert v["strict_recovery"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert v["strict_recovery_ci"][0] < 0.7 < v["strict_recovery_ci"][1]
+    assert one["variants"]["joint"]["strict_recovery_ci"] == [1.0, 1.0]

@@ -24,6 +24,7 @@ from tasks.stages import (
     promote_task,
     reasons_task,
     spec_run_name,
+    task_eval_task,
     train_task,
 )
 
@@ -91,3 +92,16 @@ def evaluate_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig())
     """(Re-)evaluate a version's adapter with `evaluate.*` and gate it; changing only `evaluate.*` or
     `promote.*` re-runs only evaluation and the gate."""
     return internalize_pipeline.fn(spec_path, config)
+
+
+@flow(name="genpi-task-success", flow_run_name=_run_name, log_prints=True)
+def task_success_pipeline(
+    spec_path: str, tasks_path: str = "examples/tasks/genpi_os/tasks.json", config: PipelineConfig = PipelineConfig()
+) -> StageOutput:
+    """Task success in a bubblewrap-sandboxed shell: base, teacher and the version's adapter play the AgentBench
+    OS-format tasks in `tasks_path` (inside the worker's working directory); the adapter is trained first if needed."""
+    ingested, dataset = _dataset(spec_path, config)
+    adapter = train_task(ingested, dataset, config.train, config.model)
+    return task_eval_task(
+        ingested, adapter, tasks_path, config.tasks, config.model, config.backend, allowed_root=str(Path.cwd())
+    )

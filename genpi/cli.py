@@ -297,7 +297,8 @@ def _add_evaluate(sub) -> None:
         epilog="examples:\n"
         "  genpi evaluate RUN                                  # train/ and every train-NAME/ found\n"
         "  genpi evaluate RUN --variant main --variant sft-only\n"
-        "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024",
+        "  genpi evaluate RUN --set evaluate.judge.enabled=true --set evaluate.leakage.sampling.max_new_tokens=1024\n"
+        "  genpi evaluate RUN --environment shell --tasks examples/tasks/genpi_os/tasks.json   # task success",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run folder, e.g. runs/library-desk/<version12>")
@@ -307,6 +308,18 @@ def _add_evaluate(sub) -> None:
         action="append",
         metavar="NAME",
         help="adapter to evaluate: `main` (train/) or NAME (train-NAME/); repeatable; default: all finished ones",
+    )
+    p.add_argument(
+        "--environment",
+        choices=["held-out", "shell"],
+        default="held-out",
+        help="held-out: score replies to the spec's held-out inputs (default); shell: let base, teacher and "
+        "student act in a bubblewrap-sandboxed shell on the --tasks file and report task success",
+    )
+    p.add_argument(
+        "--tasks",
+        metavar="FILE",
+        help="AgentBench OS-format task file (with --environment shell); its scripts sit beside it",
     )
     p.set_defaults(func=cmd_evaluate)
 
@@ -318,6 +331,8 @@ def cmd_evaluate(args) -> int:
     from schemas.artifacts import COMPARISON_REPORT, REPORT_FILE
 
     cfg = _load_config(args)
+    if args.environment == "shell" or args.tasks:
+        return _evaluate_tasks(args, cfg)
     ingested, dataset = load_run(args.run_dir)
     variants = [None if v == "main" else v for v in args.variant] if args.variant else trained_variants(args.run_dir)
     if not variants:
@@ -335,6 +350,37 @@ def cmd_evaluate(args) -> int:
     if len(variants) > 1:
         out = run_comparison(Path(args.run_dir), variants)
         print(f"\ncomparison of {len(variants)} adapters: {out / COMPARISON_REPORT}")
+    return 0
+
+
+def _evaluate_tasks(args, cfg) -> int:
+    """Task success in the shell sandbox, per adapter: base, teacher and student on an AgentBench task file."""
+    from genpi_core.pipeline import load_run, task_eval_stage, trained, trained_variants
+    from schemas.artifacts import REPORT_FILE
+
+    if args.environment != "shell" or not args.tasks:
+        raise ValueError("task success needs both --environment shell and --tasks FILE")
+    ingested, _ = load_run(args.run_dir)
+    variants = [None if v == "main" else v for v in args.variant] if args.variant else trained_variants(args.run_dir)
+    if not variants:
+        raise ValueError(f"{args.run_dir}: no finished adapter (run `genpi train {args.run_dir}` first)")
+    for variant in variants:
+        started = time.perf_counter()
+        result = task_eval_stage(
+            ingested, trained(ingested, variant), args.tasks, cfg.tasks, cfg.model, cfg.backend, variant=variant
+        )
+        summary = json.loads(result.path("summary").read_text())
+        parts = [
+            f"{name} {100 * v['success']:.0f}% of {v['tasks']}"
+            for name, v in summary["variants"].items()
+            if v["success"] is not None
+        ]
+        ratio = summary["success_ratio"]
+        print(
+            f"\ngenpi: {'reused' if result.reused else 'evaluated'} {Path(result.dir).name} ({variant or 'main'}) in "
+            f"{time.perf_counter() - started:.0f} s; report: {Path(result.dir) / REPORT_FILE}\n"
+            f"task success: {', '.join(parts)}; student/teacher {'n/a' if ratio is None else f'{ratio:.2f}'}"
+        )
     return 0
 
 

@@ -185,6 +185,9 @@ def spec_version(spec: PromptSpec) -> str:
     for section, field in _HASHED_WHEN_SET:
         if data[section].get(field) is None:
             data[section].pop(field, None)
+    environment = data["environment"]
+    if environment["kind"] == "simulated" and environment.get("init") is None:
+        data["environment"] = environment["description"]  # hashed as the bare string specs had before kinds
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

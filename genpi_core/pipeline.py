@@ -31,6 +31,7 @@ from schemas.artifacts import (
     PROMPT_FILE,
     REASONS_OUTPUTS,
     REPLAY_DIR,
+    TASKS_OUTPUTS,
     TRAIN_OUTPUTS,
 )
 from schemas.config import (
@@ -44,6 +45,7 @@ from schemas.config import (
     PromoteConfig,
     ReasonsConfig,
     SynthConfig,
+    TaskEvalConfig,
     TrainConfig,
 )
 from schemas.stages import IngestOutput, StageOutput
@@ -381,6 +383,51 @@ def promote_stage(
         )
 
     return _run(stage, PROMOTE_OUTPUTS, work)
+
+
+def task_set_name(tasks_path: str | Path) -> str:
+    """A task file's short name for folder names: its folder's name, lowercased, dashes for the rest."""
+    path = Path(tasks_path)
+    raw = path.parent.name if path.parent.name else path.stem
+    return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:30] or "tasks"
+
+
+def task_eval_stage(
+    ingested: IngestOutput,
+    train: StageOutput | None,
+    tasks_path: str | Path,
+    cfg: TaskEvalConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    variant: str | None = None,
+    allowed_root: str | Path | None = None,
+) -> StageOutput:
+    """Task success in the shell sandbox for base, teacher and the adapter (``tasks-<set>[-<variant>]/``).
+
+    The key covers the task file and every script beside it, the adapter, the model and ``cfg``."""
+    from genpi_core.environment.os_tasks import load_tasks
+
+    tasks = load_tasks(tasks_path, allowed_root)  # a malformed file fails here, before any model loads
+    folder = Path(tasks_path).resolve().parent
+    sources = {"prompt": Path(ingested.prompt_path), "tasks": Path(tasks_path).resolve()}
+    sources |= {f"script:{p.relative_to(folder)}": p for p in sorted(folder.rglob("*")) if p.is_file()}
+    if train is not None:
+        sources["adapter"] = train.path("adapter")
+    name = task_set_name(tasks_path) + (f"-{variant}" if variant else "")
+    config = {"model": model.model_dump(), "backend": backend.model_dump(), "tasks": cfg.model_dump()}
+    stage = Stage(Path(ingested.run_dir), stage_name("tasks", name), config, sources)
+
+    def work(out_dir: Path) -> dict:
+        from genpi_core.evaluate.tasks import run_task_eval
+
+        spec, _ = _spec(ingested.prompt_path)
+        summary = run_task_eval(
+            spec, tasks, model, backend, cfg, train.path("adapter") if train is not None else None, out_dir
+        )
+        rows = {f"{v}_success": s["success"] for v, s in summary["variants"].items()}
+        return rows | {"solvable": summary["solvable"], "success_ratio": summary["success_ratio"]}
+
+    return _run(stage, TASKS_OUTPUTS, work)
 
 
 def synthesize(

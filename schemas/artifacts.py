@@ -93,3 +93,6 @@ EVALUATE_OUTPUTS = {
     "judge": JUDGE_FILE,
 }
 PROMOTE_OUTPUTS = {"decision": DECISION_FILE}
+TASK_EPISODES_FILE = "tasks.parquet"
+TASK_SUMMARY_FILE = "task_summary.json"
+TASKS_OUTPUTS = {"episodes": TASK_EPISODES_FILE, "summary": TASK_SUMMARY_FILE, "report": REPORT_FILE}

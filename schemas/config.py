@@ -358,6 +358,37 @@ class PromoteConfig(_Config):
     )
 
 
+class SandboxLimits(_Config):
+    """Limits of one shell sandbox (genpi_core.environment.sandbox). Process, CPU, memory and file-size caps
+    are rlimits on every process in it; the sandbox runs as an unprivileged host uid, so the process cap binds."""
+
+    command_timeout_s: float = Field(10.0, gt=0, description="Wall clock per command; past it the shell restarts.")
+    episode_timeout_s: float = Field(300.0, gt=0, description="Wall clock per episode (all its commands).")
+    cpu_seconds: int = Field(30, gt=0, description="RLIMIT_CPU of every process in the sandbox.")
+    memory_mb: int = Field(1024, gt=0, description="RLIMIT_AS (address space) of every process, MiB.")
+    file_size_mb: int = Field(64, gt=0, description="RLIMIT_FSIZE: largest file a command may write, MiB.")
+    max_processes: int = Field(64, gt=0, description="RLIMIT_NPROC of the sandbox's unprivileged host uid.")
+    max_output_bytes: int = Field(1_000_000, gt=0, description="Output read per command; the rest is dropped.")
+
+
+class TaskEvalConfig(_Config):
+    """Task success in a real environment: base, teacher and student play AgentBench-format OS tasks in the
+    shell sandbox (`genpi evaluate RUN --environment shell --tasks FILE`)."""
+
+    max_turns: int | None = Field(
+        None, ge=1, le=50, description="Agent turns per episode; None uses the spec's conversation.max_turns."
+    )
+    sampling: SamplingConfig = Field(
+        SamplingConfig(max_new_tokens=256), description="Agent decoding per turn (greedy, as the paper)."
+    )
+    limits: SandboxLimits = SandboxLimits()
+    variants: tuple[Literal["base", "teacher", "student"], ...] = Field(
+        ("base", "teacher", "student"), min_length=1, description="Who plays the tasks."
+    )
+    bootstrap_resamples: int = Field(1000, ge=0)
+    confidence_level: float = Field(0.95, gt=0, lt=1)
+
+
 class PipelineConfig(_Config):
     """Everything one `genpi internalize` run needs besides the prompt spec."""
 
@@ -369,6 +400,7 @@ class PipelineConfig(_Config):
     dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    tasks: TaskEvalConfig = TaskEvalConfig()
     promote: PromoteConfig = PromoteConfig()
 
 

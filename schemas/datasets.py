@@ -360,3 +360,36 @@ PerCheck = DataFrame[PerCheckSchema]
 WorstExamples = DataFrame[WorstExamplesSchema]
 Comparison = DataFrame[ComparisonSchema]
 TrainLog = DataFrame[TrainLogSchema]
+
+
+class TaskEpisodesSchema(GenpiSchema):
+    """Task success in a real environment (genpi_core.evaluate.tasks): one row per (variant, task)."""
+
+    variant: Series[str] = pa.Field(isin=["base", "teacher", "student"])
+    task_id: Series[str]
+    description: Series[str]
+    solvable: Series[bool] = pa.Field(description="The reference solution passes its checks in this sandbox.")
+    setup_error: Series[str] = pa.Field(description="Why init/start failed ('' when the task was set up).")
+    success: Series[bool] = pa.Field(description="AgentBench's verdict on the episode's answer (False if none).")
+    stop_reason: Series[str] = pa.Field(
+        isin=["answer", "finish", "invalid action", "round limit", "setup failed"],
+        description="How the episode ended.",
+    )
+    answer: Series[str] = pa.Field(nullable=True, description="The answer given (None: no answer action).")
+    turns: Series[int] = pa.Field(ge=0, description="Agent turns taken.")
+    actions: Series[str] = pa.Field(description="JSON list of the action kinds, one per agent turn.")
+    first_action: Series[str] = pa.Field(description="The first turn's command or answer ('' if invalid).")
+    first_turn_format: Series[bool] = pa.Field(description="The first agent turn passes the spec's global checks.")
+    transcript: Series[str] = pa.Field(description="JSON chat messages of the episode, without the prompt.")
+
+    @pa.check("actions")
+    def actions_are_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
+
+    @pa.check("transcript")
+    def transcript_is_json(cls, series: Series[str]) -> Series[bool]:
+        return _is_json(series)
+
+    @pa.dataframe_check
+    def one_row_per_task(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["variant", "task_id"]).any()

@@ -235,14 +235,44 @@ class ConversationSpec(_Strict):
         return None if value is None else _must_compile(value)
 
 
+class EnvironmentSpec(_Strict):
+    """Who or what the agent talks to. ``simulated``: the model plays it from ``description`` (role-swapped
+    synthesis, the paper's self role-play). ``shell``: a real sandboxed Linux shell runs the agent's bash
+    actions (genpi_core.environment.shell); ``description`` still tells the input generator what it is.
+    A bare string in a spec is a simulated environment's description."""
+
+    kind: Literal["simulated", "shell"] = Field("simulated", description="Played by the model, or a real shell.")
+    description: str = Field(
+        "a user chatting with the assistant", min_length=1, description="Who/what the agent talks to."
+    )
+    init: str | None = Field(
+        None, description="shell only: bash run in each fresh sandbox before a synthesized episode starts."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_string(cls, value):
+        return {"kind": "simulated", "description": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _init_needs_shell(self) -> EnvironmentSpec:
+        if self.init is not None and self.kind != "shell":
+            raise ValueError("`init` runs in a sandbox: it needs `kind: shell`")
+        return self
+
+    def __str__(self) -> str:  # what prompts that describe the environment print
+        return self.description
+
+
 class PromptSpec(_Strict):
     """A prompt to internalize, its environment, inputs and the checks its replies must pass."""
 
     name: str = Field(pattern=SPEC_NAME_PATTERN, description="Lowercase id, used in run folder names.")
     description: str = Field("", description="One line for humans.")
     prompt: PromptBody
-    environment: str = Field(
-        "a user chatting with the assistant", description="Who/what the agent talks to (for synthesis)."
+    environment: EnvironmentSpec = Field(
+        default_factory=EnvironmentSpec,
+        description="Who/what the agent talks to: a description (simulated), or {kind: shell, description: ...}.",
     )
     seed_inputs: list[str] = Field(default_factory=list, description="Example inputs shown to the input generator.")
     checks: list[Check] = Field(default_factory=list, description="Rules every reply must follow.")

@@ -41,6 +41,20 @@ setup_base() {
   echo "genpi setup: done in $(( $(date +%s) - started )) s"
 }
 
+# the shell sandbox (genpi_core/environment/sandbox.py) runs agent commands in bubblewrap: install it where we
+# can (as root, with apt); elsewhere say how. Nothing falls back to running commands on the host without it.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "genpi setup: installing bubblewrap (the shell sandbox)"
+    { apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+        && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } \
+      || echo "genpi setup: could not install bubblewrap; the shell environment and its tests need it"
+  else
+    echo "genpi setup: bubblewrap (bwrap) is missing; the shell environment needs it:" \
+      "sudo apt-get install bubblewrap, sudo dnf install bubblewrap or apk add bubblewrap"
+  fi
+fi
+
 # the stamp covers the venv and the default model only; requested models are checked below either way
 if ! { [ -f "$stamp" ] && "$VENV/bin/genpi" model >/dev/null 2>&1; }; then
   setup_base

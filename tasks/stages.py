@@ -24,6 +24,7 @@ from schemas.config import (
     PromoteConfig,
     ReasonsConfig,
     SynthConfig,
+    TaskEvalConfig,
     TrainConfig,
 )
 from schemas.stages import IngestOutput, StageOutput
@@ -95,6 +96,19 @@ def dataset_task(
 @task(name="train", cache_policy=NONE, tags=["genpi-training"])
 def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig) -> StageOutput:
     return _log(pipeline.train_stage(ingested, dataset, cfg, model))
+
+
+@task(name="task-success", cache_policy=NONE, tags=["genpi-generation"])
+def task_eval_task(
+    ingested: IngestOutput,
+    train: StageOutput,
+    tasks_path: str,
+    cfg: TaskEvalConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    allowed_root: str,
+) -> StageOutput:
+    return _log(pipeline.task_eval_stage(ingested, train, tasks_path, cfg, model, backend, allowed_root=allowed_root))
 
 
 @task(name="evaluate", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)

@@ -3,7 +3,7 @@
 Role-swapped synthesis and multi-turn evaluation both hand the environment every live conversation at
 once (one turn of each) and get one reply per conversation back, so a model-played environment batches
 like any generation call. An environment that executes actions (a sandboxed shell) implements the same
-protocol; each reply says whether the episode is over.
+protocol (genpi_core.environment.shell); each reply says whether the episode is over (the end marker).
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ class Environment(Protocol):
     name: str
     end_marker: str
 
-    def respond(self, conversations: Sequence[Sequence[Message]], desc: str = "environment") -> list[Completion]:
-        """One reply per conversation (agent turns first in each, as the agent saw them)."""
+    def respond(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        desc: str = "environment",
+        episode_ids: Sequence[str] | None = None,
+    ) -> list[Completion]:
+        """One reply per conversation (agent turns first in each, as the agent saw them). ``episode_ids`` say
+        which episode each conversation is; an environment with state (the shell) needs them."""
         ...

@@ -34,12 +34,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from schemas.config import SandboxLimits
 
 TRUNCATE_AT = 800  # AgentBench's cut: longer observations become the first 780 characters plus a note
 TRUNCATE_KEEP = 780
 TRUNCATE_NOTE = "\n[truncated because the output is too long]"
 WRITABLE = ("root", "home", "var", "opt", "srv", "tmp", "mnt", "usr/local")
+USR_LOCAL = ("bin", "sbin", "lib", "share", "include", "etc", "src", "games")
 SANDBOX_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -51,18 +52,6 @@ SANDBOX_ENV = {
 
 class SandboxUnavailable(RuntimeError):
     """bubblewrap cannot make a sandbox here; the message says why and how to get one."""
-
-
-class SandboxLimits(BaseModel):
-    """Per-sandbox limits. Process, CPU, memory and file-size caps are rlimits on the sandbox's processes."""
-
-    command_timeout_s: float = Field(10.0, gt=0, description="Wall clock per command; past it the shell restarts.")
-    episode_timeout_s: float = Field(300.0, gt=0, description="Wall clock per episode (all its commands).")
-    cpu_seconds: int = Field(30, gt=0, description="RLIMIT_CPU of every process in the sandbox.")
-    memory_mb: int = Field(1024, gt=0, description="RLIMIT_AS (address space) of every process, MiB.")
-    file_size_mb: int = Field(64, gt=0, description="RLIMIT_FSIZE: largest file a command may write, MiB.")
-    max_processes: int = Field(64, gt=0, description="RLIMIT_NPROC of the sandbox's unprivileged host uid.")
-    max_output_bytes: int = Field(1_000_000, gt=0, description="Output read per command; the rest is dropped.")
 
 
 @dataclass(frozen=True)
@@ -145,6 +134,8 @@ class Sandbox:
     def _prepare(self) -> None:
         for name in WRITABLE:
             (self.root / "fs" / name).mkdir(parents=True, exist_ok=True)
+        for name in USR_LOCAL:  # an empty /usr/local still has its usual folders (`mv tool /usr/local/bin/`)
+            (self.root / "fs" / "usr" / "local" / name).mkdir(exist_ok=True)
         etc = self.root / "fs" / "etc"
         shutil.copytree(
             "/etc",
@@ -152,7 +143,7 @@ class Sandbox:
             symlinks=True,
             ignore_dangling_symlinks=True,
             dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns("shadow*", "gshadow*", "ssh", "ssl/private"),
+            ignore=shutil.ignore_patterns("shadow*", "gshadow*", "ssh", "private"),  # no host secrets
         )
         self.control.mkdir()
         os.chmod(self.root, 0o755)
@@ -216,6 +207,14 @@ class Sandbox:
             )
 
     # --- commands --------------------------------------------------------------------------------
+    def put_control_file(self, text: str, suffix: str = ".sh") -> str:
+        """Write a file the sandbox can read (not write) at /run/genpi/<name>; returns the name."""
+        self._count += 1
+        name = f"file{self._count}{suffix}"
+        (self.control / name).write_text(text)
+        os.chmod(self.control / name, 0o644)
+        return name
+
     def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
         """Run one command in the shell; on timeout or ``exit`` the shell restarts and the files stay."""
         note = ""
@@ -225,13 +224,9 @@ class Sandbox:
             self._restart()
             note = "[the sandbox reached its process limit; its processes were killed and the shell restarted]\n"
         assert self._proc is not None and self._proc.stdin is not None
-        self._count += 1
-        nonce = secrets.token_hex(8)
-        script = self.control / f"cmd{self._count}.sh"
-        script.write_text(command + "\n")
-        os.chmod(script, 0o644)
-        marker = f"__genpi_done_{nonce}__"
-        line = f"source /run/genpi/{script.name} < /dev/null 2>&1; printf '\\n{marker} %s\\n' \"$?\"\n"
+        name = self.put_control_file(command + "\n")
+        marker = f"__genpi_done_{secrets.token_hex(8)}__"
+        line = f"source /run/genpi/{name} < /dev/null 2>&1; printf '\\n{marker} %s\\n' \"$?\"\n"
         try:
             self._proc.stdin.write(line.encode())
             self._proc.stdin.flush()

@@ -16,7 +16,7 @@ from schemas.spec import PromptSpec
 
 def environment_system(spec: PromptSpec) -> str:
     return (
-        f"You are playing this role: {spec.environment}. You are not the assistant. The assistant's last message "
+        f"You are playing this role: {spec.environment.description}. You are not the assistant. The assistant's last message "
         "is shown to you as the user's message. Reply as your role would, in one short message. "
         f"When the exchange is over (the task is done, or there is nothing left to ask), reply with exactly "
         f"{spec.conversation.end_marker}"
@@ -45,5 +45,10 @@ class SimulatedEnvironment:
         self.name = backend.name
         self.end_marker = spec.conversation.end_marker
 
-    def respond(self, conversations: Sequence[Sequence[Message]], desc: str = "environment") -> list[Completion]:
+    def respond(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        desc: str = "environment",
+        episode_ids: Sequence[str] | None = None,  # the model sees the whole conversation: no state to look up
+    ) -> list[Completion]:
         return self.backend.generate([environment_view(self.spec, c) for c in conversations], self.sampling, desc=desc)

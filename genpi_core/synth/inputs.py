@@ -110,7 +110,7 @@ def generator_request(spec: PromptSpec, seeds: list[str], count: int) -> list[Me
     examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
     ask = (
         f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
-        f"It talks to: {spec.environment}\n\nExamples of messages it receives:\n{examples}\n\n"
+        f"It talks to: {spec.environment.description}\n\nExamples of messages it receives:\n{examples}\n\n"
         f"Write {count} new, different, realistic messages that it could receive. "
         "One message per line, numbered 1., 2., ... Write only the messages."
     )

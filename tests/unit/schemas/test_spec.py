@@ -290,9 +290,26 @@ def test_a_spec_without_an_input_prefix_keeps_its_version():
     data = spec.model_dump(mode="json")
     for field in ("input_prefix", "format"):
         data["prompt"].pop(field)
+    data["environment"] = data["environment"]["description"]  # specs had a bare string before environment kinds
     before = hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     assert spec_version(spec) == before
     with_prefix = PromptSpec.model_validate(with_changes(prompt={**GOOD["prompt"], "input_prefix": "Q:"}))
     assert spec_version(with_prefix) != before
     blank = PromptSpec.model_validate(with_changes(prompt={**GOOD["prompt"], "input_prefix": "  "}))
     assert blank.prompt.input_prefix is None and spec_version(blank) == before
+
+
+def test_environment_is_a_description_or_a_kind():
+    """A bare string is a simulated environment (existing specs keep working and keep their versions)."""
+    bare = PromptSpec.model_validate(with_changes(environment="library patrons"))
+    assert bare.environment.kind == "simulated" and str(bare.environment) == "library patrons"
+    same = PromptSpec.model_validate(with_changes(environment={"kind": "simulated", "description": "library patrons"}))
+    assert spec_version(same) == spec_version(bare)
+    shell = PromptSpec.model_validate(
+        with_changes(environment={"kind": "shell", "description": "an Ubuntu shell", "init": "mkdir -p /srv"})
+    )
+    assert shell.environment.kind == "shell" and spec_version(shell) != spec_version(bare)
+    with pytest.raises(ValueError, match="needs `kind: shell`"):
+        PromptSpec.model_validate(with_changes(environment={"description": "x", "init": "true"}))
+    with pytest.raises(ValueError, match="kind"):
+        PromptSpec.model_validate(with_changes(environment={"kind": "docker", "description": "x"}))

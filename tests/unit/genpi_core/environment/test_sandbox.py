@@ -61,6 +61,9 @@ def test_looks_like_root_in_an_empty_box_without_the_host(box):
     assert "proc" in out and "work" not in out
     assert box.run(f"ls {ROOT} 2>&1").exit_code != 0
     assert box.run(f"cat {Path.home()}/.bashrc 2>&1").exit_code != 0
+    assert box.run("test -e /etc/shadow").exit_code != 0  # the private /etc copy leaves host secrets out
+    names = set(box.run("env | cut -d= -f1").output.split())
+    assert names <= {"HOME", "LANG", "OLDPWD", "PATH", "PWD", "SHLVL", "TERM", "USER", "_"}  # --clearenv
 
 
 def test_no_network(box):

@@ -135,6 +135,8 @@ def conversations_stage(
         "base": cfg.base.model_dump(),
         "conversations": cfg.conversations.model_dump(),
     }
+    if config["conversations"].get("environment_kind") is None:  # keys from before environment kinds still match
+        config["conversations"].pop("environment_kind", None)
     stage = Stage(
         Path(ingested.run_dir),
         "conversations",
@@ -164,6 +166,7 @@ def conversations_stage(
                 max_turns,
                 out_dir,
                 environment_backend=environment,
+                environment_kind=cfg.conversations.environment_kind or spec.environment.kind,
             )
 
     return _run(stage, CONVERSATIONS_OUTPUTS, work, resumable=True)

@@ -144,6 +144,11 @@ class ConversationsConfig(_Config):
         GeneratorConfig(),
         description="Another model/engine to play the environment; unset = the pipeline's model and backend.",
     )
+    environment_kind: Literal["simulated", "shell"] | None = Field(
+        None,
+        description="Overrides the spec's environment kind: simulated (the model plays it) or shell (a real sandboxed "
+        "shell runs the agent's bash actions); None = the spec's.",
+    )
 
 
 class ReasonsConfig(_Config):

@@ -19,6 +19,7 @@ class Environment(Protocol):
 
     name: str
     end_marker: str
+    simulated: bool  # a model's guess (its turns are screened like generated text) or real output (kept as is)
 
     def respond(
         self,

@@ -32,6 +32,7 @@ class ShellEnvironment:
     sandbox before its first command (a spec's ``environment.init``)."""
 
     name = "shell"
+    simulated = False  # real command output: never screened for role confusion like a model's turn
 
     def __init__(self, end_marker: str, limits: SandboxLimits | None = None, init: str | None = None) -> None:
         self.end_marker, self.limits, self.init = end_marker, limits or SandboxLimits(), init
@@ -66,6 +67,11 @@ class ShellEnvironment:
             raise ValueError("the shell environment needs one episode id per conversation")
         replies = []
         for episode_id, conversation in zip(episode_ids, conversations):
+            if episode_id not in self.boxes:  # a resumed episode: rebuild its box by replaying its earlier commands
+                for earlier in [m["content"] for m in conversation[:-1] if m["role"] == "assistant"]:
+                    action = parse_action(earlier)
+                    if action.kind == "bash":
+                        self.box(episode_id).run(action.content)
             text = self.step(episode_id, conversation[-1]["content"])
             replies.append(Completion(text, "stop", 0, 0, 0.0))
         return replies

@@ -44,6 +44,7 @@ class SimulatedEnvironment:
         self.spec, self.backend, self.sampling = spec, backend, sampling
         self.name = backend.name
         self.end_marker = spec.conversation.end_marker
+        self.simulated = True
 
     def respond(
         self,

@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
 
 from genpi_core.environment.protocol import Environment
+from genpi_core.environment.shell import ShellEnvironment
 from genpi_core.environment.simulated import SimulatedEnvironment
 from genpi_core.generation.base import GenerationBackend, Message
 from genpi_core.prompt.checks import (
@@ -237,13 +239,15 @@ def _agent_step(
 
 def _environment_step(state: _State, spec: PromptSpec, environment: Environment) -> None:
     live = state.live()
-    replies = environment.respond(state.contexts(live), desc=f"environment turn {state.step // 2 + 1}")
+    replies = environment.respond(
+        state.contexts(live), desc=f"environment turn {state.step // 2 + 1}", episode_ids=live
+    )
     marker = environment.end_marker
     for cid, reply in zip(live, replies):
         if marker in reply.text:
             state.end(cid, "environment ended the episode")  # the final end-marker turn is dropped
             continue
-        problem = _problem(reply.text, reply.finish_reason, "environment", spec)
+        problem = _problem(reply.text, reply.finish_reason, "environment", spec) if environment.simulated else ""
         if problem:
             raw = pd.DataFrame([{"conversation_id": cid, "turn": state.step // 2, "content": reply.text}])
             state.quarantine.append(quarantine_rows("messages", raw, "conversation_id", problem))
@@ -263,25 +267,33 @@ def run_conversations(
     out_dir: Path,
     after_step=None,
     environment_backend: GenerationBackend | None = None,
+    environment_kind: str = "simulated",
 ) -> dict[str, int]:
     """Run every episode to its end, one batched generate call per role per turn; checkpoint each step.
 
     ``environment_backend`` plays the environment (default: ``backend``, as in the paper's self role-play).
+    ``environment_kind="shell"``: a real sandboxed shell answers the agent's bash actions instead (one sandbox
+    per episode, after the spec's ``environment.init``); a resumed episode replays its earlier commands first.
     """
     state_dir = out_dir / CHECKPOINT_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     state = _State.start_or_resume(state_dir, read_table(inputs_path, InputsSchema), spec.prompt)
     total_steps = 2 * max_turns - 1  # agent, environment, agent, ..., agent
-    played_by = SimulatedEnvironment(spec, environment_backend or backend, environment)
-    while state.step < total_steps and state.live():
-        if state.step % 2 == 0:
-            _agent_step(state, spec, backend, teacher, base, max_turns)
+    with ExitStack() as stack:
+        played_by: Environment
+        if environment_kind == "shell":
+            played_by = stack.enter_context(ShellEnvironment(spec.conversation.end_marker, init=spec.environment.init))
         else:
-            _environment_step(state, spec, played_by)
-        state.step += 1
-        state.checkpoint()
-        if after_step is not None:
-            after_step(state.step)
+            played_by = SimulatedEnvironment(spec, environment_backend or backend, environment)
+        while state.step < total_steps and state.live():
+            if state.step % 2 == 0:
+                _agent_step(state, spec, backend, teacher, base, max_turns)
+            else:
+                _environment_step(state, spec, played_by)
+            state.step += 1
+            state.checkpoint()
+            if after_step is not None:
+                after_step(state.step)
     for cid in state.live():
         state.end(cid, "max turns")
     written = state.write(out_dir)

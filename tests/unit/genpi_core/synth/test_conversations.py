@@ -264,3 +264,79 @@ def test_every_conversation_starts_with_the_prompts_input_prefix(tmp_path):
     assert teacher[-1] == base[0] == {"role": "user", "content": "A new customer:\n\ndo you sell bells?"}
     targets = read_table(tmp_path / "out" / "targets.parquet", TargetsSchema)
     assert json.loads(targets["context"][0]) == base
+
+
+SHELL_SPEC = PromptSpec.model_validate(
+    {
+        "name": "ops",
+        "environment": {
+            "kind": "shell",
+            "description": "an Ubuntu shell",
+            "init": "mkdir -p /srv/in && touch /srv/in/a /srv/in/b",
+        },
+        "prompt": {
+            "dialogue": [
+                {"user": "INSTRUCTIONS: Think, then Act: bash / answer(...)"},
+                {"agent": "Think: ok\n\nAct: finish"},
+            ]
+        },
+        "checks": [{"type": "must_start_with", "value": "Think:"}],
+        "conversation": {"max_turns": 3, "stop_pattern": r"^Act: (answer\(.*\)|finish)\s*$"},
+    }
+)
+
+
+def test_role_swap_against_the_real_shell_gets_real_observations_and_resumes(tmp_path):
+    from genpi_core.environment.sandbox import Sandbox, SandboxUnavailable
+    from genpi_core.environment.shell import OUTPUT_PREFIX
+
+    try:
+        Sandbox().close()
+    except SandboxUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no sandbox here: {exc}")
+    ok = lambda t: (t, "stop")  # noqa: E731
+    bash = lambda c: ok(f"Think: look.\n\nAct: bash\n\n```bash\n{c}\n```")  # noqa: E731
+    script = {
+        "count the files in /srv/in": {
+            "teacher": [
+                bash("touch /srv/in/c; ls /srv/in | wc -l"),
+                bash("ls /srv/in | wc -l"),
+                ok("Think: 3.\n\nAct: answer(3)"),
+            ],
+            "base": [ok("b")] * 3,
+            "env": [],
+        },
+    }
+    g = SamplingConfig(max_new_tokens=8)
+    inputs = _inputs(tmp_path, list(script))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after(step):
+        if step == 2:  # after the first observation: the sandbox (with /srv/in/c) is gone
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_conversations(
+            SHELL_SPEC,
+            inputs,
+            ScriptedFakeBackend(script),
+            g,
+            g,
+            g,
+            3,
+            tmp_path / "run",
+            after_step=crash_after,
+            environment_kind="shell",
+        )
+    run_conversations(
+        SHELL_SPEC, inputs, ScriptedFakeBackend(script), g, g, g, 3, tmp_path / "run", environment_kind="shell"
+    )
+    messages = read_table(tmp_path / "run" / "messages.parquet", MessagesSchema)
+    observations = messages[messages["role"] == "environment"]["content"].tolist()
+    # real output: the init made a and b, the first command c; the resumed episode replayed that command
+    assert observations == [OUTPUT_PREFIX + "3", OUTPUT_PREFIX + "3"]
+    assert set(messages[messages["role"] == "environment"]["produced_by"]) == {"shell"}

@@ -18,6 +18,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ASSERTION = re.compile(r"\^|\$|\\[AZbBz]|\(\?<?[=!]")  # anchors, word boundaries, lookarounds
+
+
 def _must_compile(pattern: str) -> str:
     try:
         re.compile(pattern)
@@ -43,7 +46,12 @@ class RegexCheck(_Strict):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        return _must_compile(value)
+        _must_compile(value)
+        if re.search(value, "") is not None and not _ASSERTION.search(value):
+            raise ValueError(
+                f"pattern {value!r} matches the empty string with no anchor or lookaround, so it passes every reply"
+            )
+        return value
 
 
 class MustStartWithCheck(_Strict):
@@ -51,6 +59,13 @@ class MustStartWithCheck(_Strict):
 
     type: Literal["must_start_with"] = "must_start_with"
     value: str = Field(min_length=1, description="Required opening text.")
+
+    @field_validator("value")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():  # the reply is stripped of leading whitespace first: it could never pass
+            raise ValueError("`value` is blank, so no reply can start with it")
+        return value
 
 
 class MustContainCheck(_Strict):
@@ -60,6 +75,13 @@ class MustContainCheck(_Strict):
     values: list[str] = Field(min_length=1, description="Substrings to look for.")
     mode: Literal["all", "any"] = Field("all", description="Require all of them, or any one.")
     ignore_case: bool = Field(True, description="Case-insensitive substring match.")
+
+    @field_validator("values")
+    @classmethod
+    def _no_empty(cls, values: list[str]) -> list[str]:
+        if any(not v for v in values):
+            raise ValueError("an empty string is in every reply, so this check could never fail")
+        return values
 
 
 class JsonKeysCheck(_Strict):
@@ -204,6 +226,17 @@ class EvalInput(_Strict):
 
     text: str = Field(min_length=1)
     facts: list[str | list[str]] = Field(default_factory=list)
+
+    @field_validator("facts")
+    @classmethod
+    def _no_degenerate_facts(cls, facts: list[str | list[str]]) -> list[str | list[str]]:
+        for i, fact in enumerate(facts):
+            alternatives = [fact] if isinstance(fact, str) else fact
+            if not alternatives:
+                raise ValueError(f"fact {i} is an empty list of alternatives, so no reply could pass it")
+            if any(not a.strip() for a in alternatives):
+                raise ValueError(f"fact {i} holds an empty string, which every reply contains")
+        return facts
 
 
 class InputPool(_Strict):

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 
+from genpi_core.prompt import safe_regex
 from schemas.spec import (
     CHECK_TYPES,
     CodeBlockCheck,
@@ -48,7 +49,11 @@ def _language(check: LanguageCheck, reply: str) -> bool:
 
 def _regex(check: RegexCheck, reply: str) -> bool:
     flags = (re.MULTILINE if check.multiline else 0) | (re.IGNORECASE if check.ignore_case else 0)
-    return re.search(check.pattern, reply, flags) is not None
+    try:
+        return safe_regex.search(check.pattern, reply, flags)
+    except safe_regex.RegexTimeout as exc:  # a runaway pattern fails the check; the log says which and why
+        safe_regex.log.warning("check failed: %s", exc)
+        return False
 
 
 def _must_start_with(check: MustStartWithCheck, reply: str) -> bool:

@@ -28,6 +28,7 @@ from genpi_core.environment.protocol import Environment
 from genpi_core.environment.shell import ShellEnvironment
 from genpi_core.environment.simulated import SimulatedEnvironment
 from genpi_core.generation.base import GenerationBackend, Message
+from genpi_core.prompt import safe_regex
 from genpi_core.prompt.checks import (
     has_control_tokens,
     is_repetitive,
@@ -80,6 +81,15 @@ def _problem(text: str, finish: str, role: str, spec: PromptSpec) -> str:
     if is_repetitive(text):
         return f"repetitive {role} turn"
     return ""
+
+
+def _stops(pattern: str, text: str) -> bool:
+    """The spec's stop pattern, under the regex time limit (a runaway pattern does not stop the episode)."""
+    try:
+        return safe_regex.search(pattern, text)
+    except safe_regex.RegexTimeout as exc:
+        safe_regex.log.warning("stop pattern not applied: %s", exc)
+        return False
 
 
 class _State:
@@ -209,7 +219,7 @@ def _agent_step(
         [with_prompt(spec.prompt, c) for c in contexts], teacher, desc=f"agent turn {turn_no + 1}"
     )
     plain = backend.generate([without_prompt(c) for c in contexts], base, desc=f"base turn {turn_no + 1}")
-    stop = re.compile(spec.conversation.stop_pattern) if spec.conversation.stop_pattern else None
+    stop = spec.conversation.stop_pattern
     for cid, context, t, b in zip(live, contexts, taught, plain):
         problem = _problem(t.text, t.finish_reason, "agent", spec)
         row = {
@@ -231,7 +241,7 @@ def _agent_step(
         state.targets.append(row)
         state.add_message(cid, "assistant", t.text, backend.name)
         state.episodes[cid]["agent_turns"] += 1
-        if stop is not None and stop.search(t.text):
+        if stop is not None and _stops(stop, t.text):
             state.end(cid, "agent finished (stop pattern)")
         elif turn_no + 1 >= max_turns:
             state.end(cid, "max turns")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,25 @@ def test_environment_is_a_description_or_a_kind():
         PromptSpec.model_validate(with_changes(environment={"description": "x", "init": "true"}))
     with pytest.raises(ValueError, match="kind"):
         PromptSpec.model_validate(with_changes(environment={"kind": "docker", "description": "x"}))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"inputs": {"eval": [{"text": "q", "facts": [""]}]}}, "empty string, which every reply contains"),
+        ({"inputs": {"eval": [{"text": "q", "facts": [[]]}]}}, "empty list of alternatives"),
+        ({"inputs": {"eval": [{"text": "q", "facts": [["1 pm", " "]]}]}}, "empty string"),
+        ({"checks": [{"type": "must_contain", "values": ["Topic", ""]}]}, "could never fail"),
+        ({"checks": [{"type": "must_start_with", "value": "  "}]}, "no reply can start with it"),
+        ({"checks": [{"type": "regex", "pattern": ".*"}]}, "passes every reply"),
+        ({"checks": [{"type": "regex", "pattern": "(Topic)?"}]}, "passes every reply"),
+    ],
+)
+def test_degenerate_facts_and_checks_are_refused(change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PromptSpec.model_validate(with_changes(**change))
+
+
+def test_anchored_or_lookaround_patterns_that_match_empty_text_are_kept():
+    for pattern in (r"^(?![\s\S]*The output of the OS)", r"^Topic: \w*", r"\b"):
+        PromptSpec.model_validate(with_changes(checks=[{"type": "regex", "pattern": pattern}]))

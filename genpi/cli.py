@@ -524,7 +524,9 @@ def _add_server(sub) -> None:
     )
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--home", type=Path, help=HOME_HELP)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default loopback only; any other needs GENPI_SERVER_AUTH)"
+    )
     p.add_argument("--port", type=int, default=4200, help="server port; 0 picks a free one (default 4200)")
     p.add_argument("--generation-limit", type=int, default=1, help="generation tasks running at once (default 1)")
     p.add_argument("--training-limit", type=int, default=1, help="training tasks running at once (default 1)")

@@ -71,6 +71,18 @@ def _write_state(state: ServiceState) -> None:
     os.replace(tmp, path)
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach it: 127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost: may resolve to anything
+        return False
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -206,6 +218,11 @@ def up(
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     auth = auth_from_env()
+    if not auth and not is_loopback(host):  # an open API that trains whatever it is sent, on the network: no
+        raise RuntimeError(
+            f"genpi server: refusing to listen on {host} without auth; set {AUTH_ENV}=user:password "
+            "(or listen on 127.0.0.1 / ::1)"
+        )
     running = read_state(home)
     if running is not None and _ours(running.server_pid):
         raise RuntimeError(

@@ -73,3 +73,16 @@ def test_bench_runs_the_named_script_with_its_arguments():
     assert out.returncode == 0 and "usage: ablations.py" in out.stdout and "--variants" in out.stdout
     out = run("bench", "no-such-bench")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_server_refuses_a_network_bind_without_auth(monkeypatch, tmp_path):
+    from genpi.api_client import AUTH_ENV
+    from genpi.service import is_loopback, up
+
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.3.2.1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("genpi.example.com")
+    for host in ("0.0.0.0", "192.168.1.20"):
+        with pytest.raises(RuntimeError, match=f"refusing to listen on {host} without auth"):
+            up(home=tmp_path / "home", host=host, say=lambda *_: None)
+    assert not (tmp_path / "home" / "logs").exists() or not any((tmp_path / "home" / "logs").iterdir())

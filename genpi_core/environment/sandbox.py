@@ -9,9 +9,9 @@ What one sandbox is:
   commands and across shell restarts);
 - every namespace unshared (no network, its own PIDs), ``--clearenv`` with a minimal environment, and
   ``--die-with-parent``;
-- run as an unprivileged host uid (``nobody``) that appears as root inside, so ``RLIMIT_NPROC`` binds (it does
-  not bind host root) and a fork bomb stops at ``max_processes``; CPU seconds, memory, file size and output
-  are capped too;
+- run as an unprivileged host uid of its own (no account needed) that appears as root inside, so
+  ``RLIMIT_NPROC`` binds (it does not bind host root) and a fork bomb stops at ``max_processes``, without
+  touching other sandboxes running beside it; CPU seconds, memory, file size and output are capped too;
 - one long-lived bash per task. Each command is written to a file in a read-only control folder and run with
   ``source`` (stdin from /dev/null, so a command cannot eat the protocol), then a marker line with a nonce and
   the exit status ends its output. A command past its timeout, or ``exit``, restarts the shell (files persist).
@@ -23,7 +23,6 @@ host instead.
 from __future__ import annotations
 
 import os
-import pwd
 import resource
 import secrets
 import shutil
@@ -98,15 +97,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+SANDBOX_UID_BASE = 1_000_000  # unprivileged host uids for sandboxes; no account needs to exist for them
+
+
 def _sandbox_user() -> tuple[int, int]:
-    """The unprivileged host uid/gid the sandbox runs as (RLIMIT_NPROC binds only non-root uids)."""
+    """A host uid/gid of its own for each sandbox (as root): RLIMIT_NPROC counts per uid, and binds only non-root
+    uids, so a shared uid would make sandboxes that run side by side share (and exhaust) one process cap. Not
+    root: the caller's own uid (its processes then share the cap)."""
     if os.geteuid() != 0:
         return os.getuid(), os.getgid()
-    try:
-        nobody = pwd.getpwnam("nobody")
-        return nobody.pw_uid, nobody.pw_gid
-    except KeyError:
-        return 65534, 65534
+    uid = SANDBOX_UID_BASE + secrets.randbelow(1_000_000)
+    return uid, uid
 
 
 class Sandbox:

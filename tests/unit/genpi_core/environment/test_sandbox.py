@@ -112,3 +112,20 @@ def test_missing_bwrap_is_a_clear_error_and_nothing_runs(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(SandboxUnavailable, match="apt-get install -y bubblewrap"):
         Sandbox()
+
+
+def test_sandboxes_side_by_side_have_their_own_process_caps():
+    """Task evaluation keeps one sandbox per task open at once: 25 of them must start, and a fork bomb in one
+    must not starve the others (each runs as its own unprivileged host uid)."""
+    boxes = []
+    try:
+        for _ in range(25):
+            boxes.append(Sandbox(SandboxLimits(command_timeout_s=5, max_processes=32)))
+        assert len({b.uid for b in boxes}) == 25
+        boxes[0].run(":(){ :|:& };:")
+        time.sleep(1)
+        assert boxes[1].run("echo fine").output == "fine\n"
+        assert all(b.run("echo $((6*7))").output == "42\n" for b in boxes[2:])
+    finally:
+        for b in boxes:
+            b.close()

@@ -18,6 +18,20 @@ from tasks.watch import EVENT, mark_announced, scan, scan_once
 __all__ = ["EVENT", "scan_once", "watch_prompts"]
 
 
+def _trusted_dir(prompts_dir: str, config: PipelineConfig) -> str:
+    """A deployment's watcher scans only inside the service's prompts roots, with a config the service allows
+    (genpi_core.trust); the specs it finds there are internalized with that config."""
+    from prefect.runtime import flow_run
+
+    if flow_run.deployment_id is None:
+        return prompts_dir
+    from genpi_core.trust import ServicePolicy, check_config, confine_dir
+
+    policy = ServicePolicy.from_env()
+    check_config(config, policy)
+    return str(confine_dir(prompts_dir, policy.prompts_roots, "prompts_dir"))
+
+
 @flow(name="genpi-watch", log_prints=True)
 def watch_prompts(
     prompts_dir: str = "examples/prompts",
@@ -26,6 +40,7 @@ def watch_prompts(
 ) -> list[str]:
     """One scan of `prompts_dir`: announce changed specs as events (`event`) or internalize them here (`run`)."""
     logger = get_run_logger()
+    prompts_dir = _trusted_dir(prompts_dir, config)
     if mode == "event":
         result = scan_once(prompts_dir, config)
     else:

@@ -17,11 +17,12 @@ import pytest
 from genpi.api_client import PrefectAPI
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Service:
-    def __init__(self, home: Path, runs: Path, auth: str, env: dict, up_s: float) -> None:
-        self.home, self.runs, self.auth, self.env, self.up_s = home, runs, auth, env, up_s
+    def __init__(self, home: Path, runs: Path, prompts: Path, auth: str, env: dict, up_s: float) -> None:
+        self.home, self.runs, self.prompts, self.auth, self.env, self.up_s = home, runs, prompts, auth, env, up_s
         state = json.loads((home / "genpi-service.json").read_text())
         self.api_url, self.ui_url, self.state = state["api_url"], state["ui_url"], state
 
@@ -36,8 +37,15 @@ class Service:
 def service(tmp_path_factory, embedded_model_dir):
     home = tmp_path_factory.mktemp("prefect-home")
     runs = tmp_path_factory.mktemp("runs")
+    prompts = tmp_path_factory.mktemp("prompts")  # a prompts root the service allows, beside examples/prompts
     auth = f"genpi:{secrets.token_hex(8)}"
-    env = {**os.environ, "GENPI_SERVER_AUTH": auth, "HF_HUB_OFFLINE": "1", "GENPI_RUNS_DIR": str(runs)}
+    env = {
+        **os.environ,
+        "GENPI_SERVER_AUTH": auth,
+        "HF_HUB_OFFLINE": "1",
+        "GENPI_RUNS_DIR": str(runs),  # the service's runs root: REST runs must use it (genpi_core/trust.py)
+        "GENPI_PROMPTS_DIR": os.pathsep.join([str(ROOT / "examples" / "prompts"), str(prompts)]),
+    }
     for var in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
         env.pop(var, None)
     started = time.perf_counter()
@@ -51,7 +59,7 @@ def service(tmp_path_factory, embedded_model_dir):
     try:
         assert up.returncode == 0, up.stdout + up.stderr + _logs(home)
         assert auth not in up.stdout + up.stderr + _logs(home)  # the secret is never printed or logged
-        yield Service(home, runs, auth, {**env, "PREFECT_HOME": str(home)}, time.perf_counter() - started)
+        yield Service(home, runs, prompts, auth, {**env, "PREFECT_HOME": str(home)}, time.perf_counter() - started)
     finally:
         down = subprocess.run(
             [GENPI, "server", "down", "--home", str(home)], env=env, capture_output=True, text=True, timeout=120

@@ -200,9 +200,8 @@ def test_run_without_auth_is_refused_by_the_cli(service):
     assert out.returncode == 2 and "HTTP 401" in out.stderr
 
 
-def test_changed_prompt_file_starts_an_event_triggered_run(service, rest_run, tmp_path):
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
+def test_changed_prompt_file_starts_an_event_triggered_run(service, rest_run):
+    prompts = service.prompts  # inside the service's prompts roots: the triggered run may read it
     spec = prompts / "library_desk.yaml"
     shutil.copy(EXAMPLE_SPEC, spec)
     args = [
@@ -271,3 +270,43 @@ def test_changed_prompt_file_starts_an_event_triggered_run(service, rest_run, tm
     # announced once: a second scan emits nothing (the run finished, so it is also internalized now)
     again = service.genpi(*args)
     assert again.returncode == 0 and "changed ->" not in again.stdout
+
+
+def test_rest_runs_cannot_redirect_secrets_read_files_or_move_the_runs_root(service, tmp_path):
+    """Hostile parameters over REST fail before anything runs, each naming its field (genpi_core/trust.py)."""
+    from schemas.config import load_config
+
+    outside = tmp_path / "spec.yaml"
+    shutil.copy(EXAMPLE_SPEC, outside)
+    good = load_config(SMOKE_CONFIG, [f"runs_dir={service.runs}"]).model_dump(mode="json")
+    steal = load_config(
+        SMOKE_CONFIG,
+        [
+            f"runs_dir={service.runs}",
+            "backend.kind=openai",
+            "backend.base_url=http://127.0.0.1:9/v1",
+            "backend.api_key_env=GENPI_SERVER_AUTH",
+        ],
+    ).model_dump(mode="json")
+    cases = [
+        ({"spec_path": "/etc/passwd", "config": good}, "spec_path"),
+        ({"spec_path": str(outside), "config": good}, "spec_path"),
+        ({"spec_path": str(EXAMPLE_SPEC), "config": steal}, "backend.base_url"),
+        ({"spec_path": str(EXAMPLE_SPEC), "config": {**good, "runs_dir": str(tmp_path / "elsewhere")}}, "runs_dir"),
+        (
+            {"spec_path": str(EXAMPLE_SPEC), "config": {**good, "model": {**good["model"], "name_or_path": "/root"}}},
+            "model.name_or_path",
+        ),
+    ]
+    with service.api() as api:
+        deployment = api.deployment("genpi-internalize/internalize")
+        runs = [(api.create_flow_run(deployment["id"], params), field) for params, field in cases]
+        for run, field in runs:
+            final = api.wait(run["id"], timeout_s=600, poll_s=1)
+            assert final["state_type"] == "FAILED", (field, final["state"])
+            assert field in json.dumps(final["state"]) or any(field in log["message"] for log in api.logs(run["id"])), (
+                field,
+                final["state"],
+            )
+    assert not (tmp_path / "elsewhere").exists()
+    assert service.auth not in json.dumps([api_state for api_state, _ in runs])

@@ -18,7 +18,14 @@ def _run_name() -> str:
 
 @flow(name="genpi-benchmark", flow_run_name=_run_name, log_prints=True)
 def benchmark_pipeline(request: BenchmarkRequest = BenchmarkRequest()) -> str:
-    """Run one benchmark and publish its results file as a markdown artifact."""
+    """Run one benchmark and publish its results file as a markdown artifact. Started through the API, its
+    `args` may hold only plain values (genpi_core.trust.check_benchmark_args)."""
+    from prefect.runtime import flow_run
+
+    if flow_run.deployment_id is not None:
+        from genpi_core.trust import check_benchmark_args
+
+        check_benchmark_args(request.args)
     results = benchmark_task(request)
     publish_benchmark_task(request, results)
     return results

@@ -21,6 +21,7 @@ Environment (path lists use the OS path separator, ``:`` on Linux):
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -137,4 +138,21 @@ def check_config(cfg: PipelineConfig, policy: ServicePolicy, cwd: Path | None = 
             raise TrustError(
                 f"{prefix}backend.api_key_env: {backend.api_key_env!r} is not a key variable the service allows "
                 f"({', '.join(policy.api_key_envs) or 'none'}; GENPI_API_KEY_ENVS)"
+            )
+
+
+_FREE_ARG = re.compile(r"[A-Za-z0-9_.,:+=-]+")
+_OWNED_FLAGS = ("--set", "--config", "--out", "--model", "--tokenizer", "--random-init", "--runs-dir", "--specs")
+
+
+def check_benchmark_args(args: list[str]) -> None:
+    """A benchmark started through the API takes only plain values: no paths (nothing to read or write outside
+    bench/results), no config overrides (they could name servers and key variables), no model or output choice."""
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag in _OWNED_FLAGS:
+            raise TrustError(f"request.args[{i}]: {flag} is not allowed in a benchmark started through the API")
+        if not _FREE_ARG.fullmatch(arg) or ".." in arg:
+            raise TrustError(
+                f"request.args[{i}]: {arg!r} is not a plain value (letters, digits and . , : + = - _ only; no paths)"
             )

@@ -7,7 +7,14 @@ import os
 
 import pytest
 
-from genpi_core.trust import ServicePolicy, TrustError, check_config, confine_dir, confine_file
+from genpi_core.trust import (
+    ServicePolicy,
+    TrustError,
+    check_benchmark_args,
+    check_config,
+    confine_dir,
+    confine_file,
+)
 from schemas.config import load_config
 
 
@@ -89,3 +96,16 @@ def test_an_allowed_config_passes(policy, tmp_path):
     check_config(load_config(None, ["runs_dir=runs"]), policy, cwd=tmp_path)
     ok = ["runs_dir=runs", "backend.kind=openai", "backend.base_url=http://10.0.0.5:8000/v1"]
     check_config(load_config(None, ok), policy, cwd=tmp_path)
+
+
+def test_benchmark_args_from_the_api_are_plain_values_only():
+    check_benchmark_args(["--n", "8", "--lengths", "250,1000", "--objectives=sft,joint"])
+    for args, why in [
+        (["--out", "x"], "--out is not allowed"),
+        (["--set", "backend.api_key_env=GENPI_SERVER_AUTH"], "--set is not allowed"),
+        (["--config=/etc/passwd"], "--config is not allowed"),
+        (["--lengths", "../../etc"], "not a plain value"),
+        (["--n", "8; rm -rf /"], "not a plain value"),
+    ]:
+        with pytest.raises(TrustError, match=why):
+            check_benchmark_args(args)

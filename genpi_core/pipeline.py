@@ -315,7 +315,8 @@ def evaluate_stage(
             train.path("adapter"),
             out_dir,
             train_metrics=metrics,
-            replay_dir=Path(ingested.run_dir) / REPLAY_DIR,
+            # a local engine's greedy replies are a function of its inputs; a remote server's model may change
+            replay_dir=Path(ingested.run_dir) / REPLAY_DIR if backend.kind != "openai" else None,
         )
         v = summary.variants
         rows = {  # the headline: strict success and its recovery; format and task recovery beside it

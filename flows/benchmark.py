@@ -20,9 +20,9 @@ def _run_name() -> str:
 def benchmark_pipeline(request: BenchmarkRequest = BenchmarkRequest()) -> str:
     """Run one benchmark and publish its results file as a markdown artifact. Started through the API, its
     `args` may hold only plain values (genpi_core.trust.check_benchmark_args)."""
-    from prefect.runtime import flow_run
+    from tasks.trust import started_by_deployment
 
-    if flow_run.deployment_id is not None:
+    if started_by_deployment():
         from genpi_core.trust import check_benchmark_args
 
         check_benchmark_args(request.args)

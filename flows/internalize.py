@@ -39,9 +39,9 @@ def trusted(spec_path: str, config: PipelineConfig) -> str:
     """Runs started by a deployment (REST, UI, triggers) get the service's policy (genpi_core.trust): the spec
     must sit in the prompts roots, and the config may not choose the runs root, models, servers or key
     variables; a parameter outside them fails the run before anything is read. Direct calls are left free."""
-    from prefect.runtime import flow_run
+    from tasks.trust import started_by_deployment
 
-    if flow_run.deployment_id is None:
+    if not started_by_deployment():
         return spec_path
     from genpi_core.trust import ServicePolicy, check_config, confine_file
 

@@ -21,9 +21,9 @@ __all__ = ["EVENT", "scan_once", "watch_prompts"]
 def _trusted_dir(prompts_dir: str, config: PipelineConfig) -> str:
     """A deployment's watcher scans only inside the service's prompts roots, with a config the service allows
     (genpi_core.trust); the specs it finds there are internalized with that config."""
-    from prefect.runtime import flow_run
+    from tasks.trust import started_by_deployment
 
-    if flow_run.deployment_id is None:
+    if not started_by_deployment():
         return prompts_dir
     from genpi_core.trust import ServicePolicy, check_config, confine_dir
 

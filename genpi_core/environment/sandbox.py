@@ -104,7 +104,7 @@ def _sandbox_user() -> tuple[int, int]:
     """A host uid/gid of its own for each sandbox (as root): RLIMIT_NPROC counts per uid, and binds only non-root
     uids, so a shared uid would make sandboxes that run side by side share (and exhaust) one process cap. Not
     root: the caller's own uid (its processes then share the cap)."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0:  # the process cap is then not set: it would count all of the caller's processes
         return os.getuid(), os.getgid()
     uid = SANDBOX_UID_BASE + secrets.randbelow(1_000_000)
     return uid, uid
@@ -178,8 +178,8 @@ class Sandbox:
         resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_seconds, lim.cpu_seconds))
         resource.setrlimit(resource.RLIMIT_AS, (lim.memory_mb << 20, lim.memory_mb << 20))
         resource.setrlimit(resource.RLIMIT_FSIZE, (lim.file_size_mb << 20, lim.file_size_mb << 20))
-        resource.setrlimit(resource.RLIMIT_NPROC, (lim.max_processes, lim.max_processes))
-        if os.geteuid() == 0:
+        if os.geteuid() == 0:  # the sandbox's own uid: the cap counts only its processes
+            resource.setrlimit(resource.RLIMIT_NPROC, (lim.max_processes, lim.max_processes))
             os.setgroups([])
             os.setgid(self.gid)
             os.setuid(self.uid)

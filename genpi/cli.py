@@ -415,6 +415,12 @@ def cmd_check_spec(args) -> int:
     print(
         f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs"
     )
+    from genpi_core.prompt.checks import longest_token_chars, unreachable_length_checks
+
+    for note in unreachable_length_checks(
+        spec.checks, cfg.evaluate.sampling.max_new_tokens, longest_token_chars(tokenizer)
+    ):
+        print(f"  warning: {note} (evaluate.sampling.max_new_tokens)")
     return 0
 
 

@@ -129,6 +129,31 @@ def fact_present(fact: str | list[str], reply: str) -> bool:
     return any(o.lower() in lowered for o in options)
 
 
+def unreachable_length_checks(checks: list, max_new_tokens: int, longest_token_chars: int) -> list[str]:
+    """``max_length`` checks no reply can fail under the generation cap: a reply of ``max_new_tokens`` tokens has
+    at most that many words and ``max_new_tokens * longest_token_chars`` characters. Such a check measures nothing
+    (a warning, not an error: the cap lives in the config, not the spec)."""
+    notes = []
+    for i, check in enumerate(checks):
+        if not isinstance(check, MaxLengthCheck):
+            continue
+        if check.words is not None and check.words >= max_new_tokens:
+            notes.append(
+                f"check {i} (max_length words={check.words}) cannot fail: replies stop at {max_new_tokens} tokens"
+            )
+        if check.chars is not None and check.chars >= max_new_tokens * longest_token_chars:
+            notes.append(
+                f"check {i} (max_length chars={check.chars}) cannot fail: {max_new_tokens} tokens hold at most "
+                f"{max_new_tokens * longest_token_chars} characters"
+            )
+    return notes
+
+
+def longest_token_chars(tokenizer) -> int:
+    """An upper bound on the characters one token decodes to (byte-level vocabularies spell each byte as one char)."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
 def run_checks(checks: list, reply: str, facts: Sequence[str | list[str]] = ()) -> dict[str, bool]:
     """Every global check and every per-input fact, by stable name."""
     results = {f"{i}:{c.type}": EVALUATORS[c.type](c, reply) for i, c in enumerate(checks)}

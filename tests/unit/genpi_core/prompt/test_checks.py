@@ -63,3 +63,13 @@ def test_run_checks_names_are_stable():
         "fact:0": True,
         "fact:1": True,
     }
+
+
+def test_max_length_checks_the_generation_cap_cannot_reach_are_flagged():
+    from genpi_core.prompt.checks import unreachable_length_checks
+    from schemas.spec import MaxLengthCheck, MustStartWithCheck
+
+    checks = [MustStartWithCheck(value="Topic:"), MaxLengthCheck(chars=400), MaxLengthCheck(words=200)]
+    notes = unreachable_length_checks(checks, max_new_tokens=64, longest_token_chars=6)
+    assert len(notes) == 2 and "check 1" in notes[0] and "check 2" in notes[1]  # 64 x 6 = 384 < 400; 64 < 200
+    assert unreachable_length_checks(checks, max_new_tokens=256, longest_token_chars=6) == []

@@ -6,6 +6,7 @@ from prefect import flow
 
 from schemas.config import BenchmarkRequest
 from tasks.benchmark import benchmark_task, publish_benchmark_task
+from tasks.trust import trusted_benchmark_args
 
 
 def _run_name() -> str:
@@ -20,12 +21,7 @@ def _run_name() -> str:
 def benchmark_pipeline(request: BenchmarkRequest = BenchmarkRequest()) -> str:
     """Run one benchmark and publish its results file as a markdown artifact. Started through the API, its
     `args` may hold only plain values (genpi_core.trust.check_benchmark_args)."""
-    from tasks.trust import started_by_deployment
-
-    if started_by_deployment():
-        from genpi_core.trust import check_benchmark_args
-
-        check_benchmark_args(request.args)
+    trusted_benchmark_args(request.args)
     results = benchmark_task(request)
     publish_benchmark_task(request, results)
     return results

@@ -27,6 +27,7 @@ from tasks.stages import (
     task_eval_task,
     train_task,
 )
+from tasks.trust import trusted_spec_path
 
 
 def _run_name() -> str:
@@ -35,24 +36,9 @@ def _run_name() -> str:
     return spec_run_name(flow_run.parameters["spec_path"])
 
 
-def trusted(spec_path: str, config: PipelineConfig) -> str:
-    """Runs started by a deployment (REST, UI, triggers) get the service's policy (genpi_core.trust): the spec
-    must sit in the prompts roots, and the config may not choose the runs root, models, servers or key
-    variables; a parameter outside them fails the run before anything is read. Direct calls are left free."""
-    from tasks.trust import started_by_deployment
-
-    if not started_by_deployment():
-        return spec_path
-    from genpi_core.trust import ServicePolicy, check_config, confine_file
-
-    policy = ServicePolicy.from_env()
-    check_config(config, policy)
-    return str(confine_file(spec_path, policy.prompts_roots, "spec_path", policy.max_input_bytes))
-
-
 def _synthesize(spec_path: str, c: PipelineConfig) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
     """Ingest, then the synth stages; the generator (pseudo inputs, reasons) may be another engine."""
-    spec_path = trusted(spec_path, c)
+    spec_path = trusted_spec_path(spec_path, c)  # deployment runs: the service's policy (tasks/trust.py)
     generator = c.synth.generator.resolve(c.model, c.backend)
     ingested = ingest_task(str(Path(spec_path)), c.ingest, c.model, c.runs_dir)
     inputs = inputs_task(ingested, c.synth.inputs, *generator)
@@ -81,7 +67,7 @@ def internalize_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig
 @flow(name="genpi-ingest", flow_run_name=_run_name, log_prints=True)
 def ingest_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -> IngestOutput:
     """Validate the spec, version it and count its prompt tokens (fails fast on a bad spec)."""
-    spec_path = trusted(spec_path, config)
+    spec_path = trusted_spec_path(spec_path, config)
     return ingest_task(str(Path(spec_path)), config.ingest, config.model, config.runs_dir)
 
 

@@ -13,23 +13,10 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from schemas.config import PipelineConfig
+from tasks.trust import trusted_prompts_dir
 from tasks.watch import EVENT, mark_announced, scan, scan_once
 
 __all__ = ["EVENT", "scan_once", "watch_prompts"]
-
-
-def _trusted_dir(prompts_dir: str, config: PipelineConfig) -> str:
-    """A deployment's watcher scans only inside the service's prompts roots, with a config the service allows
-    (genpi_core.trust); the specs it finds there are internalized with that config."""
-    from tasks.trust import started_by_deployment
-
-    if not started_by_deployment():
-        return prompts_dir
-    from genpi_core.trust import ServicePolicy, check_config, confine_dir
-
-    policy = ServicePolicy.from_env()
-    check_config(config, policy)
-    return str(confine_dir(prompts_dir, policy.prompts_roots, "prompts_dir"))
 
 
 @flow(name="genpi-watch", log_prints=True)
@@ -40,7 +27,7 @@ def watch_prompts(
 ) -> list[str]:
     """One scan of `prompts_dir`: announce changed specs as events (`event`) or internalize them here (`run`)."""
     logger = get_run_logger()
-    prompts_dir = _trusted_dir(prompts_dir, config)
+    prompts_dir = trusted_prompts_dir(prompts_dir, config)  # deployment runs: inside the prompts roots
     if mode == "event":
         result = scan_once(prompts_dir, config)
     else:

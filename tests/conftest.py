@@ -23,6 +23,19 @@ EXAMPLE_SPEC = ROOT / "examples" / "prompts" / "library_desk.yaml"
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
 
 
+def require_sandbox(module: bool = False) -> None:
+    """Skip (the module, with ``module=True``) when bubblewrap cannot make a sandbox here, saying why; under
+    CI=true fail instead, since CI installs bubblewrap (scripts/setup.sh)."""
+    from genpi_core.environment.sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        Sandbox().close()
+    except SandboxUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no sandbox here: {exc}", allow_module_level=module)
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> str:
     """The real embedded model, converted once into GENPI_CACHE."""

@@ -130,7 +130,7 @@ def run_script(box: Sandbox, script: Script, args: Sequence[str] = (), timeout_s
 def prepare(box: Sandbox, task: OSTask) -> str | None:
     """Init scripts, then ``start`` in the agent's shell. None when ready, else why the set-up failed."""
     for i, script in enumerate(task.create.scripts):
-        result = run_script(box, script, timeout_s=max(60.0, box.limits.command_timeout_s))
+        result = run_script(box, script, timeout_s=box.script_timeout_s)
         if result.exit_code != 0:
             return f"init script {i} failed (exit {result.exit_code}): {result.output[-300:]}"
     if task.start is not None:
@@ -155,7 +155,7 @@ def judge(box: Sandbox, task: OSTask, answer: str | None) -> bool:
     for script in ev.checks:
         script = script or ev.example
         assert script is not None
-        result = run_script(box, script, params, timeout_s=max(60.0, box.limits.command_timeout_s))
+        result = run_script(box, script, params, timeout_s=box.script_timeout_s)
         if result.exit_code != 0:
             return False
         params.append(result.output)
@@ -167,5 +167,5 @@ def reference_answer(box: Sandbox, task: OSTask) -> str | None:
     script = task.reference
     if script is None:
         return None
-    result = run_script(box, script, timeout_s=max(60.0, box.limits.command_timeout_s))
+    result = run_script(box, script, timeout_s=box.script_timeout_s)
     return result.output if result.exit_code == 0 else None

@@ -207,6 +207,11 @@ class Sandbox:
                 "--privileged or a seccomp profile that allows unshare). genpi never falls back to the host."
             )
 
+    @property
+    def script_timeout_s(self) -> float:
+        """Wall clock for set-up and checking scripts (init, checks, reference solutions): at least a minute."""
+        return max(60.0, self.limits.command_timeout_s)
+
     # --- commands --------------------------------------------------------------------------------
     def put_control_file(self, text: str, suffix: str = ".sh") -> str:
         """Write a file the sandbox can read (not write) at /run/genpi/<name>; returns the name."""

@@ -42,7 +42,7 @@ class ShellEnvironment:
         if episode_id not in self.boxes:
             box = Sandbox(self.limits)
             if self.init:
-                box.run(self.init, timeout_s=max(60.0, self.limits.command_timeout_s))
+                box.run(self.init, timeout_s=box.script_timeout_s)
             self.boxes[episode_id] = box
         return self.boxes[episode_id]
 

@@ -14,24 +14,17 @@ import pandas as pd
 import pytest
 
 from genpi.cli import main as genpi_main
-from genpi_core.environment.sandbox import Sandbox, SandboxUnavailable
 from genpi_core.pipeline import load_run, task_eval_stage, trained
 from schemas.artifacts import REPORT_FILE
 from schemas.datasets import TaskEpisodesSchema
+from tests.conftest import require_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def two_tasks(tmp_path_factory):
-    try:
-        Sandbox().close()
-    except SandboxUnavailable as exc:
-        import os
-
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no sandbox here: {exc}")
+    require_sandbox()
     folder = tmp_path_factory.mktemp("tasks")
     tasks = json.loads((ROOT / "examples" / "tasks" / "genpi_os" / "tasks.json").read_text())
     (folder / "tasks.json").write_text(json.dumps([tasks[0], tasks[9]]))  # a match task and a check task

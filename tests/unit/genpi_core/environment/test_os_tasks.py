@@ -11,28 +11,18 @@ import pytest
 
 from genpi_core.environment.actions import parse_action
 from genpi_core.environment.os_tasks import TaskFileError, judge, load_tasks, prepare
-from genpi_core.environment.sandbox import Sandbox, SandboxUnavailable
+from genpi_core.environment.sandbox import Sandbox
 from genpi_core.environment.shell import EMPTY_OUTPUT, OUTPUT_PREFIX, ShellEnvironment, observation
 from genpi_core.evaluate.tasks import check_solvable, render_task_report, run_task_episodes, summarize_tasks
 from genpi_core.generation.base import ClosesOnExit, Completion
 from genpi_core.ingest import load_spec
 from schemas.config import SandboxLimits, TaskEvalConfig
+from tests.conftest import require_sandbox
 
 ROOT = Path(__file__).resolve().parents[4]
 OURS = ROOT / "examples" / "tasks" / "genpi_os" / "tasks.json"
 DEV = ROOT / "examples" / "tasks" / "agentbench_os_dev" / "dev.json"
 SPEC = load_spec(ROOT / "examples" / "prompts" / "os_agent.yaml")
-
-
-def _sandbox_or_skip():
-    try:
-        Sandbox(SandboxLimits(command_timeout_s=5)).close()
-    except SandboxUnavailable as exc:
-        import os
-
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no sandbox here: {exc}")
 
 
 def test_actions_are_read_as_agentbench_reads_them():
@@ -84,7 +74,7 @@ def test_observations_use_agentbench_wording():
 
 
 def test_every_bundled_task_of_ours_is_solvable_and_the_dev_split_as_documented():
-    _sandbox_or_skip()
+    require_sandbox()
     limits = SandboxLimits(command_timeout_s=20)
     assert check_solvable(load_tasks(OURS), limits) == {t.task_id: "" for t in load_tasks(OURS)}
     dev = check_solvable(load_tasks(DEV), limits)
@@ -94,7 +84,7 @@ def test_every_bundled_task_of_ours_is_solvable_and_the_dev_split_as_documented(
 
 
 def test_checker_protocol_passes_the_answer_and_earlier_outputs():
-    _sandbox_or_skip()
+    require_sandbox()
     dev = {t.task_id: t.task for t in load_tasks(DEV)}
     with Sandbox() as box:  # dev-10: check = [null (the example script), integer-match.py]
         assert prepare(box, dev["dev-10"]) is None
@@ -130,7 +120,7 @@ def _bash(command: str) -> str:
 
 
 def test_episodes_run_real_commands_and_are_judged_in_their_own_box():
-    _sandbox_or_skip()
+    require_sandbox()
     tasks = [
         t
         for t in load_tasks(OURS)
@@ -177,7 +167,7 @@ def test_episodes_run_real_commands_and_are_judged_in_their_own_box():
 
 
 def test_shell_environment_keeps_one_box_per_episode():
-    _sandbox_or_skip()
+    require_sandbox()
     with ShellEnvironment("[END]", SandboxLimits(command_timeout_s=5)) as env:
         a = [
             {"role": "user", "content": "t"},

@@ -3,7 +3,6 @@ and no process may outlive its sandbox. Real bubblewrap (CI installs it; elsewhe
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -17,16 +16,11 @@ from genpi_core.environment.sandbox import (
     namespace_pids,
     truncate_observation,
 )
+from tests.conftest import require_sandbox
 
 ROOT = Path(__file__).resolve().parents[4]
 
-try:
-    with Sandbox(SandboxLimits(command_timeout_s=5)):
-        pass
-except SandboxUnavailable as exc:
-    if os.environ.get("CI"):
-        raise  # CI installs bubblewrap (scripts/setup.sh): a missing sandbox there is a failure
-    pytest.skip(f"no sandbox here: {exc}", allow_module_level=True)
+require_sandbox(module=True)
 
 
 @pytest.fixture

@@ -287,15 +287,10 @@ SHELL_SPEC = PromptSpec.model_validate(
 
 
 def test_role_swap_against_the_real_shell_gets_real_observations_and_resumes(tmp_path):
-    from genpi_core.environment.sandbox import Sandbox, SandboxUnavailable
     from genpi_core.environment.shell import OUTPUT_PREFIX
+    from tests.conftest import require_sandbox
 
-    try:
-        Sandbox().close()
-    except SandboxUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no sandbox here: {exc}")
+    require_sandbox()
     ok = lambda t: (t, "stop")  # noqa: E731
     bash = lambda c: ok(f"Think: look.\n\nAct: bash\n\n```bash\n{c}\n```")  # noqa: E731
     script = {

@@ -42,8 +42,7 @@ def _config(config: ConfigLike, overrides: Sequence[str] = ()) -> PipelineConfig
 
 
 def prefect_defaults() -> None:
-    """A fresh ephemeral Prefect server can take ~20 s to start on 2 cores: the default timeout is too tight."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    """No analytics from a throw-away server (its startup timeout: genpi/temporary_server.py)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
@@ -53,15 +52,17 @@ def internalize(
     """Run the whole pipeline for a prompt spec: ingest, synthesize, dataset, train, evaluate, promote.
 
     Finished stages are reused. With ``use_prefect`` (the default, like the CLI) it runs the `genpi-internalize`
-    flow: against ``PREFECT_API_URL`` when set, else a temporary local server. ``use_prefect=False`` runs the
+    flow: against ``PREFECT_API_URL`` when set, else a temporary local server that dies with this process. ``use_prefect=False`` runs the
     same stages in this process without Prefect.
     """
     cfg = _config(config, overrides)
     if use_prefect:
         prefect_defaults()
         from flows.internalize import internalize_pipeline
+        from genpi.temporary_server import prefect_api
 
-        evaluated = internalize_pipeline(str(spec), cfg)
+        with prefect_api():
+            evaluated = internalize_pipeline(str(spec), cfg)
     else:
         from genpi_core.pipeline import run_pipeline
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,19 +43,55 @@ environment:
 HOME_HELP = "PREFECT_HOME of the service (default: .prefect/ in the project)"
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is, so cleanup runs as it does for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from genpi_core.ingest import SpecError
     from genpi_core.store.tables import TableError
 
+    # Python's default SIGTERM (and SIGHUP: the terminal closed) handling exits without running `finally`, so
+    # the temporary Prefect server and training children would be left to the kernel's parent-death signal;
+    # as an exception they are stopped in order and the flow run is marked as crashed.
+    previous = _stop_on_signals()
     try:
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(
+            f"genpi: stopped by {signal.Signals(signum).name}; finished stages are kept: run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
     except (SpecError, TableError, ValueError) as exc:
         print(f"genpi: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, unwritable run folder: the message names the file
         print(f"genpi: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_on_signals() -> dict:
+    """Install the SIGTERM/SIGHUP handlers (main thread only: Python allows no other); returns the old ones."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,8 +257,10 @@ def cmd_synthesize(args) -> int:
 
         prefect_defaults()
         from flows.internalize import synthesize_pipeline
+        from genpi.temporary_server import prefect_api
 
-        result = synthesize_pipeline(args.spec, cfg)
+        with prefect_api():
+            result = synthesize_pipeline(args.spec, cfg)
     run_dir = Path(result.dir).parent
     print(f"\ngenpi: synthesized data for {args.spec} in {time.perf_counter() - started:.0f} s in {run_dir}")
     for stage in ("inputs", "conversations", "reasons"):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from genpi_core.processes import child_setup, die_with_parent
 from genpi_core.store.stage import atomic_write_json
 from schemas.artifacts import TRAIN_JOB_FILE, TRAIN_PROCESS_LOG
 from schemas.config import ModelConfig, TrainConfig
@@ -60,40 +61,6 @@ def run_job(job: TrainJob) -> dict:
         _prompt_messages(job.prompt_path),
         Path(job.out_dir),
     )
-
-
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
-
-    A pipeline killed with SIGKILL cannot stop its trainer: an orphaned trainer would keep writing
-    checkpoints into the stage folder while the re-run trains there again. Set in the launched child
-    (before exec) and again in each training process, so `accelerate launch`'s workers follow their launcher.
-    """
-    if _PRCTL is not None:
-        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-
-
-def _libc_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()  # resolved here, not in the forked child, where loading a library is unsafe
-
-
-def _child_setup(parent: int):
-    def setup() -> None:
-        _die_with_parent()
-        if os.getppid() != parent:  # the parent died before the line above: nobody would stop us
-            os._exit(1)
-
-    return setup
 
 
 def launch_command(job_path: Path, job: TrainJob) -> list[str]:
@@ -140,14 +107,19 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            preexec_fn=_child_setup(os.getpid()),
+            preexec_fn=child_setup(),  # a killed pipeline takes its trainer with it
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stderr.write(line)
-            log.write(line)
-            tail.append(line)
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                sys.stderr.write(line)
+                log.write(line)
+                tail.append(line)
+            code = proc.wait()
+        except BaseException:  # SIGTERM/Ctrl-C of the pipeline: the trainer goes now, not at process exit
+            proc.kill()
+            proc.wait()
+            raise
     if code != 0:
         raise RuntimeError(f"training process exited with code {code}; full log: {log_path}\n" + "".join(tail)[-4000:])
     return Path(job.out_dir) / METRICS_FILE
@@ -159,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--job", required=True, type=Path, help="TrainJob JSON written by the train stage")
     args = parser.parse_args(argv)
-    _die_with_parent()  # under `accelerate launch` the parent is the launcher, which dies with the pipeline
+    die_with_parent()  # under `accelerate launch` the parent is the launcher, which dies with the pipeline
     job = TrainJob.model_validate_json(args.job.read_text(encoding="utf-8"))
     metrics = run_job(job)
     if metrics:

@@ -93,9 +93,17 @@ class OpenAIBackend(ClosesOnExit):
         self.max_retries = backend.max_retries
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(backend.api_key_env)
+        self._secret = key or None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.Client(headers=headers, timeout=backend.timeout_s)
+
+    def _quote(self, text: str, limit: int) -> str:
+        """A server's reply body for an error message, key removed first: a proxy or debugging server may echo
+        the request's headers back, and the message goes to logs, Prefect and the terminal."""
+        if self._secret:
+            text = text.replace(self._secret, "[redacted]")
+        return text[:limit]
 
     def _payload(self, messages: Sequence[Message], sampling: SamplingConfig, seed: int) -> dict:
         return {
@@ -169,12 +177,14 @@ class OpenAIBackend(ClosesOnExit):
                 continue
             if response.status_code != 200:
                 raise GenerationError(
-                    f"{url}: request {index} refused with HTTP {response.status_code}: {response.text[:300]}"
+                    f"{url}: request {index} refused with HTTP {response.status_code}: {self._quote(response.text, 300)}"
                 )
             try:
                 return self._parse(response, time.perf_counter() - started)
             except _Malformed as exc:
-                last_error = f"malformed response from {url} ({exc}): {response.text[:200]!r}"
+                last_error = (
+                    f"malformed response from {url} ({self._quote(str(exc), 200)}): {self._quote(response.text, 200)!r}"
+                )
                 self._mark_down(base, _REPLICA_COOLDOWN_S)
                 log.warning(
                     "request %d to %s: %s; attempt %d/%d", index, url, last_error, attempt + 1, self.max_retries + 1

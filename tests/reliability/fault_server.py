@@ -20,7 +20,9 @@ Faults, taken one per request in arrival order from ``script`` (then ``then`` fo
 - ``no_choices``: HTTP 200, valid JSON, no ``choices``;
 - ``bad_type``: HTTP 200, ``content`` is a number, not text;
 - ``empty``: HTTP 200, a well-formed completion with empty content (bad content, not a broken reply);
-- ``truncated``: a real completion cut at 3 tokens, ``finish_reason: "length"``.
+- ``truncated``: a real completion cut at 3 tokens, ``finish_reason: "length"``;
+- ``echo_400`` / ``echo_malformed``: a 400 refusal / a 200 that is not JSON, whose body repeats the request's
+  headers (as a debugging proxy does), Authorization included.
 """
 
 from __future__ import annotations
@@ -171,6 +173,14 @@ class FaultServer:
             return
         if fault == "drop":
             h.close_connection = True
+            return
+        if fault.startswith("echo_"):
+            first = sorted(h.headers.items(), key=lambda kv: kv[0].lower() != "authorization")
+            echoed = "; ".join(f"{k}: {v}" for k, v in first)
+            if fault == "echo_400":
+                self._send_json(h, 400, {"error": {"message": f"bad request; you sent {echoed}", "type": "fault"}})
+            else:
+                self._send_json(h, 200, f"<html>upstream error; request headers: {echoed}</html>".encode())
             return
         if fault == "malformed":
             self._send_json(h, 200, b'{"id": "chatcmpl-fault", "choices": [{"index": 0, "message": {"role": "assis')

@@ -187,6 +187,32 @@ def test_backoff_grows_is_bounded_and_honours_retry_after(fresh, monkeypatch, fa
     )
 
 
+def test_a_server_echoing_the_key_back_never_puts_it_in_errors_or_logs(fresh, monkeypatch, caplog, faults):
+    """A refusal and a broken reply whose bodies repeat the request's Authorization header: the error text
+    quotes the body (it says what went wrong) with the key replaced, and no log line carries it."""
+    sentinel = "sk-genpi-echo-sentinel-51c9e0"
+    monkeypatch.setenv("GENPI_API_KEY", sentinel)
+    messages = []
+    for script in (["echo_400"], ["echo_malformed"]):
+        backend = _backend(fresh.url, max_retries=0)
+        fresh.set(script, then="echo_malformed")
+        with pytest.raises(GenerationError) as info:
+            backend.generate([_user("hello")], SHORT)
+        backend.close()
+        messages.append(str(info.value))
+    assert fresh.seen[-1].authorization == f"Bearer {sentinel}", "the key did reach the server in its header"
+    for message in messages:
+        assert sentinel not in message and "Bearer [redacted]" in message, message
+    assert sentinel not in caplog.text
+    faults.add(
+        "security",
+        "server echoes the request headers (API key) in its error body",
+        "fault server: HTTP 400 and a non-JSON HTTP 200 whose bodies repeat the Authorization header",
+        2,
+        "GenerationError quotes the body with the key as [redacted]; key in no log line",
+    )
+
+
 def test_server_down_fails_fast_naming_servers_and_counts(fresh, monkeypatch, caplog, faults):
     sentinel = "sk-genpi-server-fault-sentinel-7f3a"
     monkeypatch.setenv("GENPI_API_KEY", sentinel)

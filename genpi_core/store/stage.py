@@ -9,6 +9,7 @@ kill never leaves a half-written file under a finished-looking name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -98,6 +99,39 @@ def atomic_save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through memory: on a full disk torch's own writer fails with an unrelated-looking
+    RuntimeError ("unexpected pos ..."); this way the write fails like any other, naming the file."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _disk_error(path: Path, exc: BaseException) -> OSError | None:
+    """What a library's failed write into ``path`` most likely met, when its exception does not say (safetensors
+    and torch raise their own types): a read-only or full file system, seen from the file system itself."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES:
+        code = errno.ENOSPC
+    else:
+        return None
+    return OSError(
+        code, f"cannot write {path}: {os.strerror(code)} ({type(exc).__name__}: {exc}); nothing was kept of it"
+    )
+
+
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename."""
@@ -108,6 +142,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError:
+        raise
+    except Exception as exc:
+        disk = _disk_error(tmp, exc)
+        if disk is None:
+            raise
+        raise disk from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,6 +28,9 @@ from genpi_core.store.stage import atomic_write_json
 from schemas.artifacts import TRAIN_JOB_FILE, TRAIN_PROCESS_LOG
 from schemas.config import ModelConfig, TrainConfig
 
+EXIT_OS_ERROR = 74  # EX_IOERR: an OSError in the trainer (a checkpoint or the adapter did not fit, read-only folder)
+OS_ERROR_PREFIX = "genpi-train: error: "
+
 
 class TrainJob(BaseModel):
     """Everything a training process needs, as paths and configs."""
@@ -99,7 +102,7 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.train.num_processes)))
     log_path = state_dir / TRAIN_PROCESS_LOG
     tail: deque[str] = deque(maxlen=40)
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: a full disk fails here
         proc = subprocess.Popen(
             launch_command(job_path, job),
             env=env,
@@ -113,13 +116,23 @@ def launch(job: TrainJob, state_dir: Path) -> Path:
         try:
             for line in proc.stdout:
                 sys.stderr.write(line)
-                log.write(line)
                 tail.append(line)
+                try:
+                    log.write(line)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot write {log_path}: {exc.strerror or exc}") from exc
             code = proc.wait()
         except BaseException:  # SIGTERM/Ctrl-C of the pipeline: the trainer goes now, not at process exit
             proc.kill()
             proc.wait()
             raise
+    if code == EXIT_OS_ERROR:  # an OSError in the child (disk full, read-only): its last line names the file
+        said = [line for line in tail if line.startswith(OS_ERROR_PREFIX)]
+        raise OSError(
+            said[-1].removeprefix(OS_ERROR_PREFIX).strip()
+            if said
+            else f"training stopped on an OSError; see {log_path}"
+        )
     if code != 0:
         raise RuntimeError(f"training process exited with code {code}; full log: {log_path}\n" + "".join(tail)[-4000:])
     return Path(job.out_dir) / METRICS_FILE
@@ -133,7 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     die_with_parent()  # under `accelerate launch` the parent is the launcher, which dies with the pipeline
     job = TrainJob.model_validate_json(args.job.read_text(encoding="utf-8"))
-    metrics = run_job(job)
+    try:
+        metrics = run_job(job)
+    except OSError as exc:  # one clear line for the launcher instead of a traceback it would have to parse
+        print(f"{OS_ERROR_PREFIX}{exc}", flush=True)
+        sys.exit(EXIT_OS_ERROR)
     if metrics:
         print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "train_seconds")}), flush=True)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genpi_core.store.stage import atomic_dir, atomic_write_json, atomic_write_text
+from genpi_core.store.stage import atomic_dir, atomic_torch_save, atomic_write_json, atomic_write_text
 from genpi_core.train.data import Item, micro_batches, target_tokens
 from genpi_core.train.loss import loss_sums
 from schemas.artifacts import CHECKPOINT_PREFIX, CHECKPOINT_TENSORS, CHECKPOINT_TRAINER_STATE, LATEST_CHECKPOINT
@@ -111,7 +111,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             name = f"{CHECKPOINT_PREFIX}-{self.step:06d}"
             with atomic_dir(self.state_dir / name) as tmp:
-                torch.save(
+                atomic_torch_save(
                     {
                         "adapter": self._adapter_state(),
                         "optimizer": self.optimizer.state_dict(),

@@ -227,3 +227,99 @@ def test_read_only_run_folder_is_a_clear_error_then_rerun_completes(tmp_path, sp
         1,
         "exit != 0 naming the run folder, no traceback, nothing written; re-run completed",
     )
+
+
+# ---- training checkpoints and evaluation writes -------------------------------------------------------
+
+
+def _free_bytes(mount: Path) -> int:
+    st = os.statvfs(mount)
+    return st.f_bavail * st.f_frsize
+
+
+def _used_bytes(mount: Path) -> int:
+    st = os.statvfs(mount)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+MARGIN = {"train": 256 << 10, "evaluate": 8 << 10}  # room left: less than a checkpoint / the evaluation's files
+
+
+@pytest.mark.reliability
+def test_disk_full_and_read_only_in_training_and_evaluation_then_rerun_completes(tmp_path, faults):
+    """The whole pipeline on a tmpfs; at the door of train and of evaluate (held shut through the stage's lock,
+    tests/reliability/kill_harness.py) the disk is made full (the tmpfs shrunk to what is used plus ``MARGIN``,
+    so the trainer's checkpoints or the evaluation's tables do not fit) or the stage folder read-only (a
+    read-only bind mount of it: a remount of the whole tmpfs is refused while the pipeline holds files open).
+    Each time: a clear error naming the file, the stages finished before untouched, nothing partial; after
+    the last fault a re-run completes and reuses what finished."""
+    from tests.reliability import kill_harness as kh
+
+    mount = tmp_path / "fs"
+    if not _mount_tmpfs(mount, "1g"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    config = tmp_path / "kills.yaml"
+    config.write_text(kh.CONFIG_YAML)
+    runs, log = mount / "runs", tmp_path / "pipeline.log"
+    run_dir = kh.run_dir_of(runs)
+    cases = [("train", "full"), ("train", "read-only"), ("evaluate", "full"), ("evaluate", "read-only")]
+    reasons = {"full": "No space left on device", "read-only": "Read-only file system"}
+    seen = []
+    try:
+        for stage, fault in cases:
+            gate = kh.Gate(kh.lock_path(run_dir, stage))
+            start = log.stat().st_size if log.exists() else 0
+            proc = kh.start(config, runs, log)
+            try:
+                assert gate.wait_for(proc, 1800), f"pipeline exited before {stage}:\n{kh.tail(log)}"
+                before = kh.finished_at(run_dir)
+                target = run_dir / stage
+                if fault == "full":
+                    size = _used_bytes(mount) + MARGIN[stage]
+                    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+                else:
+                    target.mkdir(exist_ok=True)
+                    subprocess.run(["mount", "--bind", str(target), str(target)], check=True)
+                    subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+                gate.open()
+                code = proc.wait(timeout=1800)
+            finally:
+                gate.open()
+                kh.kill_group(proc.pid)
+                proc.wait()
+                if fault == "full":
+                    subprocess.run(["mount", "-o", "remount,size=1g", str(mount)], check=True)
+                else:
+                    subprocess.run(["umount", str(run_dir / stage)], capture_output=True)
+            out = log.read_bytes()[start:].decode(errors="replace")  # offsets in bytes: progress bars are UTF-8
+            assert code in (1, 2), f"{stage}/{fault}: exit {code}\n{out[-3000:]}"
+            assert "Traceback" not in out and "genpi: error: " in out, f"{stage}/{fault}:\n{out[-3000:]}"
+            message = out[out.rindex("genpi: error: ") :].splitlines()[0]
+            # the file it names is in the run folder: the stage's own, or a cache it writes first (replay/)
+            assert reasons[fault] in message and str(run_dir) in message, message
+            after = kh.finished_at(run_dir)
+            assert {s: after.get(s) for s in before} == before, (before, after)  # nothing finished was lost
+            assert stage not in after
+            _check_nothing_partial(runs)
+            seen.append((stage, fault, message.removeprefix("genpi: error: ").replace(str(run_dir), "RUN")[:200]))
+        trained_at = kh.finished_at(run_dir)["train"]
+        assert kh.finish(config, runs, log) == 0, kh.tail(log)
+        done = kh.finished_at(run_dir)
+        assert {"train", "evaluate", "promote"} <= set(done) and done["train"] == trained_at
+        _check_nothing_partial(runs)
+    finally:
+        subprocess.run(["umount", "-R", str(mount)], capture_output=True)
+    for stage, fault, message in seen:
+        faults.add(
+            "disk",
+            f"{'disk full' if fault == 'full' else 'read-only stage folder'} during {stage}",
+            f"`genpi internalize` held at the {stage} door, then "
+            + (
+                f"the run's tmpfs shrunk to its usage + {MARGIN[stage] >> 10} KiB (ENOSPC)"
+                if fault == "full"
+                else f"a read-only bind mount of {stage}/ (EROFS)"
+            ),
+            1,
+            f'exit 1, no traceback: "{message}" (RUN: the run folder); earlier stages untouched, nothing partial; the final re-run '
+            "completed and reused the finished training",
+        )

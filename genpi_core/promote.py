@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from genpi_core.store.stage import atomic_write_json
+from genpi_core.store.stage import Stage, atomic_write_json, tree_sha256
 from schemas.artifacts import DECISION_FILE, MANIFEST, PROMOTED_FILE, SUMMARY_FILE
 from schemas.config import PromoteConfig
 from schemas.summary import EvaluationSummary
@@ -80,10 +80,28 @@ def decide(summary: EvaluationSummary, cfg: PromoteConfig) -> tuple[bool, list[s
     return passes, reasons
 
 
+def verify_adapter(adapter_path: Path) -> str:
+    """The adapter's hash, checked against the one its training stage recorded when it finished: bytes that
+    changed on disk since (a bad disk, a hand edit, a half-copied folder) are never promoted or served."""
+    adapter_path = Path(adapter_path)
+    train = Stage(adapter_path.parent.parent, adapter_path.parent.name, {}, {})
+    recorded = train.manifest().outputs.get(adapter_path.name) if train.manifest_path.is_file() else None
+    if recorded is None:
+        raise ValueError(f"{adapter_path}: no finished training recorded it ({train.manifest_path} lists no adapter)")
+    actual = tree_sha256(adapter_path) if adapter_path.exists() else "missing"
+    if actual != recorded:
+        raise ValueError(
+            f"{adapter_path}: the adapter on disk does not match the hash its training recorded in "
+            f"{train.manifest_path} (damaged or edited since); refusing it. Re-run the pipeline to retrain it"
+        )
+    return actual
+
+
 def run_promote(
     name: str, version: str, summary_path: Path, adapter_path: Path, cfg: PromoteConfig, out_dir: Path
 ) -> dict:
     """Decide, write the decision, and point ``promoted.json`` at this adapter when it passes."""
+    adapter_sha256 = verify_adapter(adapter_path)
     summary = EvaluationSummary.load(summary_path)
     passes, reasons = decide(summary, cfg)
     now = datetime.now(timezone.utc).isoformat()
@@ -108,6 +126,7 @@ def run_promote(
                 "version12": version[:12],
                 "run_dir": str(run_dir),
                 "adapter": str(adapter_path),
+                "adapter_sha256": adapter_sha256,  # what a server checks before it loads the adapter
                 "metrics": decision["metrics"],
                 "promoted_at": now,
             },

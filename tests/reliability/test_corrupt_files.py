@@ -22,7 +22,8 @@ import yaml
 
 from genpi_core import pipeline
 from genpi_core.ingest import SpecError, load_ingested
-from genpi_core.store.stage import Stage
+from genpi_core.promote import promoted
+from genpi_core.store.stage import Stage, tree_sha256
 from genpi_core.store.tables import TableError, read_table
 from schemas.artifacts import (
     EPISODES_FILE,
@@ -35,9 +36,10 @@ from schemas.artifacts import (
     TRAIN_FILE,
     VAL_FILE,
 )
-from schemas.config import load_config
+from schemas.config import PipelineConfig, load_config
 from schemas.datasets import ExamplesSchema, HeldOutSchema, InputsSchema, TargetsSchema
 from schemas.stages import StageOutput
+from tests.unit.genpi_core.test_promote import _fake_run as promote_run
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,3 +317,32 @@ def test_no_stale_temp_files_or_partial_tables_in_the_finished_run(finished_run)
         assert Stage(run_dir, stage, {}, {}).changed_outputs() == []
     for rel in (f"conversations/{MESSAGES_FILE}", f"conversations/{EPISODES_FILE}", f"dataset/{QUARANTINE_FILE}"):
         pq.read_table(run_dir / rel)
+
+
+def test_a_damaged_adapter_is_refused_before_promotion(tmp_path, faults):
+    """Bytes of a finished run's adapter flipped on disk after training: the gate refuses it, naming the file,
+    and the promoted pointer stays on the version it named before."""
+    cfg = PipelineConfig(runs_dir=str(tmp_path))
+    good = promote_run(tmp_path, "a" * 64, student=0.79)
+    pipeline.promote_stage(*good, cfg.promote)
+    pointer = promoted(tmp_path, "desk")
+    assert pointer["adapter_sha256"] == tree_sha256(Path(good[2].files["adapter"]))
+    later = promote_run(tmp_path, "c" * 64, student=0.80)
+    weights = Path(later[2].files["adapter"]) / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the hash its training recorded") as info:
+        pipeline.promote_stage(*later, cfg.promote)
+    assert str(weights.parent) in str(info.value)
+    assert promoted(tmp_path, "desk") == pointer
+    assert not (tmp_path / "desk" / ("c" * 12) / "promote" / "_manifest.json").exists()
+    faults.add(
+        "corrupt file",
+        "adapter of a finished run damaged before promotion",
+        "one byte of adapter_model.safetensors flipped after its training stage finished (the check is by hash, "
+        "so the file's content does not matter: a stand-in adapter folder)",
+        1,
+        "promotion refused naming the adapter and its manifest; promoted.json still names the earlier version, "
+        "whose adapter_sha256 it records for servers",
+    )

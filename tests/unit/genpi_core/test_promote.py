@@ -8,6 +8,7 @@ from pathlib import Path
 
 from genpi_core.pipeline import promote_stage
 from genpi_core.promote import decide, list_adapters, promoted
+from genpi_core.store.stage import Stage
 from schemas.config import PipelineConfig, PromoteConfig
 from schemas.stages import IngestOutput, StageOutput
 from schemas.summary import EvaluationSummary
@@ -76,7 +77,12 @@ def _fake_run(runs: Path, version: str, student: float):
     (run_dir / "ingest" / "prompt.json").write_text("{}")
     (run_dir / "evaluate" / "summary.json").write_text(_summary(student).model_dump_json())
     (run_dir / "evaluate" / "_manifest.json").write_text(json.dumps({"finished_at": f"2026-01-0{len(version) % 9}"}))
+    train_stage = Stage(run_dir, "train", {}, {})  # a real finished stage: its manifest records the adapter
+    train_stage.begin()
+    (run_dir / "train" / "adapter").mkdir()
     (run_dir / "train" / "adapter" / "adapter_config.json").write_text("{}")
+    (run_dir / "train" / "adapter" / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 64)
+    train_stage.finish(["adapter"])
     ingested = IngestOutput(
         name="desk",
         version=version,

@@ -560,7 +560,8 @@ def _add_server(sub) -> None:
         help="start/stop/inspect genpi as a local Prefect service (UI, deployments, worker)",
         description="up: start a Prefect server on 127.0.0.1 (SQLite under --home), create the process "
         "work pool `genpi-local` and the concurrency limits (tags genpi-generation, genpi-training), "
-        "deploy everything in prefect.yaml, start a worker. down: stop what up started. status: "
+        "deploy everything in prefect.yaml, start a worker; on a service whose server or worker died, up "
+        "starts only what is gone (the server on its old address and database). down: stop what up started. status: "
         f"processes, health, deployments. With {AUTH_ENV}=user:password set, the server requires "
         "that basic auth (the string is never logged or stored).",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -224,18 +224,12 @@ def up(
             "(or listen on 127.0.0.1 / ::1)"
         )
     running = read_state(home)
-    if running is not None and _ours(running.server_pid):
-        raise RuntimeError(
-            f"genpi server already running at {running.ui_url} (pid {running.server_pid}); "
-            f"`genpi server down --home {home}` first"
-        )
+    if running is not None and (_ours(running.server_pid) or _ours(running.worker_pid)):
+        return _repair(running, auth, worker, worker_poll_s, timeout_s, say)
     if port == 0:
         port = _free_port(host)
     api_url = f"http://{host}:{port}/api"
     env = service_env(home, api_url, project_dir, auth, worker_poll_s)
-    server_env = dict(env)
-    if auth:
-        server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     limits = {GENERATION_TAG: generation_limit, TRAINING_TAG: training_limit}
     state = ServiceState(
         home=str(home),
@@ -249,12 +243,7 @@ def up(
     )
 
     say(f"genpi server: starting Prefect on {state.ui_url} (PREFECT_HOME={home}{', basic auth on' if auth else ''})")
-    server = _spawn(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-        server_env,
-        logs / "server.log",
-        project_dir,
-    )
+    server = _start_server(state, env, auth, logs)
     state.server_pid = server.pid
     _write_state(state)  # recorded before waiting, so `down` can stop a half-started server
     try:
@@ -264,12 +253,7 @@ def up(
             say(f"genpi server: work pool {pool}; concurrency limits {limits}; deploying prefect.yaml")
             deploy(project_dir, env, logs / "deploy.log")
             if worker:
-                proc = _spawn(
-                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"genpi-{port}"],
-                    env,
-                    logs / "worker.log",
-                    project_dir,
-                )
+                proc = _start_worker(state, env, logs)
                 state.worker_pid = proc.pid
                 _write_state(state)
                 _wait_worker(api, pool, proc, logs / "worker.log", timeout_s)
@@ -278,6 +262,69 @@ def up(
         raise
     say(f"genpi server: up. UI {state.ui_url}   logs {logs}")
     say(f"  export PREFECT_API_URL={api_url}")
+    return state
+
+
+def _start_server(state: ServiceState, env: dict, auth: str | None, logs: Path) -> subprocess.Popen:
+    server_env = dict(env)
+    if auth:
+        server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
+    host, port = _host_port(state.ui_url)
+    return _spawn(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        server_env,
+        logs / "server.log",
+        Path(state.project_dir),
+    )
+
+
+def _start_worker(state: ServiceState, env: dict, logs: Path) -> subprocess.Popen:
+    _, port = _host_port(state.ui_url)
+    return _spawn(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", state.pool, "--name", f"genpi-{port}"],
+        env,
+        logs / "worker.log",
+        Path(state.project_dir),
+    )
+
+
+def _host_port(ui_url: str) -> tuple[str, int]:
+    host, _, port = ui_url.removeprefix("http://").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _repair(
+    state: ServiceState, auth: str | None, worker: bool, worker_poll_s: float, timeout_s: float, say
+) -> ServiceState:
+    """`up` on a service that is partly alive: start what died (the server on its old address and database,
+    the worker) and keep what runs. Runs that a dead worker left behind are not resumed here: trigger them
+    again and they reuse every finished stage."""
+    if state.auth and not auth:
+        raise RuntimeError(f"genpi server: the running service has auth on; set {AUTH_ENV} to repair it")
+    server_alive, worker_alive = _ours(state.server_pid), _ours(state.worker_pid)
+    if server_alive and (worker_alive or not worker):
+        raise RuntimeError(
+            f"genpi server already running at {state.ui_url} (pid {state.server_pid}); "
+            f"`genpi server down --home {state.home}` first"
+        )
+    home = Path(state.home)
+    logs = home / "logs"
+    env = service_env(home, state.api_url, Path(state.project_dir), auth, worker_poll_s)
+    with PrefectAPI(state.api_url, auth) as api:
+        if not server_alive:
+            say(f"genpi server: the server was gone; starting it again on {state.ui_url} (same database)")
+            server = _start_server(state, env, auth, logs)
+            state.server_pid = server.pid
+            _write_state(state)
+            _wait_healthy(api, server, logs / "server.log", timeout_s)
+            ensure_pool_and_limits(api, state.pool, state.limits)
+        if worker and not worker_alive:
+            say("genpi server: the worker was gone; starting a new one")
+            proc = _start_worker(state, env, logs)
+            state.worker_pid = proc.pid
+            _write_state(state)
+            _wait_worker(api, state.pool, proc, logs / "worker.log", timeout_s)
+    say(f"genpi server: up again. UI {state.ui_url}")
     return state
 
 

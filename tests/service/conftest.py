@@ -10,6 +10,8 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,13 @@ class Service:
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, embedded_model_dir):
+    with running_service(tmp_path_factory) as svc:
+        yield svc
+
+
+@contextmanager
+def running_service(tmp_path_factory) -> Iterator[Service]:
+    """`genpi server up` with its own home, runs root and prompts root; `genpi server down` afterwards."""
     home = tmp_path_factory.mktemp("prefect-home")
     runs = tmp_path_factory.mktemp("runs")
     prompts = tmp_path_factory.mktemp("prompts")  # a prompts root the service allows, beside examples/prompts

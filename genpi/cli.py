@@ -577,6 +577,12 @@ def _add_server(sub) -> None:
     p.add_argument("--generation-limit", type=int, default=1, help="generation tasks running at once (default 1)")
     p.add_argument("--training-limit", type=int, default=1, help="training tasks running at once (default 1)")
     p.add_argument(
+        "--run-limit",
+        type=int,
+        default=4,
+        help="flow runs the work pool starts at once; more wait, queued (default 4; 0 = no limit)",
+    )
+    p.add_argument(
         "--no-worker", action="store_true", help="do not start a worker (start your own on pool genpi-local)"
     )
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the server and worker (default 180)")
@@ -595,6 +601,7 @@ def cmd_server(args) -> int:
             host=args.host,
             generation_limit=args.generation_limit,
             training_limit=args.training_limit,
+            run_limit=args.run_limit or None,
             worker=not args.no_worker,
             timeout_s=args.timeout,
         )

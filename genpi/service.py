@@ -47,6 +47,7 @@ class ServiceState(BaseModel):
     auth: bool = False
     started_at: str
     limits: dict[str, int] = {}
+    run_limit: int | None = None  # flow runs the work pool starts at once
 
 
 def default_home(project_dir: Path = PROJECT_DIR) -> Path:
@@ -112,6 +113,8 @@ def service_env(home: Path, api_url: str, project_dir: Path, auth: str | None, w
             "GENPI_PROJECT_DIR": str(project_dir),  # prefect.yaml's pull step: flow runs start in the project
             # the default 10 s poll adds up to 10 s to every run start; 2 s costs nothing measurable
             "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_s),
+            # a 503 ("retry later") otherwise leaves no trace of its cause in server.log
+            "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -155,19 +158,28 @@ def _wait_healthy(api: PrefectAPI, proc: subprocess.Popen, log: Path, timeout_s:
         time.sleep(0.5)
 
 
-def ensure_pool_and_limits(api: PrefectAPI, pool: str, limits: dict[str, int]) -> None:
-    """Idempotent: an existing pool is kept; tag limits are upserted by the server."""
+def ensure_pool_and_limits(api: PrefectAPI, pool: str, limits: dict[str, int], run_limit: int | None = None) -> None:
+    """Idempotent: an existing pool is kept (its run limit set); tag limits are upserted by the server.
+
+    ``run_limit`` caps the flow runs the pool starts at once. Tag limits alone hold back a run's tasks, not
+    its process: a burst of 20 triggers would start 20 Python processes (~0.3 GB each before any model loads)."""
     from prefect.workers.process import ProcessWorker
 
     try:
         api.request(
             "POST",
             "/work_pools/",
-            json={"name": pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()},
+            json={
+                "name": pool,
+                "type": "process",
+                "base_job_template": ProcessWorker.get_default_base_job_template(),
+                "concurrency_limit": run_limit,
+            },
         )
     except Exception as exc:  # 409: the pool exists already
         if getattr(exc, "status", None) != 409:
             raise
+        api.request("PATCH", f"/work_pools/{pool}", json={"concurrency_limit": run_limit})
     for tag, limit in limits.items():
         api.request("POST", "/concurrency_limits/", json={"tag": tag, "concurrency_limit": limit})
 
@@ -208,6 +220,7 @@ def up(
     pool: str = WORK_POOL,
     generation_limit: int = 1,
     training_limit: int = 1,
+    run_limit: int | None = 4,
     worker: bool = True,
     worker_poll_s: float = 2.0,
     timeout_s: float = 180.0,
@@ -240,6 +253,7 @@ def up(
         auth=bool(auth),
         started_at=datetime.now(timezone.utc).isoformat(),
         limits=limits,
+        run_limit=run_limit,
     )
 
     say(f"genpi server: starting Prefect on {state.ui_url} (PREFECT_HOME={home}{', basic auth on' if auth else ''})")
@@ -249,8 +263,11 @@ def up(
     try:
         with PrefectAPI(api_url, auth) as api:
             _wait_healthy(api, server, logs / "server.log", timeout_s)
-            ensure_pool_and_limits(api, pool, limits)
-            say(f"genpi server: work pool {pool}; concurrency limits {limits}; deploying prefect.yaml")
+            ensure_pool_and_limits(api, pool, limits, run_limit)
+            say(
+                f"genpi server: work pool {pool} (runs at once: {run_limit or 'no limit'}); concurrency limits "
+                f"{limits}; deploying prefect.yaml"
+            )
             deploy(project_dir, env, logs / "deploy.log")
             if worker:
                 proc = _start_worker(state, env, logs)
@@ -271,7 +288,7 @@ def _start_server(state: ServiceState, env: dict, auth: str | None, logs: Path) 
         server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     host, port = _host_port(state.ui_url)
     return _spawn(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "genpi.prefect_server", "start", "--host", host, "--port", str(port)],
         server_env,
         logs / "server.log",
         Path(state.project_dir),
@@ -317,7 +334,7 @@ def _repair(
             state.server_pid = server.pid
             _write_state(state)
             _wait_healthy(api, server, logs / "server.log", timeout_s)
-            ensure_pool_and_limits(api, state.pool, state.limits)
+            ensure_pool_and_limits(api, state.pool, state.limits, state.run_limit)
         if worker and not worker_alive:
             say("genpi server: the worker was gone; starting a new one")
             proc = _start_worker(state, env, logs)

@@ -222,6 +222,10 @@ class EvaluationSummary(_Record):
     uninformative_checks: list[str] = Field(
         description="Global checks every variant (base included) passes on every reply: they tell nothing apart."
     )
+    unreachable_checks: list[str] = Field(
+        default_factory=list,
+        description="max_length checks no reply can fail under evaluate.sampling.max_new_tokens (a run-time note).",
+    )
     leakage: dict[str, LeakageMetrics] | None = Field(
         None, exclude_if=_absent, description="Leakage audit by variant; absent when the audit is off."
     )

@@ -66,6 +66,12 @@ def _warnings(summary: EvaluationSummary) -> list[str]:
             f"> **Uninformative checks**: {names} (every variant, base included, passes it on every reply: it "
             "tells nothing apart)."
         )
+    if summary.unreachable_checks:
+        out.append(
+            f"> **Checks that cannot fail** at `evaluate.sampling.max_new_tokens` = {summary.max_new_tokens}: "
+            + "; ".join(summary.unreachable_checks)
+            + "."
+        )
     return [line for warning in out for line in (warning, "")]
 
 

@@ -19,6 +19,7 @@ multi-turn episodes (multiturn.py), the leakage audit (leakage.py) and an option
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -73,6 +74,8 @@ from schemas.datasets import (
 )
 from schemas.spec import PromptSpec
 from schemas.summary import EvaluationSummary
+
+log = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "run_evaluate", "score_rows", "summarize", "render_report"]
 
@@ -218,7 +221,7 @@ def run_evaluate(
     write_table(multi_turn, MultiTurnSchema, out_dir / MULTI_TURN_FILE)
     write_table(judge, JudgeSchema, out_dir / JUDGE_FILE)
     summary = summarize(results, cfg, leakage, multi_turn, judge).model_copy(
-        update={"name": spec.name, "version": version}
+        update={"name": spec.name, "version": version, "unreachable_checks": _unreachable(spec, model, cfg)}
     )
     per_check = per_check_table(results)
     worst = worst_examples(results, cfg.worst_examples)
@@ -232,6 +235,21 @@ def run_evaluate(
     plot_variants(summary, out_dir / PLOT_FILE)
     plot_checks(per_check, out_dir / CHECKS_PLOT_FILE)
     return summary
+
+
+def _unreachable(spec: PromptSpec, model: ModelConfig, cfg: EvaluateConfig) -> list[str]:
+    """`genpi check-spec`'s warning, again at run time: the cap lives in the config, which may have changed."""
+    from genpi_core.generation.models import load_tokenizer
+    from genpi_core.prompt.checks import longest_token_chars, unreachable_length_checks
+
+    if not any(c.type == "max_length" for c in spec.checks):
+        return []
+    notes = unreachable_length_checks(
+        spec.checks, cfg.sampling.max_new_tokens, longest_token_chars(load_tokenizer(model.name_or_path))
+    )
+    for note in notes:
+        log.warning("%s (evaluate.sampling.max_new_tokens)", note)
+    return notes
 
 
 def _leakage(engine, variant: str, cfg: EvaluateConfig, prompt_text: str) -> pd.DataFrame:

@@ -255,3 +255,20 @@ def test_collapse_helpers_known_answers():
     flagged, reasons = collapse_verdict(0.9, 0.65, 0.4)
     assert flagged and "exceeds the teacher's 0.40 by 0.25 > 0.20" in reasons[0]
     assert collapse_verdict(0.45, None, None)[0] and not collapse_verdict(0.5, None, 0.1)[0]
+
+
+def test_a_max_length_check_the_cap_cannot_reach_is_a_run_time_note(desk, embedded_model_dir):
+    """The same warning as `genpi check-spec`, at evaluation time, in summary.json and under the report's headline."""
+    from genpi_core.evaluate.run import _unreachable
+    from schemas.config import EvaluateConfig, ModelConfig
+
+    spec, test, replies = desk
+    model = ModelConfig(name_or_path=embedded_model_dir)
+    # the desk's max_length is 400 characters; a token of this vocabulary decodes to at most 81, so 4 cannot reach it
+    notes = _unreachable(spec, model, EvaluateConfig(sampling={"max_new_tokens": 4}))
+    assert len(notes) == 1 and "max_length chars=400" in notes[0] and "cannot fail" in notes[0]
+    assert _unreachable(spec, model, EvaluateConfig(sampling={"max_new_tokens": 512})) == []
+    results = _results(spec, test, {**replies, "student": replies["teacher"]})
+    summary = summarize(results, CFG).model_copy(update={"unreachable_checks": notes})
+    report = render_report(spec, "0" * 64, summary, results, None)
+    assert "**Checks that cannot fail**" in report.split("| variant |")[0]

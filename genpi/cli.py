@@ -86,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_on_signals() -> dict:
-    """Install the SIGTERM/SIGHUP handlers (main thread only: Python allows no other); returns the old ones."""
+    """Install the SIGTERM/SIGHUP handlers (main thread only: Python allows no other); returns the old ones.
+
+    A signal that is ignored stays ignored: `nohup genpi ...` must survive its terminal closing."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    wanted = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+    return {sig: signal.signal(sig, _raise_stopped) for sig in wanted}
 
 
 def build_parser() -> argparse.ArgumentParser:

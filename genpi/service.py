@@ -411,8 +411,10 @@ def status(home: Path | None = None) -> dict:
         "auth": state.auth,
         "server_alive": _ours(state.server_pid),
         "worker_alive": _ours(state.worker_pid),
+        "worker_recorded": state.worker_pid is not None,
         "started_at": state.started_at,
         "limits": state.limits,
+        "run_limit": state.run_limit,
     }
     with PrefectAPI(state.api_url, auth_from_env(), retries=1) as api:
         info["healthy"] = api.healthy()
@@ -459,10 +461,13 @@ def main_status_lines(info: dict) -> list[str]:
         f"genpi server: {'running' if info['running'] else 'NOT running'} at {info['ui_url']} (home {info['home']})",
         f"  server process {'alive' if info['server_alive'] else 'gone'}, healthy {info.get('healthy')}, "
         f"worker process {'alive' if info['worker_alive'] else 'gone'}, workers online {info.get('workers_online', '?')}",
-        f"  pool {info['pool']}, concurrency limits {info['limits']}, basic auth {'on' if info['auth'] else 'off'}",
+        f"  pool {info['pool']} (runs at once: {info.get('run_limit') or 'no limit'}), concurrency limits "
+        f"{info['limits']}, basic auth {'on' if info['auth'] else 'off'}",
     ]
     if info.get("deployments"):
         lines.append(f"  deployments: {', '.join(info['deployments'])}")
+    if not info["running"] or (info.get("worker_recorded") and not info["worker_alive"]):
+        lines.append(f"  `genpi server up --home {info['home']}` starts what is gone")
     if info.get("error"):
         lines.append(f"  error: {info['error']}")
     return lines

@@ -70,7 +70,11 @@ def start() -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(server_command(port), env=env, preexec_fn=child_setup(signal.SIGTERM))
+    # its own session: a terminal's Ctrl-C or hang-up goes to the CLI, which still reports the run's end to this
+    # server and then stops it; the parent-death signal covers the CLI dying without a word
+    proc = subprocess.Popen(
+        server_command(port), env=env, preexec_fn=child_setup(signal.SIGTERM), start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}/api"
     timeout_s = float(os.environ.get(STARTUP_TIMEOUT_ENV) or DEFAULT_STARTUP_TIMEOUT_S)
     deadline = time.monotonic() + timeout_s

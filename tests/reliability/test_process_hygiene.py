@@ -90,6 +90,13 @@ def _wait_for_tree(root: int, proc: subprocess.Popen, log: Path, timeout_s: floa
     raise TimeoutError(f"no server + trainer under the CLI within {timeout_s:.0f} s:\n{kh.tail(log)}")
 
 
+def _as_from_a_terminal() -> None:
+    """The signal dispositions of a command typed at a shell: a test run started in the background (a shell's
+    `&`, nohup) hands SIGINT/SIGHUP down ignored, and an ignored signal rightly stays ignored."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _cli_args(config: Path, runs: Path) -> list[str]:
     return [str(kh.GENPI), "internalize", str(kh.SPEC), "--config", str(config), "--runs-dir", str(runs)]
 
@@ -105,7 +112,7 @@ def _stop_plain(sig: int, config: Path, runs: Path, home: Path, log: Path) -> tu
     with open(log, "a") as out:
         proc = subprocess.Popen(
             _cli_args(config, runs), cwd=kh.ROOT, env=_env(home), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_as_from_a_terminal,
         )  # fmt: skip
     try:
         tree = _wait_for_tree(proc.pid, proc, log)
@@ -126,6 +133,7 @@ def _stop_by_parent_death(config: Path, runs: Path, home: Path, log: Path) -> tu
     master, slave = pty.openpty()
 
     def controlling_tty() -> None:
+        _as_from_a_terminal()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     command = " ".join(f"'{a}'" for a in _cli_args(config, runs)) + "; sleep 600"

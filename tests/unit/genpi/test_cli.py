@@ -86,3 +86,21 @@ def test_server_refuses_a_network_bind_without_auth(monkeypatch, tmp_path):
         with pytest.raises(RuntimeError, match=f"refusing to listen on {host} without auth"):
             up(home=tmp_path / "home", host=host, say=lambda *_: None)
     assert not (tmp_path / "home" / "logs").exists() or not any((tmp_path / "home" / "logs").iterdir())
+
+
+def test_sigterm_and_sighup_stop_the_cli_like_ctrl_c_but_an_ignored_one_stays_ignored():
+    """`nohup genpi ...` hands SIGHUP down ignored: the CLI must keep ignoring it (and survive its terminal)."""
+    import signal
+
+    from genpi.cli import _raise_stopped, _stop_on_signals
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        previous = _stop_on_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is _raise_stopped and set(previous) == {signal.SIGTERM}
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -119,21 +119,28 @@ def tail(log: Path, n: int = 3000) -> str:
 # ---- process groups -------------------------------------------------------------------------------
 
 
-def group_members(pgid: int) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes of a process group, with their command lines."""
-    found = []
+def process_table() -> dict[int, tuple[int, int, str, str]]:
+    """pid -> (ppid, pgid, start time, command line) of every live, non-zombie process; the start time tells a
+    reused pid apart from the original."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                found.append((int(entry.name), cmd))
+            if fields[0] == "Z":
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[19], cmd)
         except (OSError, ValueError, IndexError):
             continue
-    return found
+    return table
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes of a process group, with their command lines."""
+    return [(pid, cmd) for pid, (_, group, _, cmd) in process_table().items() if group == pgid]
 
 
 def kill_group(pgid: int) -> None:

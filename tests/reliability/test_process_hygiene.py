@@ -33,20 +33,7 @@ SERVER = "prefect.server.api.server:create_app"
 
 def _proc_table() -> dict[int, tuple[int, str, str]]:
     """pid -> (ppid, start time, command line) of every live, non-zombie process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] == "Z":
-                continue
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            table[int(entry.name)] = (int(fields[1]), fields[19], cmd)
-        except (OSError, ValueError, IndexError):
-            continue
-    return table
+    return {pid: (ppid, started, cmd) for pid, (ppid, _, started, cmd) in kh.process_table().items()}
 
 
 def descendants(root: int) -> dict[int, tuple[str, str]]:

@@ -445,13 +445,18 @@ def cmd_check_spec(args) -> int:
     from transformers import AutoConfig
 
     from genpi_core.generation.models import load_tokenizer, resolve_model
-    from genpi_core.ingest import check_fits_context, load_spec, spec_version
+    from genpi_core.ingest import SpecError, check_fits_context, load_spec, spec_version
 
     cfg = _load_config(args)
     spec = load_spec(args.spec)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     max_context = AutoConfig.from_pretrained(resolve_model(cfg.model.name_or_path)).max_position_embeddings
     n = check_fits_context(spec, tokenizer, max_context, cfg.ingest.min_conversation_tokens, args.spec)
+    from genpi_core.dataset import eval_inputs_problem
+
+    problem = eval_inputs_problem(spec, cfg.synth.inputs)
+    if problem:
+        raise SpecError(f"{args.spec}: {problem}")
     print(f"{args.spec}: OK")
     print(f"  name {spec.name}, version {spec_version(spec)[:12]}, prompt {n} tokens (context {max_context})")
     print(

@@ -31,7 +31,7 @@ from genpi_core.store.tables import (
     write_table,
 )
 from schemas.artifacts import QUARANTINE_FILE, TEST_FILE, TRAIN_FILE, VAL_FILE
-from schemas.config import DatasetConfig
+from schemas.config import DatasetConfig, InputsConfig
 from schemas.datasets import (
     ExamplesSchema,
     HeldOutSchema,
@@ -53,6 +53,24 @@ def _teacher_problems(spec: PromptSpec, cfg: DatasetConfig, row: pd.Series) -> s
         if failed:
             return "teacher reply fails checks: " + ", ".join(failed)
     return ""
+
+
+def eval_inputs_problem(spec: PromptSpec, cfg: InputsConfig) -> str | None:
+    """Why this spec, with these input settings, would leave nothing to evaluate on (None when it would not).
+
+    Held-out inputs are the spec's ``inputs.eval``, else a fifth of the inputs (the split needs two at least, one
+    to train on): generated ones, or the pool's."""
+    if spec.inputs.eval:
+        return None
+    generates = cfg.source != "pool" and cfg.num_generated > 0
+    pool = 0 if cfg.source == "generate" else len(spec.inputs.pool)
+    if generates or pool >= 2:
+        return None
+    return (
+        f"inputs.eval: empty, and no held-out inputs can be split off: synth.inputs.source={cfg.source} with "
+        f"{pool} pool input(s) (a split needs 2 or more). Add inputs.eval, more inputs.pool, or set "
+        "synth.inputs.source=generate"
+    )
 
 
 def _test_split(spec: PromptSpec, held_out_pool: list[str]) -> pd.DataFrame:

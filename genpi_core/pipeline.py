@@ -111,10 +111,16 @@ def inputs_stage(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, 
     config = {"inputs": cfg.model_dump(), **({"generator": _engine_key(model, backend)} if needs_model else {})}
     stage = Stage(Path(ingested.run_dir), "inputs", config, {"prompt": Path(ingested.prompt_path)})
 
+    from genpi_core.dataset import eval_inputs_problem
+
+    spec, version = _spec(ingested.prompt_path)
+    problem = eval_inputs_problem(spec, cfg)
+    if problem:  # before any generation: the run could never be evaluated
+        raise ValueError(f"{ingested.prompt_path}: {problem}")
+
     def work(out_dir: Path) -> dict:
         from genpi_core.synth.inputs import run_inputs
 
-        spec, version = _spec(ingested.prompt_path)
         if not needs_model:
             return run_inputs(spec, version, cfg, None, out_dir)
         with _engine(model, backend) as generator:

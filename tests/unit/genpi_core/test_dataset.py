@@ -108,3 +108,20 @@ def test_quarantine_splits_and_held_out_pool(tmp_path):
     assert set(with_reason["conversation_id"]) == usable_first & set(reasons["conversation_id"])
     question = json.loads(pg(everything)["messages"].iloc[0])[0]["content"]
     assert "question number" in question and "Without any context" in question
+
+
+def test_a_spec_with_no_way_to_get_eval_inputs_is_named():
+    from genpi_core.dataset import eval_inputs_problem
+
+    bare = PromptSpec.model_validate({"name": "bare", "prompt": {"system": "Be terse."}})
+    one = PromptSpec.model_validate({"name": "one", "prompt": {"system": "Be terse."}, "inputs": {"pool": ["hi"]}})
+    two = PromptSpec.model_validate(
+        {"name": "two", "prompt": {"system": "Be terse."}, "inputs": {"pool": ["hi", "hello there"]}}
+    )
+    pool = InputsConfig(source="pool")
+    problem = eval_inputs_problem(bare, pool)
+    assert problem and problem.startswith("inputs.eval") and "source=pool with 0 pool" in problem
+    assert "1 pool input" in (eval_inputs_problem(one, pool) or "")
+    assert eval_inputs_problem(two, pool) is None  # a pool split: one held out, one to train on
+    assert eval_inputs_problem(bare, InputsConfig(source="generate")) is None  # generated inputs are split
+    assert eval_inputs_problem(two, InputsConfig(source="generate", num_generated=0)) is not None

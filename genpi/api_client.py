@@ -58,6 +58,7 @@ class PrefectAPI:
         backoff_s: float = 0.5,
         timeout_s: float = 30.0,
         max_backoff_s: float = 8.0,
+        connect_retries: int = 4,
     ) -> None:
         self.api_url = normalize_api_url(api_url)
         headers = {"Content-Type": "application/json"}
@@ -67,6 +68,7 @@ class PrefectAPI:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.connect_retries = connect_retries  # refused connections: fewer retries than a busy server's 503s
         self.retried = 0  # attempts repeated so far (5xx, connection errors): what a load test reports
         self._jitter = random.Random()
 
@@ -81,7 +83,10 @@ class PrefectAPI:
 
     def request(self, method: str, path: str, json: Any = None) -> Any:
         last = ""
+        refused = 0
+        attempts = 0
         for attempt in range(self.retries + 1):
+            attempts = attempt + 1
             if attempt:
                 self.retried += 1
                 ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
@@ -90,6 +95,9 @@ class PrefectAPI:
                 response = self._http.request(method, path, json=json)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                refused += isinstance(exc, httpx.ConnectError)
+                if refused > self.connect_retries:  # nobody listening: a restart takes seconds, not minutes
+                    break
                 continue
             if response.status_code >= 500:
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
@@ -100,7 +108,7 @@ class PrefectAPI:
                     response.status_code,
                 )
             return response.json() if response.content else None
-        raise PrefectAPIError(f"{method} {self.api_url}{path}: failed after {self.retries + 1} attempts ({last})")
+        raise PrefectAPIError(f"{method} {self.api_url}{path}: failed after {attempts} attempts ({last})")
 
     def healthy(self) -> bool:
         """One quick, unretried probe (unauthenticated on Prefect: /health is open even with auth on)."""

@@ -22,7 +22,7 @@ from tests.reliability.test_process_hygiene import TRAINER, descendants, wait_go
 from tests.service.conftest import running_service
 from tests.service.test_service import SMOKE_CONFIG
 
-pytestmark = [pytest.mark.reliability, pytest.mark.service, pytest.mark.server]
+pytestmark = [pytest.mark.reliability, pytest.mark.server]  # not `service`: `-m service` is the service module
 
 
 @pytest.fixture(scope="module")

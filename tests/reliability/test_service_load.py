@@ -28,7 +28,7 @@ from tests.reliability import kill_harness as kh
 from tests.service.conftest import running_service
 from tests.service.test_service import SMOKE_CONFIG, _stage_log_lines
 
-pytestmark = [pytest.mark.reliability, pytest.mark.service, pytest.mark.server]
+pytestmark = [pytest.mark.reliability, pytest.mark.server]  # not `service`: `-m service` is the service module
 
 VERSIONS = 5
 TRIGGERS_PER_VERSION = 4

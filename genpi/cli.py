@@ -444,16 +444,16 @@ def _add_check_spec(sub) -> None:
 def cmd_check_spec(args) -> int:
     from transformers import AutoConfig
 
+    from genpi_core.dataset import eval_inputs_problem
     from genpi_core.generation.models import load_tokenizer, resolve_model
     from genpi_core.ingest import SpecError, check_fits_context, load_spec, spec_version
+    from genpi_core.prompt.checks import longest_token_chars, unreachable_length_checks
 
     cfg = _load_config(args)
     spec = load_spec(args.spec)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     max_context = AutoConfig.from_pretrained(resolve_model(cfg.model.name_or_path)).max_position_embeddings
     n = check_fits_context(spec, tokenizer, max_context, cfg.ingest.min_conversation_tokens, args.spec)
-    from genpi_core.dataset import eval_inputs_problem
-
     problem = eval_inputs_problem(spec, cfg.synth.inputs)
     if problem:
         raise SpecError(f"{args.spec}: {problem}")
@@ -462,8 +462,6 @@ def cmd_check_spec(args) -> int:
     print(
         f"  {len(spec.checks)} global checks, {len(spec.inputs.pool)} pool inputs, {len(spec.inputs.eval)} eval inputs"
     )
-    from genpi_core.prompt.checks import longest_token_chars, unreachable_length_checks
-
     for note in unreachable_length_checks(
         spec.checks, cfg.evaluate.sampling.max_new_tokens, longest_token_chars(tokenizer)
     ):

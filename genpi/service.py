@@ -84,7 +84,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -240,7 +240,7 @@ def up(
     if running is not None and (_ours(running.server_pid) or _ours(running.worker_pid)):
         return _repair(running, auth, worker, worker_poll_s, timeout_s, say)
     if port == 0:
-        port = _free_port(host)
+        port = free_port(host)
     api_url = f"http://{host}:{port}/api"
     env = service_env(home, api_url, project_dir, auth, worker_poll_s)
     limits = {GENERATION_TAG: generation_limit, TRAINING_TAG: training_limit}

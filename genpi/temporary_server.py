@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from genpi.api_client import PrefectAPI
+from genpi.service import free_port
 from genpi_core.processes import child_setup
 
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # Prefect's own setting, reused
 DEFAULT_STARTUP_TIMEOUT_S = 90.0  # a fresh server takes ~15 s on 2 idle cores, ~30 s under load
 STOP_GRACE_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(port: int) -> list[str]:
@@ -57,17 +51,9 @@ def server_command(port: int) -> list[str]:
     ]
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:  # noqa: S310 (loopback, our own URL)
-            return reply.status == 200
-    except OSError:
-        return False
-
-
 def start() -> tuple[subprocess.Popen, str]:
     """Start the server and wait until it answers; returns the process and its API URL."""
-    port = _free_port()
+    port = free_port("127.0.0.1")
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
     # its own session: a terminal's Ctrl-C or hang-up goes to the CLI, which still reports the run's end to this
@@ -79,15 +65,18 @@ def start() -> tuple[subprocess.Popen, str]:
     timeout_s = float(os.environ.get(STARTUP_TIMEOUT_ENV) or DEFAULT_STARTUP_TIMEOUT_S)
     deadline = time.monotonic() + timeout_s
     try:
-        while not _healthy(url):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {proc.returncode} before answering")
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the temporary Prefect server did not answer on {url} within {timeout_s:.0f} s "
-                    f"(set {STARTUP_TIMEOUT_ENV} to wait longer, or PREFECT_API_URL to use a running server)"
-                )
-            time.sleep(0.25)
+        with PrefectAPI(url) as api:
+            while not api.healthy():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the temporary Prefect server exited with code {proc.returncode} before answering"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the temporary Prefect server did not answer on {url} within {timeout_s:.0f} s "
+                        f"(set {STARTUP_TIMEOUT_ENV} to wait longer, or PREFECT_API_URL to use a running server)"
+                    )
+                time.sleep(0.25)
     except BaseException:  # a timeout, or a signal while waiting: never leave it behind
         stop(proc)
         raise

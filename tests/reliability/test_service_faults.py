@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from genpi.api_client import FINAL_STATES
 from genpi.service import _wait_gone
 from tests.conftest import EXAMPLE_SPEC
 from tests.reliability import kill_harness as kh
@@ -56,7 +57,7 @@ def _wait_training(service, flow_run_id: str, timeout_s: float = 1200) -> dict:
             return tree
         with service.api() as api:
             run = api.flow_run(flow_run_id)
-        assert run["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), run["state"]
+        assert run["state_type"] not in FINAL_STATES, run["state"]
         time.sleep(1)
     raise TimeoutError("the run never reached training")
 

@@ -139,6 +139,7 @@ def test_a_full_summary_round_trips_through_the_file(tmp_path):
         "teacher_cut_share_ok",
         "collapse",
         "uninformative_checks",
+        "unreachable_checks",
         "leakage",
         "leakage_max_new_tokens",
         "multi_turn",

@@ -33,6 +33,7 @@ examples:
   genpi evaluate runs/library-desk/<version12>     # every adapter of the run, plus a comparison table
   genpi report runs/library-desk/<version12>
   genpi bench efficiency --lengths 250,1000     # also: quality, ablations, training, ... (genpi bench --help)
+  genpi trl export runs/library-desk/<version12>  # the training contexts as a TRL SDFTTrainer dataset
 environment:
   GENPI_CACHE     where the converted embedded model is cached (default ~/.cache/genpi)
   PREFECT_API_URL run flows against this Prefect server (unset: a temporary local one)
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run,
         _add_watch,
         _add_adapters,
+        _add_trl,
     ):
         add(sub)
     return parser
@@ -779,3 +781,59 @@ def cmd_adapters(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- trl ---------------------------------------------------------------------------------------------------
+
+
+def _add_trl(sub) -> None:
+    p = sub.add_parser(
+        "trl",
+        help="export a run's training contexts as a TRL SDFTTrainer dataset, or import one back",
+        description="TRL's self-distillation trainer (trl.experimental.sdft, trl 1.16) trains on `prompt` (the "
+        "student's chat messages) and `privileged_context` (text only the teacher sees). `export` writes a run's "
+        "SFT contexts in that format, with the prompt as the privileged context and the teacher's reply as "
+        "`completion`; `import` turns such a file back into genpi's examples table. TRL itself is optional "
+        "(pip install 'genpi[trl]'); see genpi_core/interop/trl_sdft.py for how the two teachers differ.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  genpi trl export runs/library-desk/<version12> --split train\n"
+        "  genpi trl import sdft.parquet --out examples.parquet",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser("export", help="a run's SFT contexts -> SDFT Parquet")
+    export.add_argument("run_dir", help="a run folder whose dataset stage has finished")
+    export.add_argument("--split", choices=("train", "val"), default="train")
+    export.add_argument("--out", type=Path, help="output file (default RUN/trl/sdft_<split>.parquet)")
+    export.set_defaults(func=cmd_trl_export)
+    back = actions.add_parser("import", help="an SDFT Parquet file -> genpi examples table (SFT rows)")
+    back.add_argument("file", type=Path)
+    back.add_argument("--out", type=Path, required=True, help="examples table to write (Parquet)")
+    back.set_defaults(func=cmd_trl_import)
+
+
+def cmd_trl_export(args) -> int:
+    from genpi_core.ingest import load_ingested
+    from genpi_core.interop.trl_sdft import export_sdft
+    from schemas.artifacts import DATASET_OUTPUTS, PROMPT_FILE
+
+    run_dir = Path(args.run_dir)
+    examples = run_dir / "dataset" / DATASET_OUTPUTS[args.split]
+    if not examples.is_file():
+        print(f"{run_dir}: no dataset/{DATASET_OUTPUTS[args.split]} (has the dataset stage finished?)", file=sys.stderr)
+        return 2
+    spec, _ = load_ingested(run_dir / "ingest" / PROMPT_FILE)
+    out = args.out or run_dir / "trl" / f"sdft_{args.split}.parquet"
+    n = export_sdft(examples, spec.prompt, out)
+    print(f"genpi trl: {n} contexts -> {out} (columns prompt, privileged_context, completion, example_id)")
+    return 0
+
+
+def cmd_trl_import(args) -> int:
+    from genpi_core.interop.trl_sdft import import_sdft
+    from genpi_core.store.tables import write_table
+    from schemas.datasets import ExamplesSchema
+
+    examples, context = import_sdft(args.file)
+    n = write_table(examples, ExamplesSchema, args.out)
+    print(f"genpi trl: {n} SFT examples -> {args.out} (privileged context: {len(context)} characters)")
+    return 0

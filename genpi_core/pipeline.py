@@ -8,8 +8,8 @@ A stage takes its own config section plus the shared model/backend configs it us
 exactly those and its input files, so editing the training config re-runs training and evaluation but
 reuses the synthesized data.
 
-    ingest -> inputs -> conversations -> reasons -> dataset -> train -> evaluate -> promote
-              (synth/)   (synth/)         (synth/)              (train/)  (evaluate/)
+    ingest -> inputs -> conversations -> reasons -> dataset -> [teacher_logprobs] -> train -> evaluate -> promote
+              (synth/)   (synth/)         (synth/)              (train/, with train.distill_weight > 0)
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from schemas.config import (
     TrainConfig,
 )
 from schemas.stages import IngestOutput, StageOutput
+from schemas.teacher_logprobs import TEACHER_LOGPROBS_OUTPUTS
 
 _VARIANT = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
@@ -245,17 +246,45 @@ def stage_name(stage: str, variant: str | None) -> str:
     return f"{stage}-{variant}"
 
 
-def train_stage(
-    ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig, variant: str | None = None
+def teacher_logprobs_stage(
+    ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig
 ) -> StageOutput:
-    """Joint GenPI training in child process(es) (memory goes back when they exit); resumes from its checkpoint."""
+    """The prompted teacher's top-k on every SFT target token, once per (model, train table, k): the distillation
+    term's input. One folder per dataset (``teacher_logprobs-<variant>`` beside ``dataset-<variant>``)."""
+    config = {"model": model.model_dump(), "top_k": cfg.distill_top_k}
+    name = "teacher_logprobs" + dataset.stage.removeprefix("dataset")
+    sources = {"prompt": Path(ingested.prompt_path), "train": dataset.path("train")}
+    stage = Stage(Path(ingested.run_dir), name, config, sources)
+
+    def work(out_dir: Path) -> dict:
+        from genpi_core.prompt.views import prompt_messages
+        from genpi_core.train.teacher_logprobs import run_teacher_logprobs
+
+        spec, _ = _spec(ingested.prompt_path)
+        return run_teacher_logprobs(
+            model, dataset.path("train"), prompt_messages(spec.prompt), cfg.distill_top_k, out_dir
+        )
+
+    return _run(stage, TEACHER_LOGPROBS_OUTPUTS, work)
+
+
+def train_stage(
+    ingested: IngestOutput,
+    dataset: StageOutput,
+    cfg: TrainConfig,
+    model: ModelConfig,
+    variant: str | None = None,
+    teacher_logprobs: StageOutput | None = None,
+) -> StageOutput:
+    """Joint GenPI training in child process(es) (memory goes back when they exit); resumes from its checkpoint.
+
+    With the distillation term on, the teacher_logprobs stage runs first (or is reused) unless given."""
     config = {"model": model.model_dump(), "train": cfg.model_dump()}
-    stage = Stage(
-        Path(ingested.run_dir),
-        stage_name("train", variant),
-        config,
-        {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")},
-    )
+    sources = {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")}
+    if cfg.distill_weight > 0:
+        teacher_logprobs = teacher_logprobs or teacher_logprobs_stage(ingested, dataset, cfg, model)
+        sources["teacher_logprobs"] = teacher_logprobs.path("logprobs")
+    stage = Stage(Path(ingested.run_dir), stage_name("train", variant), config, sources)
 
     def work(out_dir: Path) -> dict:
         from genpi_core.train.job import TrainJob, launch
@@ -266,6 +295,7 @@ def train_stage(
             train_path=str(dataset.path("train")),
             val_path=str(dataset.path("val")),
             prompt_path=str(ingested.prompt_path),
+            teacher_logprobs_path=str(sources.get("teacher_logprobs", "")),
             out_dir=str(out_dir),
         )
         metrics = json.loads(launch(job, out_dir / CHECKPOINT_DIR).read_text())

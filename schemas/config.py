@@ -197,6 +197,44 @@ class LoraConfig(_Config):
     )
 
 
+class OnPolicyConfig(_Config):
+    """On-policy prompt distillation (genpi_core/train/on_policy.py): the student samples replies to training
+    contexts without the prompt, the teacher (same base model, adapter off, prompt in context) scores the
+    student's own tokens, and the loss is the divergence between them at each sampled position.
+
+    Three ways to run it: beside the joint loss on every step (`schedule: mixed`), as a second phase after
+    the joint phase (`schedule: after`), or alone (`sft: false, prompt_generation: false`). Off by default
+    until the benchmark says otherwise (bench/results/on_policy.json)."""
+
+    enabled: bool = Field(False, description="Train on the student's own samples, scored by the prompted teacher.")
+    schedule: Literal["mixed", "after"] = Field(
+        "mixed",
+        description="mixed: weight * L_on added to every joint step; after: a phase of its own once the joint "
+        "phase is done. With SFT and PG both off it is the only objective either way.",
+    )
+    weight: float = Field(1.0, gt=0, description="Weight of the on-policy term in the step's loss.")
+    contexts_per_step: int = Field(4, gt=0, description="Student samples per optimizer step.")
+    epochs: int = Field(
+        1, gt=0, description="Passes over the training contexts in an on-policy phase of its own (`after`, or alone)."
+    )
+    max_new_tokens: int = Field(64, gt=0, description="Longest student sample; a sample cut there is still scored.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student (1 = its own distribution).")
+    beta: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="1 = reverse KL(student || teacher) (GKD beta = 1, mode-seeking); 0 = forward KL; between: "
+        "the generalized JSD.",
+    )
+    top_k: int | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Take the divergence over the union of both models' top-k tokens plus a tail bucket "
+        "(less memory); None = the full vocabulary.",
+    )
+
+
 class TrainConfig(_Config):
     """Adapter training with GenPI's joint objective: L = rho * L_sft + (1 - rho) * L_pg (+ distill term).
 
@@ -237,6 +275,7 @@ class TrainConfig(_Config):
         le=1.0,
         description="Baseline: share of SFT examples trained WITH the prompt in context (paper: 1.0 / 0.5).",
     )
+    on_policy: OnPolicyConfig = OnPolicyConfig()
     lora: LoraConfig = LoraConfig()
     learning_rate: float = Field(5e-4, gt=0, description="Peak lr (warmup, then cosine).")
     epochs: int = Field(6, gt=0, description="Passes over the SFT examples (the small synthesized set).")
@@ -276,8 +315,8 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _something_to_learn(self) -> TrainConfig:
-        if not self.sft and not self.prompt_generation:
-            raise ValueError("at least one of `sft` and `prompt_generation` must be on")
+        if not self.sft and not self.prompt_generation and not self.on_policy.enabled:
+            raise ValueError("at least one of `sft`, `prompt_generation` and `on_policy.enabled` must be on")
         if self.pg_every > 1 and not self.sft:
             raise ValueError("`pg_every` > 1 skips PG on some steps: it needs `sft: true` (else those steps are empty)")
         if self.distill_weight > 0 and not self.sft:
@@ -339,6 +378,12 @@ class EvaluateConfig(_Config):
     confidence_level: float = Field(0.95, gt=0, lt=1, description="Coverage of the percentile intervals.")
     worst_examples: int = Field(
         5, ge=0, description="Held-out inputs shown side by side (teacher vs student) where the student scores lowest."
+    )
+    student_with_prompt: bool = Field(
+        False,
+        description="Also evaluate the student WITH the prompt (variant student_with_prompt): users send it by "
+        "mistake. The report says whether it stays as good as the teacher, and the drop if not. Costs one more "
+        "pass over the held-out inputs with the prompt.",
     )
     leakage: LeakageConfig = LeakageConfig()
     multi_turn: MultiTurnConfig = MultiTurnConfig()

@@ -143,7 +143,7 @@ class QuarantineSchema(GenpiSchema):
 class EvalResultsSchema(GenpiSchema):
     """One reply per (variant, held-out example), with every check's outcome."""
 
-    variant: Series[str] = pa.Field(isin=["base", "teacher", "student"])
+    variant: Series[str] = pa.Field(isin=["base", "teacher", "student", "student_with_prompt"])
     example_id: Series[str]
     input: Series[str]
     output: Series[str]
@@ -234,7 +234,7 @@ class MultiTurnSchema(GenpiSchema):
 class JudgeSchema(GenpiSchema):
     """LLM-judge grades (1-5) of each variant's held-out replies; `score` is null when no score could be read."""
 
-    variant: Series[str] = pa.Field(isin=["base", "teacher", "student"])
+    variant: Series[str] = pa.Field(isin=["base", "teacher", "student", "student_with_prompt"])
     example_id: Series[str]
     score: Series[float] = pa.Field(ge=1, le=5, nullable=True)
     raw: Series[str] = pa.Field(description="The judge's reply, verbatim.")
@@ -336,10 +336,15 @@ class TrainLogSchema(GenpiSchema):
     step: Series[int] = pa.Field(ge=0)
     epoch: Series[float] = pa.Field(ge=0)
     split: Series[str] = pa.Field(isin=["train", "val"])
-    loss: Series[float] = pa.Field(description="The joint loss: rho * sft + (1 - rho) * pg (+ distill term).")
+    loss: Series[float] = pa.Field(
+        description="The step's loss: rho * sft + (1 - rho) * pg (+ distill and on-policy terms, by their weights)."
+    )
     sft_loss: Series[float] = pa.Field(nullable=True)
     pg_loss: Series[float] = pa.Field(nullable=True)
     distill_loss: Series[float] = pa.Field(nullable=True)
+    on_policy_loss: Series[float] = pa.Field(
+        nullable=True, description="Mean divergence per sampled token (train.on_policy); train steps only."
+    )
     learning_rate: Series[float] = pa.Field(ge=0)
 
 

@@ -164,6 +164,17 @@ class JudgeSummary(_Record):
     variants: dict[str, JudgeVariant]
 
 
+class RePrompt(_Record):
+    """The student evaluated WITH the prompt (variant student_with_prompt) against the teacher, in strict success."""
+
+    strict_success: float = Field(description="Strict success of the student given the prompt it internalized.")
+    teacher_strict_success: float
+    difference: float = Field(description="student_with_prompt - teacher; negative = worse than the teacher.")
+    difference_ci: Interval | None = Field(description="Paired bootstrap interval of the difference.")
+    at_least_teacher: bool = Field(description="difference >= 0: sending the prompt by mistake costs nothing.")
+    drop: float = Field(description="max(0, -difference): how much worse than the teacher it is.")
+
+
 class EvaluationSummary(_Record):
     """Every number of one evaluation (summary.json): per-variant metrics, strict-success recovery (the headline) with
     format and task recovery beside it, cut replies, the collapse signal, uninformative checks, and the optional audits.
@@ -221,6 +232,9 @@ class EvaluationSummary(_Record):
     )
     uninformative_checks: list[str] = Field(
         description="Global checks every variant (base included) passes on every reply: they tell nothing apart."
+    )
+    re_prompt: RePrompt | None = Field(
+        None, exclude_if=_absent, description="The re-prompted student; absent unless evaluate.student_with_prompt."
     )
     unreachable_checks: list[str] = Field(
         default_factory=list,

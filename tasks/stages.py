@@ -93,9 +93,18 @@ def dataset_task(
     return _log(pipeline.dataset_stage(ingested, inputs, conversations, cfg, reasons))
 
 
+@task(name="teacher_logprobs", cache_policy=NONE, tags=["genpi-generation"])
+def teacher_logprobs_task(
+    ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig
+) -> StageOutput:
+    return _log(pipeline.teacher_logprobs_stage(ingested, dataset, cfg, model))
+
+
 @task(name="train", cache_policy=NONE, tags=["genpi-training"])
 def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig) -> StageOutput:
-    return _log(pipeline.train_stage(ingested, dataset, cfg, model))
+    # the distillation term reads the teacher's log-probs from a stage of their own: a task run of its own in the UI
+    logprobs = teacher_logprobs_task(ingested, dataset, cfg, model) if cfg.distill_weight > 0 else None
+    return _log(pipeline.train_stage(ingested, dataset, cfg, model, teacher_logprobs=logprobs))
 
 
 @task(name="task-success", cache_policy=NONE, tags=["genpi-generation"])

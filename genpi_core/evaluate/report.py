@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.evaluate.summary import MAX_TEACHER_CUT_SHARE, VARIANTS
+from genpi_core.evaluate.summary import MAX_TEACHER_CUT_SHARE, RE_PROMPTED, VARIANTS
 from genpi_core.store.stage import atomic_save_figure
 from schemas.artifacts import (
     CHECKS_PLOT_FILE,
@@ -23,7 +23,12 @@ from schemas.artifacts import (
 from schemas.spec import PromptSpec
 from schemas.summary import EvaluationSummary
 
-_MEANING = {"base": "model, no prompt", "teacher": "model + full prompt", "student": "model + adapter, no prompt"}
+_MEANING = {
+    "base": "model, no prompt",
+    "teacher": "model + full prompt",
+    "student": "model + adapter, no prompt",
+    RE_PROMPTED: "model + adapter + full prompt (sent by mistake)",
+}
 
 
 def _ratio(value: float | None) -> str:
@@ -75,6 +80,23 @@ def _warnings(summary: EvaluationSummary) -> list[str]:
     return [line for warning in out for line in (warning, "")]
 
 
+def _re_prompt_lines(summary: EvaluationSummary) -> list[str]:
+    r = summary.re_prompt
+    if r is None:
+        return []
+    verdict = (
+        "as good as the teacher or better: sending the prompt to the adapter by mistake costs nothing"
+        if r.at_least_teacher
+        else f"**{100 * r.drop:.0f} points below the teacher**: keep the prompt away from the adapter"
+    )
+    return [
+        f"**Re-prompted student** (adapter and prompt together): strict success {_pct(r.strict_success)} vs the "
+        f"teacher's {_pct(r.teacher_strict_success)}, difference {100 * r.difference:+.0f} points"
+        f"{_ci(r.difference_ci, lambda x: f'{100 * x:+.0f}')}; {verdict}.",
+        "",
+    ]
+
+
 def render_report(
     spec: PromptSpec,
     version: str,
@@ -106,7 +128,7 @@ def render_report(
         "checks [CI] | cut at the cap | distinct replies | closeness to the prompt's worked replies |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in VARIANTS:
+    for name in [n for n in (*VARIANTS, RE_PROMPTED) if n in v]:
         s = v[name]
         lines.append(
             f"| {name} | {_MEANING[name]} | **{_pct(s.strict_success)}**{_ci(s.strict_success_ci)} "
@@ -128,6 +150,7 @@ def render_report(
         "",
         f"Prefill tokens saved per request: {summary.prefill_tokens_saved_per_request:.0f}.",
         "",
+        *_re_prompt_lines(summary),
         "Format and task are reported apart and never blended into the headline. A reply cut at the token cap "
         f"(`evaluate.sampling.max_new_tokens`{f' = {summary.max_new_tokens}' if summary.max_new_tokens else ''}) "
         "fails every check, for every variant alike. Collapse signal: *distinct replies* = distinct reply texts over "
@@ -311,11 +334,12 @@ def plot_variants(summary: EvaluationSummary, path: Path) -> None:
 
     metrics = ("strict_success", "format", "task", "compliance")
     fig, ax = plt.subplots(figsize=(7.5, 3.5))
-    width = 0.26
-    for i, variant in enumerate(VARIANTS):
+    shown = [n for n in (*VARIANTS, RE_PROMPTED) if n in summary.variants]
+    width = 0.78 / len(shown)
+    for i, variant in enumerate(shown):
         s = summary.variants[variant]
         values = [getattr(s, m) or 0.0 for m in metrics]
-        xs = [x + (i - 1) * width for x in range(len(metrics))]
+        xs = [x + (i - (len(shown) - 1) / 2) * width for x in range(len(metrics))]
         ax.bar(xs, values, width, label=variant)
         for x, value, ci in zip(xs, values, [getattr(s, f"{m}_ci") for m in metrics]):
             if ci:

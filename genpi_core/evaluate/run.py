@@ -32,6 +32,7 @@ from genpi_core.evaluate.leakage import extraction_conversations, score_leakage
 from genpi_core.evaluate.multiturn import run_episodes
 from genpi_core.evaluate.report import plot_checks, plot_variants, render_report
 from genpi_core.evaluate.summary import (
+    RE_PROMPTED,
     VARIANTS,
     empty_table,
     is_task_check,
@@ -195,6 +196,9 @@ def run_evaluate(
         )
         completions = student.generate([without_prompt(c) for c in contexts], cfg.sampling, desc="eval student")
         frames.append(score_rows(spec, "student", test, completions))
+        if cfg.student_with_prompt:  # what a user gets who sends the prompt to the adapter anyway
+            completions = student.generate([teacher_view(c) for c in contexts], cfg.sampling, desc="eval re-prompted")
+            frames.append(score_rows(spec, RE_PROMPTED, test, completions))
         if cfg.leakage.enabled:
             leaks.append(_leakage(student, "student", cfg, prompt_text))
         if cfg.multi_turn.enabled:  # the base model plays the environment, as in synthesis

@@ -25,6 +25,7 @@ from schemas.datasets import WorstExamplesSchema
 from schemas.summary import EvaluationSummary
 
 VARIANTS = ("base", "teacher", "student")
+RE_PROMPTED = "student_with_prompt"  # the student given the prompt anyway (evaluate.student_with_prompt)
 # Part of the evaluate stage's key: bump it when the scoring or summary.json changes, so finished evaluations are
 # recomputed instead of reused with numbers (or a summary.json) of the older metrics. 2 = strict success.
 METRICS_VERSION = 2
@@ -146,6 +147,8 @@ def summarize(
             "min_distinct_share": MIN_DISTINCT_SHARE,
             "max_similarity_gap": MAX_SIMILARITY_GAP,
         }
+    if RE_PROMPTED in per_variant and "teacher" in per_variant:
+        summary["re_prompt"] = _re_prompt(results, per_variant, cfg)
     if leakage is not None and len(leakage):
         summary["leakage"] = summarize_leakage(leakage)
         summary["leakage_max_new_tokens"] = cfg.leakage.sampling.max_new_tokens
@@ -164,6 +167,25 @@ def summarize(
             },
         }
     return EvaluationSummary.model_validate(summary)
+
+
+def _re_prompt(results: pd.DataFrame, per_variant: dict, cfg: EvaluateConfig) -> dict:
+    """Re-prompted student vs teacher in strict success, with a paired interval of the difference."""
+    paired = results.pivot(index="example_id", columns="variant", values="strict_success").sort_index()
+    gaps = paired[RE_PROMPTED].astype(float) - paired["teacher"].astype(float)
+    boot = paired_bootstrap(
+        {"difference": gaps.to_numpy()}, cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.confidence_level, None
+    )
+    ours, theirs = per_variant[RE_PROMPTED]["strict_success"], per_variant["teacher"]["strict_success"]
+    difference = ours - theirs
+    return {
+        "strict_success": ours,
+        "teacher_strict_success": theirs,
+        "difference": difference,
+        "difference_ci": boot["variants"].get("difference"),
+        "at_least_teacher": difference >= 0,
+        "drop": max(0.0, -difference),
+    }
 
 
 def variants_table(summary: EvaluationSummary) -> pd.DataFrame:
@@ -208,7 +230,7 @@ def variants_table(summary: EvaluationSummary) -> pd.DataFrame:
                 "mean_latency_s": s.mean_latency_s,
             }
         )
-    order = {v: i for i, v in enumerate(VARIANTS)}
+    order = {v: i for i, v in enumerate((*VARIANTS, RE_PROMPTED))}
     return pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order)).reset_index(drop=True)
 
 

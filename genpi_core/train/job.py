@@ -39,7 +39,8 @@ class TrainJob(BaseModel):
     train: TrainConfig
     train_path: str
     val_path: str
-    prompt_path: str = ""  # ingested prompt.json; needed for prompt_in_context and distillation
+    prompt_path: str = ""  # ingested prompt.json; needed for prompt_in_context and on-policy distillation
+    teacher_logprobs_path: str = ""  # the teacher_logprobs stage's table; needed for train.distill_weight > 0
     out_dir: str
 
 
@@ -63,6 +64,7 @@ def run_job(job: TrainJob) -> dict:
         Path(job.val_path),
         _prompt_messages(job.prompt_path),
         Path(job.out_dir),
+        teacher_logprobs_path=Path(job.teacher_logprobs_path) if job.teacher_logprobs_path else None,
     )
 
 

@@ -30,12 +30,13 @@ from genpi_core.generation.models import load_model, load_tokenizer, resolve_mod
 from genpi_core.store.stage import atomic_dir, atomic_save_figure, atomic_write_json
 from genpi_core.store.tables import read_table, write_table
 from genpi_core.train.data import build_items
+from genpi_core.train.on_policy import OnPolicy, build_contexts, register_prefix_attention
 from genpi_core.train.qlora import (
     check_qlora_available,
     load_quantized_base,
     merge_full_precision,
 )
-from genpi_core.train.teacher_logprobs import add_teacher_topk
+from genpi_core.train.teacher_logprobs import attach_teacher_topk
 from genpi_core.train.trainer import Trainer
 from schemas.artifacts import (
     ADAPTER_DIR,
@@ -91,6 +92,7 @@ def run_finetune(
     prompt: list[Message],
     out_dir: Path,
     on_step=None,
+    teacher_logprobs_path: Path | None = None,
 ) -> dict:
     """Train (or resume) and write the adapter, log, plot and metrics. Safe under ``accelerate launch``."""
     from accelerate import Accelerator
@@ -120,11 +122,29 @@ def run_finetune(
             resolve_model(model_cfg.name_or_path), quantize, model_cfg.dtype, accelerator.local_process_index
         )
     else:
-        base = load_model(model_cfg.name_or_path, model_cfg.dtype, model_cfg.device)
+        # genpi's attention function is plain SDPA until asked to attend to a shared prefix (the teacher's prompt)
+        attention = {"attn_implementation": register_prefix_attention()} if cfg.on_policy.enabled else {}
+        base = load_model(model_cfg.name_or_path, model_cfg.dtype, model_cfg.device, **attention)
     model = attach_lora(base, cfg.lora)
-    if cfg.distill_weight > 0:
-        add_teacher_topk(model, tokenizer, train_df, items["sft"], prompt, cfg.distill_top_k, accelerator.device)
-    trainer = Trainer(model, accelerator, items, val_items, cfg, tokenizer.pad_token_id, out_dir / CHECKPOINT_DIR)
+    if cfg.distill_weight > 0:  # the teacher_logprobs stage's table, computed once for every run on this data
+        if teacher_logprobs_path is None:
+            raise ValueError(f"{train_path}: train.distill_weight > 0 needs the teacher_logprobs stage's table")
+        attach_teacher_topk(items["sft"], teacher_logprobs_path, cfg.distill_top_k)
+    on_policy = None
+    if cfg.on_policy.enabled:
+        if not prompt:
+            raise ValueError(f"{train_path}: train.on_policy needs the ingested prompt (the teacher's context)")
+        items["on_policy"] = build_contexts(
+            tokenizer, train_df, prompt, cfg.on_policy.max_new_tokens, cfg.max_seq_len, str(train_path)
+        )
+        if not items["on_policy"]:
+            raise ValueError(
+                f"{train_path}: train.on_policy needs SFT rows (their contexts are what the student answers)"
+            )
+        on_policy = OnPolicy(model, tokenizer, items["on_policy"], cfg.on_policy, accelerator.device)
+    trainer = Trainer(
+        model, accelerator, items, val_items, cfg, tokenizer.pad_token_id, out_dir / CHECKPOINT_DIR, on_policy
+    )
     resumed_at = trainer.step if trainer.try_resume() else None
     started = time.perf_counter()
     trainer.fit(on_step=on_step)
@@ -154,9 +174,13 @@ def run_finetune(
             "weights": trainer.weights,
             "distill_weight": cfg.distill_weight,
             "prompt_in_context": cfg.prompt_in_context,
+            "on_policy": cfg.on_policy.model_dump(mode="json") if cfg.on_policy.enabled else None,
         },
         "steps": int(len(train_log)),
         "planned_steps": trainer.plan.total,
+        "on_policy_steps": int(
+            sum(1 for r in trainer.log if r["split"] == "train" and r.get("on_policy_loss") is not None)
+        ),
         "stopped_early": trainer.stopped_early,
         "resumed_at_step": resumed_at,
         "processes": accelerator.num_processes,
@@ -164,12 +188,16 @@ def run_finetune(
         "train_examples": {
             "sft": len(items["sft"]),
             "pg": len(items["pg"]),
+            "on_policy_contexts": len(items.get("on_policy", [])),
             "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))
             if items["pg"] and cfg.pg_reasons
             else 0,
         },
         "val_examples": {"sft": len(val_items["sft"]), "pg": len(val_items["pg"])},
-        "longest_example_tokens": max(len(it.ids) for group in items.values() for it in group),
+        "longest_example_tokens": max(
+            [len(it.ids) for name in ("sft", "pg") for it in items[name]]
+            + [len(c.teacher_ids) for c in items.get("on_policy", [])]
+        ),
         "first_loss": float(train_log["loss"].iloc[0]),
         "final_loss": float(train_log["loss"].iloc[-1]),
         "final_val_loss": float(val_log["loss"].iloc[-1]) if len(val_log) else None,

@@ -21,8 +21,11 @@ from tqdm.auto import tqdm
 from genpi_core.store.stage import atomic_dir, atomic_torch_save, atomic_write_json, atomic_write_text
 from genpi_core.train.data import Item, micro_batches, target_tokens
 from genpi_core.train.loss import loss_sums
+from genpi_core.train.on_policy import divergence_sum
 from schemas.artifacts import CHECKPOINT_PREFIX, CHECKPOINT_TENSORS, CHECKPOINT_TRAINER_STATE, LATEST_CHECKPOINT
 from schemas.config import TrainConfig
+
+_SUMS = ("sft", "pg", "distill", "on_policy")  # the per-step sums reduced over ranks, in this order
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -37,14 +40,28 @@ class StepPlan:
 
     An epoch is one pass over the SFT examples (PG examples alone when SFT is off); PG examples
     are drawn ``pg_per_step`` at a time, on every ``pg_every``-th step, from their own shuffled cycle.
+    On-policy contexts are drawn the same way: on every joint step (schedule ``mixed``), or in a phase
+    of their own after the joint steps (``after``, or when they are the only objective).
     """
 
-    def __init__(self, items: dict[str, list[Item]], cfg: TrainConfig) -> None:
+    def __init__(self, items: dict[str, list], cfg: TrainConfig) -> None:
         self.sft, self.pg, self.cfg = items["sft"], items["pg"], cfg
+        self.contexts = items.get("on_policy", []) if cfg.on_policy.enabled else []
         self.pg_per_step = (cfg.pg_per_step or cfg.batch_size) if self.pg else 0
-        main = len(self.sft) if self.sft else math.ceil(len(self.pg) / max(1, self.pg_per_step)) * cfg.batch_size
-        self.steps_per_epoch = max(1, math.ceil(main / cfg.batch_size))
-        self.total = self.steps_per_epoch * cfg.epochs
+        self.per_step_contexts = min(cfg.on_policy.contexts_per_step, len(self.contexts))
+        joint = bool(self.sft or self.pg)
+        own_phase = bool(self.contexts) and (not joint or cfg.on_policy.schedule == "after")
+        self.mixed = bool(self.contexts) and not own_phase
+        self.joint_total = 0
+        if joint:
+            main = len(self.sft) if self.sft else math.ceil(len(self.pg) / max(1, self.pg_per_step)) * cfg.batch_size
+            self.steps_per_epoch = max(1, math.ceil(main / cfg.batch_size))
+            self.joint_total = self.steps_per_epoch * cfg.epochs
+        on_policy_epoch = math.ceil(len(self.contexts) / max(1, self.per_step_contexts))
+        if not joint:
+            self.steps_per_epoch = max(1, on_policy_epoch)
+        self.on_policy_total = on_policy_epoch * cfg.on_policy.epochs if own_phase else 0
+        self.total = self.joint_total + self.on_policy_total
 
     @staticmethod
     def _order(n: int, seed: int) -> list[int]:
@@ -52,17 +69,27 @@ class StepPlan:
         random.Random(seed).shuffle(order)
         return order
 
-    def step(self, step: int) -> dict[str, list[Item]]:
-        out: dict[str, list[Item]] = {"sft": [], "pg": []}
+    def _cycled(self, pool: list, draw: int, per_step: int, salt: int) -> list:
+        """The ``draw``-th group of ``per_step`` items from a pool reshuffled on every pass over it."""
+        picked = []
+        for k in range(per_step):
+            cycle, within = divmod(draw * per_step + k, len(pool))
+            picked.append(pool[self._order(len(pool), self.cfg.seed * 1000 + salt + cycle)[within]])
+        return picked
+
+    def step(self, step: int) -> dict[str, list]:
+        out: dict[str, list] = {"sft": [], "pg": [], "on_policy": []}
+        if step >= self.joint_total:  # the on-policy phase of its own
+            out["on_policy"] = self._cycled(self.contexts, step - self.joint_total, self.per_step_contexts, 700)
+            return out
+        if self.mixed:
+            out["on_policy"] = self._cycled(self.contexts, step, self.per_step_contexts, 700)
         if self.sft:
             epoch, within = divmod(step, self.steps_per_epoch)
             order = self._order(len(self.sft), self.cfg.seed * 1000 + epoch)
             out["sft"] = [self.sft[i] for i in order[within * self.cfg.batch_size : (within + 1) * self.cfg.batch_size]]
-        if step % self.cfg.pg_every:
-            return out
-        for k in range(self.pg_per_step):
-            cycle, within = divmod((step // self.cfg.pg_every) * self.pg_per_step + k, len(self.pg))
-            out["pg"].append(self.pg[self._order(len(self.pg), self.cfg.seed * 1000 + 500 + cycle)[within]])
+        if self.pg and step % self.cfg.pg_every == 0:
+            out["pg"] = self._cycled(self.pg, step // self.cfg.pg_every, self.pg_per_step, 500)
         return out
 
 
@@ -75,9 +102,12 @@ def objective_weights(cfg: TrainConfig, has_sft: bool, has_pg: bool) -> dict[str
 class Trainer:
     """The loop: plan, accumulate over micro-batches, clip, step; validate per epoch; checkpoint."""
 
-    def __init__(self, model, accelerator, items, val_items, cfg: TrainConfig, pad_id: int, state_dir: Path) -> None:
+    def __init__(
+        self, model, accelerator, items, val_items, cfg: TrainConfig, pad_id: int, state_dir: Path, on_policy=None
+    ) -> None:
         self.accelerator, self.cfg, self.pad_id, self.state_dir = accelerator, cfg, pad_id, state_dir
         self.plan = StepPlan(items, cfg)
+        self.on_policy = on_policy  # on_policy.OnPolicy: samples and teacher scores, when train.on_policy is on
         self.val_items = val_items
         self.weights = objective_weights(cfg, bool(items["sft"]), bool(items["pg"]))
         model.train()  # load_model returns eval mode: LoRA dropout and activation recompute act only in train mode
@@ -176,28 +206,51 @@ class Trainer:
     def _my_share(self, items: list[Item]) -> list[Item]:
         return items[self.accelerator.process_index :: self.accelerator.num_processes]
 
+    def _on_policy_samples(self, contexts: list) -> list:
+        """This rank's share of the step's contexts, sampled by the student and scored by the teacher. The seed
+        is a function of (seed, step, rank), so a resumed run draws the very same samples."""
+        if not contexts:
+            return []
+        mine = self._my_share(contexts) or contexts[:1]  # an idle rank still takes part in the gradient sync
+        seed = (self.cfg.seed * 1_000_003 + self.step) * 64 + self.accelerator.process_index
+        return self.on_policy.prepare(mine, seed)
+
     def train_step(self) -> dict[str, float | None]:
         planned = self.plan.step(self.step)
         world = self.accelerator.num_processes
-        counts = {name: target_tokens(batch) for name, batch in planned.items()}
+        counts = {name: target_tokens(planned[name]) for name in ("sft", "pg")}
+        samples = self._on_policy_samples(planned["on_policy"])
+        mine_idle = bool(samples) and not self._my_share(planned["on_policy"])
+        if planned["on_policy"]:  # sampled lengths are known only where they were sampled
+            local = 0 if mine_idle else sum(s.reply_len for s in samples)
+            counts["on_policy"] = int(self.accelerator.reduce(torch.tensor(local, device=self.device), "sum").item())
         work = [
             (name, micro)
-            for name, batch in planned.items()
-            if batch and self.weights[name] > 0
-            for micro in micro_batches(self._my_share(batch), self.cfg.micro_batch_tokens)
+            for name in ("sft", "pg")
+            if planned[name] and self.weights[name] > 0
+            for micro in micro_batches(self._my_share(planned[name]), self.cfg.micro_batch_tokens)
         ]
+        if not mine_idle:
+            work += [("on_policy", micro) for micro in micro_batches(samples, self.cfg.micro_batch_tokens)]
         idle = not work  # this rank has no share this step: a zero-weight pass keeps DDP's gradient sync in step
         if idle:
-            first = next(name for name, batch in planned.items() if batch)
-            work = [(first, planned[first][:1])]
-        sums = {"sft": 0.0, "pg": 0.0, "distill": 0.0}
+            if samples:
+                work = [("on_policy", samples[:1])]
+            else:
+                first = next(name for name in ("sft", "pg") if planned[name])
+                work = [(first, planned[first][:1])]
+        sums = {"sft": 0.0, "pg": 0.0, "distill": 0.0, "on_policy": 0.0}
         for i, (name, micro) in enumerate(work):
             distill = name == "sft" and self.cfg.distill_weight > 0
             sync = i == len(work) - 1
             self._checkpoint_activations(max(len(it.ids) for it in micro) > self.cfg.recompute_above_tokens)
             with nullcontext() if sync else self.accelerator.no_sync(self.model):
-                ce, kl = loss_sums(self.model, micro, self.pad_id, self.device, distill=distill)
-                loss = ce * self.weights[name] / max(1, counts[name])
+                if name == "on_policy":
+                    ce = divergence_sum(self.model, micro, self.pad_id, self.device, self.cfg.on_policy.beta)
+                    loss, kl = ce * self.cfg.on_policy.weight / max(1, counts[name]), None
+                else:
+                    ce, kl = loss_sums(self.model, micro, self.pad_id, self.device, distill=distill)
+                    loss = ce * self.weights[name] / max(1, counts[name])
                 if kl is not None:
                     loss = loss + kl * self.cfg.distill_weight / max(1, counts[name])
                     sums["distill"] += kl.item()
@@ -211,19 +264,20 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        reduced = self.accelerator.reduce(
-            torch.tensor([sums["sft"], sums["pg"], sums["distill"]], device=self.device), "sum"
-        )
-        return self._losses(dict(zip(("sft", "pg", "distill"), reduced.tolist())), counts) | {"learning_rate": lr}
+        reduced = self.accelerator.reduce(torch.tensor([sums[k] for k in _SUMS], device=self.device), "sum")
+        return self._losses(dict(zip(_SUMS, reduced.tolist())), counts) | {"learning_rate": lr}
 
     def _losses(self, sums: dict[str, float], counts: dict[str, int]) -> dict[str, float | None]:
         sft = sums["sft"] / counts["sft"] if counts.get("sft") and self.weights["sft"] > 0 else None
         pg = sums["pg"] / counts["pg"] if counts.get("pg") and self.weights["pg"] > 0 else None
         distill = sums["distill"] / counts["sft"] if sft is not None and self.cfg.distill_weight > 0 else None
+        on_policy = sums["on_policy"] / counts["on_policy"] if counts.get("on_policy") else None
         joint = sum(self.weights[n] * v for n, v in (("sft", sft), ("pg", pg)) if v is not None)
         if distill is not None:
             joint += self.cfg.distill_weight * distill
-        return {"loss": joint, "sft_loss": sft, "pg_loss": pg, "distill_loss": distill}
+        if on_policy is not None:
+            joint += self.cfg.on_policy.weight * on_policy
+        return {"loss": joint, "sft_loss": sft, "pg_loss": pg, "distill_loss": distill, "on_policy_loss": on_policy}
 
     @torch.no_grad()
     def validate(self, include_pg: bool = True) -> dict[str, float | None] | None:
@@ -233,7 +287,7 @@ class Trainer:
             return None
         model = self._peft_model()  # not the DDP wrapper: no collective ops, whatever each rank's share
         model.eval()
-        sums, counts = {"sft": 0.0, "pg": 0.0, "distill": 0.0}, {}
+        sums, counts = {"sft": 0.0, "pg": 0.0}, {}
         for name, items in self.val_items.items():
             if name == "pg" and not include_pg and self.val_items["sft"]:
                 continue
@@ -241,8 +295,8 @@ class Trainer:
             for micro in micro_batches(self._my_share(items), self.cfg.micro_batch_tokens):
                 sums[name] += loss_sums(model, micro, self.pad_id, self.device)[0].item()
         model.train()
-        reduced = self.accelerator.reduce(torch.tensor([sums["sft"], sums["pg"], 0.0], device=self.device), "sum")
-        return self._losses(dict(zip(("sft", "pg", "distill"), reduced.tolist())), counts)
+        reduced = self.accelerator.reduce(torch.tensor([sums["sft"], sums["pg"], 0.0, 0.0], device=self.device), "sum")
+        return self._losses(dict(zip(_SUMS, reduced.tolist())), counts)
 
     def _after_validation(self, val: dict) -> None:
         if self.cfg.early_stopping_patience is None:

@@ -156,7 +156,7 @@ def test_pure_logic_judge_request_carries_rubric_prompt_input_and_reply(example_
     )  # a shared prefix for batching
 
 
-def _result_rows() -> pd.DataFrame:
+def _result_rows(re_prompted: bool = False) -> pd.DataFrame:
     from genpi_core.evaluate.run import with_agreement
 
     rows = []
@@ -165,6 +165,8 @@ def _result_rows() -> pd.DataFrame:
         "teacher": ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: $2."],
         "student": ["Topic: hours\nAnswer: 9 am.", "fees are two dollars"],
     }
+    if re_prompted:
+        outputs["student_with_prompt"] = ["Topic: hours\nAnswer: 9 am.", "Topic: fees\nAnswer: two dollars."]
     for variant, texts in outputs.items():
         for i, text in enumerate(texts):
             checks = {
@@ -239,3 +241,23 @@ def test_pure_logic_summary_tables_and_report_from_literal_rows(example_spec):
         "Off (`evaluate.judge.enabled=true`" in report
         and "| facts (all inputs' facts) | 0% | 100% | 50% | -50 pts |" in report
     )
+
+
+def test_pure_logic_the_re_prompted_student_is_compared_with_the_teacher(example_spec):
+    from genpi_core.evaluate.report import render_report
+    from genpi_core.evaluate.summary import summarize, variants_table
+    from genpi_core.store.tables import validate
+    from schemas.datasets import EvalResultsSchema, VariantsSchema
+
+    results = validate(_result_rows(re_prompted=True), EvalResultsSchema, "rows")
+    summary = summarize(results)
+    r = summary.re_prompt
+    assert (r.strict_success, r.teacher_strict_success, r.difference, r.drop) == (0.5, 1.0, -0.5, 0.5)
+    assert not r.at_least_teacher and r.difference_ci[0] <= -0.5 <= r.difference_ci[1]
+    assert summary.recovery_strict == 0.5  # the headline still compares the student without the prompt
+    table = validate(variants_table(summary), VariantsSchema, "variants")
+    assert list(table["variant"]) == ["base", "teacher", "student", "student_with_prompt"]
+    report = render_report(example_spec, "0" * 64, summary, results, None)
+    assert "| student_with_prompt | model + adapter + full prompt (sent by mistake) | **50%**" in report
+    assert "difference -50 points" in report and "**50 points below the teacher**" in report
+    assert summarize(_result_rows()).re_prompt is None

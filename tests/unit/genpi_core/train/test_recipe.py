@@ -3,10 +3,12 @@ loss, what moves, the prepended-prompt baseline, distillation, and the adapter i
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from genpi_core.generation.chat_template import text_token_ids
 from genpi_core.generation.models import load_model
 from genpi_core.prompt.pg_format import REASON_HEADER, pg_question, with_reason
 from genpi_core.store.tables import write_table
@@ -21,6 +23,7 @@ from genpi_core.train.data import (
 )
 from genpi_core.train.loss import loss_sums
 from genpi_core.train.recipe import attach_lora, run_finetune
+from genpi_core.train.teacher_logprobs import run_teacher_logprobs
 from genpi_core.train.trainer import StepPlan, Trainer
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
@@ -154,12 +157,37 @@ def test_joint_loss_is_the_weighted_sum_and_only_lora_moves(embedded_model_dir, 
             assert not moved, name
 
 
-def test_distillation_term_uses_the_teacher_with_the_prompt(tmp_path, embedded_model_dir):
+def test_distillation_term_reads_the_teacher_logprobs_stage(tmp_path, embedded_model_dir, tokenizer):
     write_table(_examples(2), ExamplesSchema, tmp_path / "train.parquet")
     write_table(_examples(1), ExamplesSchema, tmp_path / "val.parquet")
+    stage = run_teacher_logprobs(ModelConfig(), tmp_path / "train.parquet", PROMPT, 8, tmp_path / "logprobs")
+    table = pd.read_parquet(tmp_path / "logprobs" / "teacher_logprobs.parquet")
+    targets = len(text_token_ids(tokenizer, TARGET)) + 1  # the target's tokens and its end-of-turn
+    assert stage == {"examples": 2, "rows": 2 * targets * 8, "top_k": 8}  # every target token (and EOS), k ranks
+    sums = table.assign(p=np.exp(table["logprob"])).groupby(["example_id", "position"])["p"].sum()
+    assert np.allclose(sums, 1.0, atol=1e-5)  # renormalised top-k
+    path = tmp_path / "logprobs" / "teacher_logprobs.parquet"
     cfg = TrainConfig(epochs=1, batch_size=2, prompt_generation=False, distill_weight=0.5, distill_top_k=8, lora=SMALL)
+    with pytest.raises(
+        ValueError, match=r"teacher_logprobs\.parquet: example 'c0:0' has .* x 8 ranks, training expects .* x 4"
+    ):
+        run_finetune(
+            ModelConfig(),
+            cfg.model_copy(update={"distill_top_k": 4}),
+            tmp_path / "train.parquet",
+            tmp_path / "val.parquet",
+            PROMPT,
+            tmp_path / "bad",
+            teacher_logprobs_path=path,
+        )
     metrics = run_finetune(
-        ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", PROMPT, tmp_path / "out"
+        ModelConfig(),
+        cfg,
+        tmp_path / "train.parquet",
+        tmp_path / "val.parquet",
+        PROMPT,
+        tmp_path / "out",
+        teacher_logprobs_path=path,
     )
     log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
     row = log[log["split"] == "train"].iloc[0]

@@ -305,6 +305,19 @@ class TrainConfig(_Config):
     checkpoint_every: int = Field(
         10, gt=0, description="Optimizer steps between resumable checkpoints (training state in _state/)."
     )
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Train exactly this many optimizer steps (the schedule spans them), instead of `epochs` passes; "
+        "e.g. to give two variants the same wall time.",
+    )
+    snapshots: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Keep the adapter at this many evenly spaced steps (train/_state/snapshots/step-N/), to "
+        "evaluate how fast quality arrives; 0 = none.",
+    )
     num_processes: int = Field(
         1, gt=0, description="Data-parallel processes; >1 runs `accelerate launch` (DDP: gloo on CPU, NCCL on GPUs)."
     )

@@ -346,6 +346,9 @@ class TrainLogSchema(GenpiSchema):
         nullable=True, description="Mean divergence per sampled token (train.on_policy); train steps only."
     )
     learning_rate: Series[float] = pa.Field(ge=0)
+    elapsed_s: Series[float] = pa.Field(
+        ge=0, nullable=True, description="Training seconds so far (a resumed run adds to them; null in older logs)."
+    )
 
 
 Inputs = DataFrame[InputsSchema]

@@ -308,19 +308,24 @@ class OnPolicy:
         was_training = self.model.training
         self.model.eval()
         context = shared_prefix(self.prefix_layers) if self.prefix_layers is not None else nullcontext()
-        with self.model.disable_adapter(), context, warnings.catch_warnings():
+        # only reply positions are projected to the vocabulary: [reply tokens, V] instead of [rows, length, V]
+        chunked = supports_chunked_output(self.model)
+        heads = hidden_states_only(self.model) if chunked else nullcontext(None)
+        with self.model.disable_adapter(), context, heads as head, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            logits = self.model(
+            hidden = self.model(
                 input_ids=input_ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
                 use_cache=False,
             ).logits
+            out = []
+            for b, (suffix, n) in enumerate(zip(suffixes, reply_lens)):
+                end = len(suffix) - 1  # the position predicting the last reply token
+                rows = hidden[b, end - n : end]
+                logits = head(rows) if head is not None else rows
+                out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         self.model.train(was_training)
-        out = []
-        for b, (suffix, n) in enumerate(zip(suffixes, reply_lens)):
-            end = len(suffix) - 1  # the position predicting the last reply token
-            out.append(torch.log_softmax(logits[b, end - n : end].float(), dim=-1).cpu())
         return out
 
     def prepare(self, contexts: list[Context], seed: int) -> list[Sample]:

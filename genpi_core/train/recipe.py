@@ -202,6 +202,8 @@ def run_finetune(
         "final_loss": float(train_log["loss"].iloc[-1]),
         "final_val_loss": float(val_log["loss"].iloc[-1]) if len(val_log) else None,
         "train_seconds": round(seconds, 2),
+        "elapsed_seconds": round(trainer.elapsed_s, 2),  # every process of the run, resumed ones included
+        "snapshots": sorted(p.name for p in trainer.snapshot_dir.glob("step-*")) if cfg.snapshots else [],
         "tokens_per_second": round(trainer.tokens_seen / seconds, 1) if seconds > 0 and resumed_at is None else None,
         "trainable_params": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad)),
         "train_tokens": int(trainer.tokens_seen),

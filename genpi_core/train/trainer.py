@@ -12,6 +12,7 @@ import json
 import math
 import random
 import shutil
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from genpi_core.store.stage import atomic_dir, atomic_torch_save, atomic_write_j
 from genpi_core.train.data import Item, micro_batches, target_tokens
 from genpi_core.train.loss import loss_sums
 from genpi_core.train.on_policy import divergence_sum
-from schemas.artifacts import CHECKPOINT_PREFIX, CHECKPOINT_TENSORS, CHECKPOINT_TRAINER_STATE, LATEST_CHECKPOINT
+from schemas.artifacts import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_TENSORS,
+    CHECKPOINT_TRAINER_STATE,
+    LATEST_CHECKPOINT,
+    SNAPSHOT_INFO,
+    SNAPSHOTS_DIR,
+)
 from schemas.config import TrainConfig
 
 _SUMS = ("sft", "pg", "distill", "on_policy")  # the per-step sums reduced over ranks, in this order
@@ -62,6 +70,13 @@ class StepPlan:
             self.steps_per_epoch = max(1, on_policy_epoch)
         self.on_policy_total = on_policy_epoch * cfg.on_policy.epochs if own_phase else 0
         self.total = self.joint_total + self.on_policy_total
+        if cfg.max_steps is not None:  # a fixed step budget (e.g. the same wall time as another variant)
+            if own_phase:  # the on-policy phase gets what the joint phase leaves
+                self.joint_total = min(self.joint_total, cfg.max_steps)
+                self.on_policy_total = cfg.max_steps - self.joint_total
+            else:  # the joint steps go on past their epochs (each epoch reshuffled)
+                self.joint_total = cfg.max_steps
+            self.total = cfg.max_steps
 
     @staticmethod
     def _order(n: int, seed: int) -> list[int]:
@@ -123,6 +138,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped_early = False
         self.tokens_seen = 0
+        self.elapsed_s = 0.0  # training time over every process of this run (a resumed run adds to it)
+        self.snapshot_dir = state_dir / SNAPSHOTS_DIR  # in _state/: a resumed run keeps the ones it made before
         self._recomputing = False
 
     # --- state -----------------------------------------------------------------------------------
@@ -159,6 +176,7 @@ class Trainer:
                         "bad_evals": self.bad_evals,
                         "stopped_early": self.stopped_early,
                         "tokens_seen": self.tokens_seen,
+                        "elapsed_s": self.elapsed_s,
                     },
                 )
             atomic_write_text(self.state_dir / LATEST_CHECKPOINT, name)
@@ -186,6 +204,7 @@ class Trainer:
             meta["stopped_early"],
             meta["tokens_seen"],
         )
+        self.elapsed_s = meta.get("elapsed_s", 0.0)
         return True
 
     # --- one step ----------------------------------------------------------------------------------
@@ -308,8 +327,22 @@ class Trainer:
             self.bad_evals += 1
             self.stopped_early = self.bad_evals >= self.cfg.early_stopping_patience
 
+    def snapshot_steps(self) -> set[int]:
+        """The steps after which the adapter is kept (``train.snapshots`` evenly spaced, the last one included)."""
+        n = self.cfg.snapshots
+        return {max(1, round(self.plan.total * k / n)) for k in range(1, n + 1)} if n else set()
+
+    def save_snapshot(self) -> None:
+        """The adapter as it is now, in ``_state/snapshots/step-<step>/`` (peft folder), to evaluate later."""
+        if self.accelerator.is_main_process:
+            with atomic_dir(self.snapshot_dir / f"step-{self.step:06d}") as tmp:
+                self._peft_model().save_pretrained(tmp)
+                atomic_write_json(tmp / SNAPSHOT_INFO, {"step": self.step, "elapsed_s": round(self.elapsed_s, 2)})
+        self.accelerator.wait_for_everyone()
+
     def fit(self, on_step=None) -> None:
         spe = self.plan.steps_per_epoch
+        snapshots = self.snapshot_steps()
         with tqdm(
             total=self.plan.total,
             initial=self.step,
@@ -319,18 +352,24 @@ class Trainer:
             disable=not self.accelerator.is_main_process,
         ) as bar:
             while self.step < self.plan.total and not self.stopped_early:
+                started = time.perf_counter()
                 losses = self.train_step()
                 self.step += 1
-                self.log.append({"step": self.step, "epoch": self.step / spe, "split": "train", **losses})
+                self.elapsed_s += time.perf_counter() - started
+                row = {"step": self.step, "epoch": self.step / spe, "split": "train", **losses}
+                self.log.append(row | {"elapsed_s": round(self.elapsed_s, 2)})
                 bar.set_postfix(loss=f"{losses['loss']:.3f}")
                 bar.update()
-                if self.step % spe == 0:
+                if self.step % spe == 0 or self.step == self.plan.total:
                     val = self.validate(include_pg=self.step == self.plan.total)
                     if val is not None:
                         self.log.append(
                             {"step": self.step, "epoch": self.step / spe, "split": "val", **val, "learning_rate": 0.0}
+                            | {"elapsed_s": round(self.elapsed_s, 2)}
                         )
                         self._after_validation(val)
+                if self.step in snapshots:
+                    self.save_snapshot()
                 if self.step % self.cfg.checkpoint_every == 0 or self.step % spe == 0:
                     self.save_checkpoint()
                 if on_step is not None:

@@ -122,6 +122,19 @@ def test_step_plan_mixes_on_policy_contexts_or_gives_them_a_phase_of_their_own()
     assert not after.step(1)["on_policy"] and after.step(2)["on_policy"] and not after.step(2)["sft"]
     drawn = [c for s in range(2, 4) for c in after.step(s)["on_policy"]]
     assert set(contexts) <= set(drawn)  # a pass covers every context
+    budget = StepPlan(
+        {"sft": sft, "pg": [], "on_policy": contexts},
+        TrainConfig(
+            batch_size=2,
+            epochs=1,
+            max_steps=5,
+            prompt_generation=False,
+            on_policy=OnPolicyConfig(enabled=True, schedule="after", contexts_per_step=2),
+        ),
+    )
+    assert (budget.joint_total, budget.on_policy_total, budget.total) == (2, 3, 5)
+    longer = StepPlan({"sft": sft, "pg": [], "on_policy": contexts}, mixed.cfg.model_copy(update={"max_steps": 5}))
+    assert longer.total == 5 and all(longer.step(s)["sft"] and longer.step(s)["on_policy"] for s in range(5))
     alone = StepPlan(
         {"sft": [], "pg": [], "on_policy": contexts},
         TrainConfig(sft=False, prompt_generation=False, on_policy=OnPolicyConfig(enabled=True, contexts_per_step=2)),
@@ -227,7 +240,7 @@ def _write(folder: Path, n: int) -> tuple[Path, Path]:
     return folder / "train.parquet", folder / "val.parquet"
 
 
-def _job(root: Path, ingested, **on_policy) -> TrainJob:
+def _job(root: Path, ingested, train: dict | None = None, **on_policy) -> TrainJob:
     train_path, val_path = _write(root / "data", 4)
     cfg = TrainConfig(
         epochs=1,
@@ -237,6 +250,7 @@ def _job(root: Path, ingested, **on_policy) -> TrainJob:
         checkpoint_every=1,
         lora=SMALL,
         on_policy=OnPolicyConfig(enabled=True, contexts_per_step=2, max_new_tokens=8, **on_policy),
+        **(train or {}),
     )
     return TrainJob(
         model=ModelConfig(device="cpu"),
@@ -255,13 +269,18 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_mixed_on_policy_training_logs_its_term_and_moves_the_adapter(tmp_path, ingested):
-    job = _job(tmp_path, ingested, weight=0.5)
+    """Also: a step budget past one epoch (max_steps) and snapshots of the adapter along the way."""
+    job = _job(tmp_path, ingested, train={"max_steps": 3, "snapshots": 2}, weight=0.5)
     metrics = json.loads(launch(job, tmp_path / "out" / CHECKPOINT_DIR).read_text())
-    assert metrics["steps"] == 2 and metrics["on_policy_steps"] == 2
+    assert metrics["steps"] == 3 and metrics["on_policy_steps"] == 3 and metrics["planned_steps"] == 3
+    assert metrics["snapshots"] == ["step-000002", "step-000003"] and metrics["elapsed_seconds"] > 0
+    snapshot = tmp_path / "out" / CHECKPOINT_DIR / "snapshots" / "step-000002"
+    assert (snapshot / "adapter_model.safetensors").is_file()
+    assert json.loads((snapshot / "snapshot.json").read_text())["step"] == 2
     assert metrics["train_examples"]["on_policy_contexts"] == 4 and metrics["objective"]["on_policy"]["weight"] == 0.5
     log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
     train = log[log["split"] == "train"]
-    assert (train["on_policy_loss"] > 0).all()
+    assert (train["on_policy_loss"] > 0).all() and train["elapsed_s"].is_monotonic_increasing
     for row in train.itertuples():
         assert row.loss == pytest.approx(row.sft_loss + 0.5 * row.on_policy_loss, rel=1e-6)
     assert any(t.abs().max().item() > 0 for k, t in _adapter(tmp_path / "out").items() if "lora_B" in k)

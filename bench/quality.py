@@ -145,14 +145,7 @@ def run_cell(cell: Cell, config: str, overrides: list[str]) -> dict:
     train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=cell.name)
     evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, variant=cell.name)
     summary = EvaluationSummary.load(evaluation.path("summary"))
-    table = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", *METRICS.values()])
-    scores = {
-        variant: {
-            metric: rows.sort_values("example_id")[column].fillna(True).astype(float).tolist()
-            for metric, column in METRICS.items()
-        }
-        for variant, rows in table.groupby("variant")
-    }
+    scores = evaluation_scores(evaluation)
     train_metrics = json.loads(train.path("metrics").read_text())
     stages = {"synthesis": [inputs, conversations] + ([reasons] if reasons else []), "train": [train]}
     return {
@@ -186,6 +179,18 @@ def run_cell(cell: Cell, config: str, overrides: list[str]) -> dict:
         },
         "uninformative_checks": summary.uninformative_checks,
         "scores": scores,
+    }
+
+
+def evaluation_scores(evaluation) -> dict:
+    """Per variant and metric, one 0/1 score per held-out input (sorted by id): what the bootstraps resample."""
+    table = pd.read_parquet(evaluation.files["results"], columns=["variant", "example_id", *METRICS.values()])
+    return {
+        variant: {
+            metric: rows.sort_values("example_id")[column].fillna(True).astype(float).tolist()
+            for metric, column in METRICS.items()
+        }
+        for variant, rows in table.groupby("variant")
     }
 
 

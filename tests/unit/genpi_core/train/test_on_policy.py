@@ -316,3 +316,12 @@ def test_a_run_killed_in_its_on_policy_phase_resumes_to_the_same_adapter(tmp_pat
     assert metrics["resumed_at_step"] == 3 and metrics["steps"] == 4
     ours, theirs = _adapter(Path(job.out_dir)), _adapter(tmp_path / "reference" / "out")
     assert max((ours[k] - theirs[k]).abs().max().item() for k in theirs) < 1e-5
+
+
+def test_on_policy_runs_under_accelerate_launch_with_two_cpu_processes(tmp_path, ingested):
+    """Each rank samples and scores its share of the step's contexts; the gradient sync is the usual DDP one."""
+    job = _job(tmp_path, ingested, train={"num_processes": 2})
+    metrics = json.loads(launch(job, tmp_path / "out" / CHECKPOINT_DIR).read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 2 and metrics["on_policy_steps"] == 2
+    log = pd.read_parquet(tmp_path / "out" / "train_log.parquet")
+    assert (log[log["split"] == "train"]["on_policy_loss"] > 0).all()

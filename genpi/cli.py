@@ -518,6 +518,7 @@ BENCHMARKS = {
     "efficiency": "latency, throughput, KV memory, prefill and FLOPs: teacher (no cache / cached prefix) vs student vs base",
     "efficiency_vllm": "the same on vLLM (prefix caching vs LoRA student, many agents), in .venv-vllm",
     "quality": "the 0.5B quality suite (--model embedded-0.5b): 3 prompts, base/teacher/SFT/joint, seeds; strict recovery",
+    "real_env": "the OS agent in the shell sandbox: base/teacher/student task success, real vs simulated synthesis (the 0.5B)",
     "on_policy": "on-policy distillation vs joint vs SFT at the same training wall time; steps to 0.9 (the 0.5B)",
     "ablations": "SFT only vs joint vs joint with reasons on one run's data",
     "training": "training tokens/s (CPU, or GPU with --random-init)",

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_watch,
         _add_adapters,
         _add_trl,
+        _add_serve,
     ):
         add(sub)
     return parser
@@ -781,10 +782,6 @@ def cmd_adapters(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # --- trl ---------------------------------------------------------------------------------------------------
 
 
@@ -839,3 +836,143 @@ def cmd_trl_import(args) -> int:
     n = write_table(examples, ExamplesSchema, args.out)
     print(f"genpi trl: {n} SFT examples -> {args.out} (privileged context: {len(context)} characters)")
     return 0
+
+
+# --- serve -------------------------------------------------------------------------------------------------
+
+SERVE_HOME = ".genpi/serve"
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve every promoted adapter behind one OpenAI-compatible router (up/down/status)",
+        description="up: start a router on 127.0.0.1 (serve.port, default 8700) in front of one engine: `vllm serve "
+        "--enable-lora` (.venv-vllm) or `transformers serve` where vLLM is missing. A request's `model` is a "
+        "prompt's name; the router sends it to that prompt's promoted adapter and swaps in a newly promoted version "
+        "without dropping requests. Clients send the key held in $GENPI_SERVE_API_KEY (serve.api_key_env). "
+        "down: stop router and engine. status: routes, versions, refusals. See docs/service.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  GENPI_SERVE_API_KEY=... genpi serve up --runs-dir runs\n  genpi serve status\n"
+        "  genpi serve down",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="start router and engine; returns once they answer")
+    _config_args(up)
+    up.add_argument("--runs-dir", help="root of run folders whose promoted adapters are served (default runs/)")
+    up.add_argument("--home", default=SERVE_HOME, help=f"logs, state and merged weights (default {SERVE_HOME})")
+    up.set_defaults(func=cmd_serve_up)
+    for name, func, text in (
+        ("down", cmd_serve_down, "stop router and engine"),
+        ("status", cmd_serve_status, "show routes"),
+    ):
+        q = actions.add_parser(name, help=text)
+        q.add_argument("--home", default=SERVE_HOME)
+        q.set_defaults(func=func)
+
+
+def _serve_state(home: Path) -> dict | None:
+    path = home / "serve.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def cmd_serve_up(args) -> int:
+    import subprocess
+
+    import httpx
+
+    from genpi_core.store.stage import atomic_write_json
+
+    cfg = _load_config(args)
+    home = Path(args.home)
+    if not os.environ.get(cfg.serve.api_key_env):
+        print(
+            f"genpi: error: set {cfg.serve.api_key_env} to the key clients must send (the router never runs open)",
+            file=sys.stderr,
+        )
+        return 2
+    state = _serve_state(home)
+    if state and _pid_alive(state["pid"]):
+        print(f"genpi serve: already running at {state['url']} (pid {state['pid']}); `genpi serve down` first")
+        return 0
+    home.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "genpi.serve.main", "--runs-dir", cfg.runs_dir, "--home", str(home)]
+    cmd += (["--config", str(args.config)] if args.config else []) + [
+        x for item in args.set or [] for x in ("--set", item)
+    ]
+    log_path = home / "serve.log"
+    with open(log_path, "a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    atomic_write_json(
+        home / "serve.json", {"pid": proc.pid, "url": url, "api_key_env": cfg.serve.api_key_env, "log": str(log_path)}
+    )
+    deadline = time.monotonic() + cfg.serve.start_timeout_s + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(
+                f"genpi: error: the router exited ({proc.returncode}); last lines of {log_path}:\n"
+                + log_path.read_text(errors="replace")[-2000:],
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        print(f"genpi: error: no answer from {url} in time; see {log_path}", file=sys.stderr)
+        return 1
+    print(
+        f"genpi serve: {url}/v1 (pid {proc.pid}, log {log_path}); clients send Authorization: Bearer "
+        f"${cfg.serve.api_key_env}; `genpi serve status` lists the routes"
+    )
+    return 0
+
+
+def cmd_serve_down(args) -> int:
+    home = Path(args.home)
+    state = _serve_state(home)
+    if not state or not _pid_alive(state["pid"]):
+        print("genpi serve: not running")
+        (home / "serve.json").unlink(missing_ok=True)
+        return 0
+    os.kill(state["pid"], signal.SIGTERM)  # the router stops its engine and the engine's whole group
+    deadline = time.monotonic() + 90
+    while _pid_alive(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _pid_alive(state["pid"]):
+        os.killpg(state["pid"], signal.SIGKILL)  # the engine then goes by its parent-death signal
+    (home / "serve.json").unlink(missing_ok=True)
+    print(f"genpi serve: stopped (pid {state['pid']})")
+    return 0
+
+
+def cmd_serve_status(args) -> int:
+    import httpx
+
+    state = _serve_state(Path(args.home))
+    if not state or not _pid_alive(state["pid"]):
+        print("genpi serve: not running")
+        return 1
+    key = os.environ.get(state["api_key_env"], "")
+    reply = httpx.get(f"{state['url']}/genpi/status", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    if reply.status_code != 200:
+        print(f"genpi: error: {reply.status_code} from the router (is {state['api_key_env']} set?)", file=sys.stderr)
+        return 2
+    print(json.dumps(reply.json(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -452,6 +452,41 @@ class TaskEvalConfig(_Config):
     confidence_level: float = Field(0.95, gt=0, lt=1)
 
 
+class ServeConfig(_Config):
+    """`genpi serve`: an OpenAI-compatible router on 127.0.0.1 in front of one engine. A request's `model` is a
+    prompt's name; the router sends it to the adapter of that prompt's promoted version (genpi/serve/)."""
+
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto",
+        description="vllm: `vllm serve --enable-lora`, one base and every adapter, runtime LoRA loading (from "
+        "`vllm_venv` on this CPU); transformers: `transformers serve` with each tenant merged into its own "
+        "weights (no shared base; the fallback where vLLM is missing); auto: vllm when its venv exists.",
+    )
+    host: str = Field("127.0.0.1", description="The router's address; the engine always binds 127.0.0.1.")
+    port: int = Field(8700, gt=0, lt=65536, description="The router's port.")
+    api_key_env: str = Field(
+        "GENPI_SERVE_API_KEY",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Env var holding the key every client must send (Authorization: Bearer); never logged.",
+    )
+    prompts: tuple[str, ...] = Field((), description="Prompt names to serve; empty = every promoted prompt.")
+    max_loras: int = Field(4, gt=0, description="vLLM --max-loras: adapters in one batch (GPU/CPU memory slots).")
+    max_cpu_loras: int | None = Field(
+        None, gt=0, description="vLLM --max-cpu-loras: adapters cached in host memory (None = vLLM's default)."
+    )
+    max_lora_rank: int = Field(16, gt=0, description="vLLM --max-lora-rank: the largest adapter rank served.")
+    poll_s: float = Field(2.0, gt=0, description="Seconds between checks of promoted.json for a new version.")
+    drain_timeout_s: float = Field(120.0, gt=0, description="Longest wait for the old version's requests to finish.")
+    start_timeout_s: float = Field(600.0, gt=0, description="Longest wait for an engine to answer /v1/models.")
+    vllm_venv: str = Field(".venv-vllm", description="Where vLLM is installed (scripts/setup_vllm.sh).")
+    vllm_args: tuple[str, ...] = Field(
+        (),
+        description="Extra `vllm serve` flags, e.g. ['--tensor-parallel-size', '2'] or ['--data-parallel-size', '4'] "
+        "on GPUs; on this CPU genpi adds --enforce-eager.",
+    )
+    kv_cache_gib: int = Field(2, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU (GiB of KV cache).")
+
+
 class PipelineConfig(_Config):
     """Everything one `genpi internalize` run needs besides the prompt spec."""
 
@@ -465,6 +500,7 @@ class PipelineConfig(_Config):
     evaluate: EvaluateConfig = EvaluateConfig()
     tasks: TaskEvalConfig = TaskEvalConfig()
     promote: PromoteConfig = PromoteConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:

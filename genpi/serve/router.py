@@ -1,0 +1,261 @@
+"""The router: OpenAI-compatible, on 127.0.0.1, holding the API key, in front of one engine.
+
+- Every call needs ``Authorization: Bearer <key>`` (the key comes from ``serve.api_key_env``; compared in
+  constant time, never logged). Only ``/health`` is open.
+- ``POST /v1/chat/completions`` and ``/v1/completions``: the request's ``model`` is a prompt's name. The
+  router rewrites it to the engine's name for that prompt's promoted version and forwards the call (streamed
+  replies stream through). An unknown name gets a 404 listing the served names.
+- ``GET /v1/models``: the served prompt names. ``GET /genpi/status``: routes, versions, refusals.
+  ``POST /genpi/swap``: look for newly promoted versions now (the poller also does, every ``poll_s``).
+
+A swap never drops a request: the new version is checked (its bytes against its training record, its base
+against the engine's) and loaded under a new engine name, then the route switches, then the router waits
+for the old version's requests in flight to finish and unloads it. If the check or the load fails, the old
+version keeps serving and ``/genpi/status`` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from genpi.serve.engines import Engine
+from genpi.serve.tenants import Tenant, check_tenant, load_tenant, promoted_names
+from schemas.config import ServeConfig
+
+log = logging.getLogger("genpi.serve")
+
+
+def _error(status: int, message: str, kind: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, **extra}}, status_code=status)
+
+
+@dataclass
+class Served:
+    tenant: Tenant
+    model_id: str
+
+
+@dataclass
+class RouterState:
+    """Routes by prompt name, requests in flight by engine model id, and what was refused and why."""
+
+    routes: dict[str, Served] = field(default_factory=dict)
+    in_flight: Counter = field(default_factory=Counter)
+    refused: dict[str, str] = field(default_factory=dict)
+    swaps: int = 0
+
+
+class Router:
+    def __init__(self, cfg: ServeConfig, runs_dir: Path, engine: Engine, base_model: str, api_key: str) -> None:
+        if not api_key:
+            raise ValueError(f"serve: set {cfg.api_key_env} to the key clients must send; the router never runs open")
+        self.cfg, self.runs_dir, self.engine, self.base_model = cfg, Path(runs_dir), engine, base_model
+        self._key = api_key.encode()
+        self.state = RouterState()
+        self._lock = asyncio.Lock()
+        self._client: httpx.AsyncClient | None = None
+
+    # --- tenants ------------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.cfg.prompts) or promoted_names(self.runs_dir)
+
+    def wanted(self) -> list[Tenant]:
+        """Every served name's promoted version that passes its checks; refusals recorded with their reason."""
+        out = []
+        for name in self.names():
+            tenant = load_tenant(self.runs_dir, name)
+            if tenant is None:
+                self.state.refused[name] = "no promoted version"
+                continue
+            try:
+                check_tenant(tenant, self.base_model)
+            except ValueError as exc:
+                self.state.refused[tenant.engine_name] = str(exc)
+                log.warning("not serving %s: %s", tenant.engine_name, exc)
+                continue
+            out.append(tenant)
+        return out
+
+    def start(self) -> None:
+        """Start the engine with every servable tenant (blocking: engines take a while)."""
+        tenants = self.wanted()
+        self.engine.start(tenants if self.engine.kind == "vllm" else [])
+        for tenant in tenants:
+            model_id = self.engine.add(tenant) if self.engine.kind != "vllm" else self.engine.model_id(tenant)
+            self.state.routes[tenant.name] = Served(tenant, model_id)
+            log.info("serving %s as %s", tenant.name, tenant.engine_name)
+
+    async def refresh(self) -> list[str]:
+        """Swap in every newly promoted version; returns what changed."""
+        changed = []
+        async with self._lock:  # one swap at a time
+            for name in self.names():
+                tenant = load_tenant(self.runs_dir, name)
+                current = self.state.routes.get(name)
+                if tenant is None or (current and current.tenant.version12 == tenant.version12):
+                    continue
+                if tenant.engine_name in self.state.refused:
+                    continue  # refused before: the same bytes would be refused again
+                if await self._swap(tenant, current):
+                    changed.append(tenant.engine_name)
+        return changed
+
+    async def _swap(self, tenant: Tenant, old: Served | None) -> bool:
+        try:
+            await asyncio.to_thread(check_tenant, tenant, self.base_model)
+            model_id = await asyncio.to_thread(self.engine.add, tenant)
+        except (ValueError, RuntimeError, httpx.HTTPError) as exc:
+            self.state.refused[tenant.engine_name] = str(exc)
+            keeps = f"; {old.tenant.engine_name} keeps serving" if old else ""
+            log.warning("swap to %s refused: %s%s", tenant.engine_name, exc, keeps)
+            return False
+        self.state.routes[tenant.name] = Served(tenant, model_id)  # new requests go to the new version now
+        self.state.swaps += 1
+        log.info("%s now serves %s", tenant.name, tenant.engine_name)
+        if old is not None:
+            asyncio.get_running_loop().create_task(self._retire(old))
+        return True
+
+    async def _retire(self, old: Served) -> None:
+        """Unload the old version once its requests in flight are done (or the drain time is up)."""
+        waited = 0.0
+        while self.state.in_flight[old.model_id] and waited < self.cfg.drain_timeout_s:
+            await asyncio.sleep(0.1)
+            waited += 0.1
+        if self.state.in_flight[old.model_id]:
+            log.warning(
+                "%s: %d request(s) still running after %.0f s; unloading anyway",
+                old.tenant.engine_name,
+                self.state.in_flight[old.model_id],
+                waited,
+            )
+        await asyncio.to_thread(self.engine.remove, old.tenant)
+        log.info("unloaded %s", old.tenant.engine_name)
+
+    async def poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_s)
+            try:
+                await self.refresh()
+            except Exception:  # the poller must outlive any one bad promotion record
+                log.exception("checking for promoted versions failed")
+
+    # --- HTTP -----------------------------------------------------------------------------------------------
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key)
+
+    async def forward(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "the request body is not JSON", "invalid_request_error")
+        name = body.get("model") if isinstance(body, dict) else None
+        served = self.state.routes.get(name) if isinstance(name, str) else None
+        if served is None:
+            names = sorted(self.state.routes)
+            return _error(
+                404, f"unknown model {name!r}; served: {', '.join(names) or 'none'}", "model_not_found", served=names
+            )
+        body["model"] = served.model_id
+        model_id = served.model_id
+        self.state.in_flight[model_id] += 1
+        assert self._client is not None
+        upstream = self._client.build_request(
+            "POST", request.url.path, json=body, headers=self.engine.headers, timeout=None
+        )
+        try:
+            reply = await self._client.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            self.state.in_flight[model_id] -= 1
+            return _error(502, f"the engine did not answer: {type(exc).__name__}", "engine_error")
+
+        async def relay():
+            try:
+                async for chunk in reply.aiter_raw():
+                    yield chunk
+            finally:
+                await reply.aclose()
+                self.state.in_flight[model_id] -= 1
+
+        headers = {k: v for k, v in reply.headers.items() if k.lower() in ("content-type", "cache-control")}
+        return StreamingResponse(relay(), status_code=reply.status_code, headers=headers)
+
+    async def models(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "owned_by": "genpi"} for n in sorted(self.state.routes)],
+            }
+        )
+
+    async def status(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        routes = {
+            n: {
+                "version": s.tenant.version12,
+                "engine_name": s.tenant.engine_name,
+                "promoted_at": s.tenant.promoted_at,
+                "in_flight": self.state.in_flight[s.model_id],
+            }
+            for n, s in sorted(self.state.routes.items())
+        }
+        return JSONResponse(
+            {
+                "engine": self.engine.kind,
+                "engine_alive": self.engine.alive(),
+                "routes": routes,
+                "refused": self.state.refused,
+                "swaps": self.state.swaps,
+            }
+        )
+
+    async def swap(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        return JSONResponse({"swapped": await self.refresh()})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"ok": self.engine.alive()}, status_code=200 if self.engine.alive() else 503)
+
+    def app(self) -> Starlette:
+        @asynccontextmanager
+        async def lifespan(app):
+            self._client = httpx.AsyncClient(base_url=self.engine.url)
+            poller = asyncio.get_running_loop().create_task(self.poll())
+            try:
+                yield
+            finally:
+                poller.cancel()
+                await self._client.aclose()
+
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.forward, methods=["POST"]),
+                Route("/v1/completions", self.forward, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/genpi/status", self.status, methods=["GET"]),
+                Route("/genpi/swap", self.swap, methods=["POST"]),
+                Route("/health", self.health, methods=["GET"]),
+            ],
+            lifespan=lifespan,
+        )

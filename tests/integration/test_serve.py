@@ -96,6 +96,11 @@ def _tree(pid: int) -> set[int]:
 
 
 def test_serve_routes_by_prompt_name_and_swaps_versions_under_load(tmp_path, embedded_model_dir):
+    serve_scenario(tmp_path, "transformers")
+
+
+def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = ()) -> None:
+    """The whole scenario on one engine kind (tests/vllm runs it on vLLM)."""
     runs, home = tmp_path / "runs", tmp_path / "home"
     desk = _adapter(runs, "desk", "a" * 64, 1)
     hotel = _adapter(runs, "hotel", "b" * 64, 2)
@@ -115,9 +120,10 @@ def test_serve_routes_by_prompt_name_and_swaps_versions_under_load(tmp_path, emb
         "--set",
         f"serve.port={port}",
         "--set",
-        "serve.engine=transformers",
+        f"serve.engine={engine}",
         "--set",
         "serve.poll_s=0.5",
+        *[x for item in settings for x in ("--set", item)],
     ]
     up = subprocess.run([*cli, "up", *args], env=env, capture_output=True, text=True, timeout=900)
     assert up.returncode == 0, up.stderr + up.stdout
@@ -133,6 +139,14 @@ def test_serve_routes_by_prompt_name_and_swaps_versions_under_load(tmp_path, emb
             assert _text(_ask(url, name)) == expected[name]
         unknown = _ask(url, "nobody")
         assert unknown.status_code == 404 and unknown.json()["error"]["served"] == ["desk", "hotel"]
+        if engine == "vllm":  # only the router may load or unload adapters: the engine wants the router's key
+            engine_port = next(home.glob("engine-vllm-*.log")).stem.rsplit("-", 1)[1]
+            direct = httpx.post(
+                f"http://127.0.0.1:{engine_port}/v1/load_lora_adapter",
+                json={"lora_name": "x", "lora_path": str(desk)},
+                timeout=30,
+            )
+            assert direct.status_code == 401
 
         # a damaged new version and one trained on another base are refused; the old version keeps serving
         damaged = _adapter(runs, "desk", "c" * 64, 3)

@@ -141,7 +141,26 @@ def promote_task(ingested: IngestOutput, evaluated: StageOutput, train: StageOut
         ingested.version[:12],
         "promoted" if out.rows.get("promoted") else "not promoted (below the bar)",
     )
+    if out.rows.get("promoted") and not out.reused:
+        emit_promoted(ingested)  # a running `genpi serve` swaps it in (deployment serve-swap)
     return _log(out)
+
+
+PROMOTED_EVENT = "genpi.adapter.promoted"
+
+
+def emit_promoted(ingested: IngestOutput) -> None:
+    from prefect.events import emit_event
+
+    emit_event(
+        event=PROMOTED_EVENT,
+        resource={
+            "prefect.resource.id": f"genpi.prompt.{ingested.name}",
+            "prefect.resource.name": ingested.name,
+            "genpi.version": ingested.version,
+        },
+        payload={"name": ingested.name, "version": ingested.version, "version12": ingested.version[:12]},
+    )
 
 
 def spec_run_name(spec_path: str) -> str:

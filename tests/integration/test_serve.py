@@ -95,12 +95,20 @@ def _tree(pid: int) -> set[int]:
         return set()
 
 
-def test_serve_routes_by_prompt_name_and_swaps_versions_under_load(tmp_path, embedded_model_dir):
-    serve_scenario(tmp_path, "transformers")
+def test_serve_routes_by_prompt_name_and_swaps_versions_under_load(tmp_path, monkeypatch, embedded_model_dir):
+    monkeypatch.setenv("GENPI_SERVE_API_KEY", KEY)  # what the serve-swap deployment's worker holds
+    serve_scenario(tmp_path, "transformers", poll=False)
 
 
-def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = ()) -> None:
-    """The whole scenario on one engine kind (tests/vllm runs it on vLLM)."""
+def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = (), poll: bool = True) -> None:
+    """The whole scenario on one engine kind (tests/vllm runs it on vLLM). With ``poll`` the router finds new
+    versions itself; without, each promotion is followed by what the serve-swap deployment runs."""
+    from tasks.serve import request_swap
+
+    def promote(name: str, version: str, adapter: Path) -> list[str] | None:
+        _promote(runs, name, version, adapter)
+        return None if poll else request_swap.fn(home=str(home))
+
     runs, home = tmp_path / "runs", tmp_path / "home"
     desk = _adapter(runs, "desk", "a" * 64, 1)
     hotel = _adapter(runs, "hotel", "b" * 64, 2)
@@ -122,7 +130,7 @@ def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = ()) 
         "--set",
         f"serve.engine={engine}",
         "--set",
-        "serve.poll_s=0.5",
+        f"serve.poll_s={0.5 if poll else 3600}",
         *[x for item in settings for x in ("--set", item)],
     ]
     up = subprocess.run([*cli, "up", *args], env=env, capture_output=True, text=True, timeout=900)
@@ -151,9 +159,9 @@ def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = ()) 
         # a damaged new version and one trained on another base are refused; the old version keeps serving
         damaged = _adapter(runs, "desk", "c" * 64, 3)
         (damaged / "adapter_model.safetensors").write_bytes(b"broken")
-        _promote(runs, "desk", "c" * 64, damaged)
+        assert promote("desk", "c" * 64, damaged) == (None if poll else [])
         other_base = _adapter(runs, "hotel", "d" * 64, 4, base="/models/some-other-base")
-        _promote(runs, "hotel", "d" * 64, other_base)
+        assert promote("hotel", "d" * 64, other_base) == (None if poll else [])
         status = _status(url, lambda s: "desk@cccccccccccc" in s["refused"] and "hotel@dddddddddddd" in s["refused"])
         assert "does not match the hash" in status["refused"]["desk@cccccccccccc"]
         assert "/models/some-other-base" in status["refused"]["hotel@dddddddddddd"]
@@ -174,7 +182,7 @@ def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = ()) 
         for w in workers:
             w.start()
         time.sleep(2)
-        _promote(runs, "desk", "e" * 64, new)
+        assert promote("desk", "e" * 64, new) == (None if poll else ["desk@eeeeeeeeeeee"])
         status = _status(url, lambda s: s["routes"]["desk"]["version"] == "e" * 12)
         time.sleep(3)
         stop.set()

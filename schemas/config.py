@@ -321,6 +321,11 @@ class TrainConfig(_Config):
     num_processes: int = Field(
         1, gt=0, description="Data-parallel processes; >1 runs `accelerate launch` (DDP: gloo on CPU, NCCL on GPUs)."
     )
+    accelerate_config: str | None = Field(
+        None,
+        description="An `accelerate launch --config_file` (configs/accelerate/ddp.yaml or fsdp.yaml); "
+        "num_processes still sets the process count. None = plain DDP flags.",
+    )
     merge: bool = Field(
         False, description="Also write a merged model (adapter folded into the weights) next to the adapter."
     )

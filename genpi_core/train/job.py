@@ -71,6 +71,17 @@ def run_job(job: TrainJob) -> dict:
 def launch_command(job_path: Path, job: TrainJob) -> list[str]:
     """One process, or ``accelerate launch`` with N data-parallel processes (gloo on CPU)."""
     entry = ["-m", "genpi_core.train.job", "--job", str(job_path)]
+    if job.train.accelerate_config:  # the user's accelerate config (DDP, FSDP, ...), the process count from ours
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            job.train.accelerate_config,
+            "--num_processes",
+            str(job.train.num_processes),
+            *entry,
+        ]
     if job.train.num_processes == 1:
         return [sys.executable, *entry]
     # `--multi_gpu` also on CPU machines: accelerate's `--cpu` flag would run ONE process (its simple launcher,

@@ -23,6 +23,7 @@ from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR, LATEST_CHECKPOINT, TR
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
 
+ACCELERATE = Path(__file__).resolve().parents[4] / "configs" / "accelerate"
 TOPICS = ["hours", "cards", "printing", "rooms", "events", "loans", "fines", "kids"]
 
 
@@ -138,8 +139,9 @@ def test_killed_training_resumes_and_ends_with_the_same_adapter(tmp_path, refere
 
 
 def test_accelerate_launch_with_two_cpu_processes_trains_the_same_adapter(tmp_path, reference):
+    """Through the checked-in DDP config (configs/accelerate/ddp.yaml): 2 gloo processes on this CPU."""
     ref_out, ref_metrics = reference
-    job = _job(tmp_path / "data", tmp_path / "out", num_processes=2)
+    job = _job(tmp_path / "data", tmp_path / "out", num_processes=2, accelerate_config=str(ACCELERATE / "ddp.yaml"))
     metrics = json.loads(launch(job, tmp_path / "out" / CHECKPOINT_DIR).read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == ref_metrics["steps"]
     # same global batches, gradients all-reduced: the adapter matches the one-process run up to float sums.
@@ -149,6 +151,27 @@ def test_accelerate_launch_with_two_cpu_processes_trains_the_same_adapter(tmp_pa
     assert _max_diff(two, one) < 2.5e-3
     assert _relative_diff(two, one) < 1e-2
     assert metrics["final_loss"] == pytest.approx(ref_metrics["final_loss"], rel=1e-3)
+
+
+def test_accelerate_parses_the_checked_in_ddp_and_fsdp_configs(tmp_path):
+    """Both configs load and pass accelerate's own launch validation (FSDP is not run here: no GPUs)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from genpi_core.train.job import launch_command
+
+    kinds = {}
+    for name in ("ddp", "fsdp"):
+        path = ACCELERATE / f"{name}.yaml"
+        kinds[name] = load_config_from_file(str(path)).distributed_type.value
+        job = _job(tmp_path / name, tmp_path / name / "out", num_processes=2, accelerate_config=str(path))
+        command = launch_command(tmp_path / "job.json", job)
+        assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(path)]
+        args = launch_command_parser().parse_args(command[3:])  # what `accelerate launch` itself receives
+        validated, _, _ = _validate_launch_command(args)
+        assert validated.num_processes == 2
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}
+    assert load_config_from_file(str(ACCELERATE / "fsdp.yaml")).fsdp_config["fsdp_use_orig_params"] is True
 
 
 def test_a_failing_training_process_reports_its_log(tmp_path, embedded_model_dir):

@@ -220,7 +220,7 @@ def test_run_finetune_saves_a_loadable_adapter_merged_model_and_loss_log(tmp_pat
     cfg = TrainConfig(epochs=1, batch_size=2, lora=SMALL, merge=True)
     metrics = run_finetune(ModelConfig(), cfg, tmp_path / "train.parquet", tmp_path / "val.parquet", [], tmp_path)
     assert metrics["steps"] == 2 and metrics["final_val_loss"] is not None
-    assert metrics["train_examples"] == {"sft": 4, "pg": 2, "pg_with_reason": 0}
+    assert metrics["train_examples"] == {"sft": 4, "pg": 2, "on_policy_contexts": 0, "pg_with_reason": 0}
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     model = PeftModel.from_pretrained(load_model("embedded"), str(tmp_path / "adapter"))
     assert any("lora_A" in n for n, _ in model.named_parameters())

@@ -1,7 +1,7 @@
 """`genpi server up|down|status`: genpi as a local service on one machine.
 
 `up` starts a Prefect server on loopback (SQLite under a project-local PREFECT_HOME), creates the
-process work pool and the tag concurrency limits, deploys everything in prefect.yaml and starts a
+process work pool and the tag concurrency limits, deploys prefect.yaml's deployments on that pool and starts a
 worker; `down` stops what `up` started. The pids go to ``<home>/genpi-service.json`` so `down` stops
 exactly those processes (checked against their command line, so a recycled pid is never killed).
 
@@ -184,11 +184,21 @@ def ensure_pool_and_limits(api: PrefectAPI, pool: str, limits: dict[str, int], r
         api.request("POST", "/concurrency_limits/", json={"tag": tag, "concurrency_limit": limit})
 
 
-def deploy(project_dir: Path, env: dict, log: Path) -> None:
-    """`prefect deploy --all` from the project's prefect.yaml (idempotent: redeploying replaces)."""
+def local_deployments(project_dir: Path, pool: str = WORK_POOL) -> list[str]:
+    """The prefect.yaml deployments on this service's own pool; the others (the Docker pool's) belong to pools
+    this service does not create, and `prefect deploy` refuses a deployment whose pool does not exist."""
+    import yaml
+
+    declared = yaml.safe_load((project_dir / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
+    return [d["name"] for d in declared if (d.get("work_pool") or {}).get("name") == pool]
+
+
+def deploy(project_dir: Path, env: dict, log: Path, pool: str = WORK_POOL) -> None:
+    """`prefect deploy` of every prefect.yaml deployment on ``pool`` (idempotent: redeploying replaces)."""
+    names = [x for name in local_deployments(project_dir, pool) for x in ("--name", name)]
     with open(log, "ab") as out:
         rc = subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", *names],
             cwd=project_dir,
             env=env,
             stdout=out,
@@ -196,7 +206,7 @@ def deploy(project_dir: Path, env: dict, log: Path) -> None:
             stdin=subprocess.DEVNULL,
         ).returncode
     if rc != 0:
-        raise RuntimeError(f"prefect deploy --all failed (exit {rc}); {log}:\n{_tail(log)}")
+        raise RuntimeError(f"prefect deploy failed (exit {rc}); {log}:\n{_tail(log)}")
 
 
 def _wait_worker(api: PrefectAPI, pool: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
@@ -268,7 +278,7 @@ def up(
                 f"genpi server: work pool {pool} (runs at once: {run_limit or 'no limit'}); concurrency limits "
                 f"{limits}; deploying prefect.yaml"
             )
-            deploy(project_dir, env, logs / "deploy.log")
+            deploy(project_dir, env, logs / "deploy.log", pool)
             if worker:
                 proc = _start_worker(state, env, logs)
                 state.worker_pid = proc.pid

@@ -68,3 +68,11 @@ def test_the_docker_pool_deployment_registers_with_its_job_variables(tmp_path, m
     assert jobs["image"] == "genpi-worker:gpu" and jobs["volumes"] == ["genpi-cache:/cache"]
     assert jobs["container_create_kwargs"]["device_requests"][0]["capabilities"] == [["gpu"]]
     assert jobs["env"]["GENPI_CACHE"] == "/cache/genpi"
+
+
+def test_pure_logic_genpi_server_deploys_only_its_own_pools_deployments():
+    """`prefect deploy` refuses a deployment whose pool does not exist: `genpi server up` creates genpi-local only."""
+    from genpi.service import local_deployments
+
+    names = local_deployments(ROOT)
+    assert "internalize" in names and "serve-swap" in names and "internalize-docker" not in names

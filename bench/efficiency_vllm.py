@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from efficiency import BATCH, RESULTS, input_ids, kv_bytes_per_token, prompt_ids  # noqa: E402
 
 
-def _engine(kv_gib: int, lora: bool, max_model_len: int = 8192):
+def _engine(kv_gib: int, lora: bool, max_model_len: int = 8192, max_loras: int = 1, max_cpu_loras: int | None = None):
     from vllm import LLM
 
     from genpi_core.generation.models import resolve_model
@@ -38,7 +38,9 @@ def _engine(kv_gib: int, lora: bool, max_model_len: int = 8192):
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_gib:g}"
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     path = resolve_model("embedded")
-    extra = {"enable_lora": True, "max_lora_rank": 16, "max_loras": 1} if lora else {}
+    extra = {"enable_lora": True, "max_lora_rank": 16, "max_loras": max_loras} if lora else {}
+    if lora and max_cpu_loras:
+        extra["max_cpu_loras"] = max_cpu_loras
     started = time.perf_counter()
     llm = LLM(
         model=path,
@@ -169,15 +171,14 @@ def child(job: dict) -> list[dict]:
     return rows
 
 
-def _spawn(job: dict) -> list[dict]:
-    """Run one engine in its own process; also samples the RSS of its process tree (vLLM's engine core is a
-    child) every 0.2 s, so each row carries the engine's peak memory (KV cache preallocated included)."""
+def _spawn(job: dict, script: str = __file__) -> list[dict]:
+    """Run one engine in its own process (``script --child JOB``); also samples the RSS of its process tree
+    (vLLM's engine core is a child) every 0.2 s, so each row carries the engine's peak memory (KV cache
+    preallocated included)."""
     import psutil
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(job)], stdout=out, stderr=err, text=True
-        )
+        proc = subprocess.Popen([sys.executable, script, "--child", json.dumps(job)], stdout=out, stderr=err, text=True)
         root, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:
             try:

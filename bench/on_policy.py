@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 
 from quality import (
     MAIN_PROMPT,
@@ -40,6 +39,9 @@ from quality import (
     _f,
     _recoveries,
     evaluation_scores,
+)
+from quality import (
+    Cell as QualityCell,
 )
 
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
@@ -66,11 +68,8 @@ LIGHT_EVAL = [
 ]
 
 
-@dataclass(frozen=True)
-class Cell:
-    prompt: str
-    variant: str
-    seed: int
+class Cell(QualityCell):
+    """A prompt, a variant, a seed, as in the quality suite, in folders of its own."""
 
     @property
     def name(self) -> str:  # op-<variant>-s<seed>: apart from the quality suite's train-<variant>-s<seed>

@@ -130,20 +130,27 @@ def run_finetune(
         if teacher_logprobs_path is None:
             raise ValueError(f"{train_path}: train.distill_weight > 0 needs the teacher_logprobs stage's table")
         attach_teacher_topk(items["sft"], teacher_logprobs_path, cfg.distill_top_k)
-    on_policy = None
+    on_policy, contexts = None, []
     if cfg.on_policy.enabled:
         if not prompt:
             raise ValueError(f"{train_path}: train.on_policy needs the ingested prompt (the teacher's context)")
-        items["on_policy"] = build_contexts(
+        contexts = build_contexts(
             tokenizer, train_df, prompt, cfg.on_policy.max_new_tokens, cfg.max_seq_len, str(train_path)
         )
-        if not items["on_policy"]:
+        if not contexts:
             raise ValueError(
                 f"{train_path}: train.on_policy needs SFT rows (their contexts are what the student answers)"
             )
-        on_policy = OnPolicy(model, tokenizer, items["on_policy"], cfg.on_policy, accelerator.device)
+        on_policy = OnPolicy(model, tokenizer, contexts, cfg.on_policy, accelerator.device)
     trainer = Trainer(
-        model, accelerator, items, val_items, cfg, tokenizer.pad_token_id, out_dir / CHECKPOINT_DIR, on_policy
+        model,
+        accelerator,
+        {**items, "on_policy": contexts},
+        val_items,
+        cfg,
+        tokenizer.pad_token_id,
+        out_dir / CHECKPOINT_DIR,
+        on_policy,
     )
     resumed_at = trainer.step if trainer.try_resume() else None
     started = time.perf_counter()
@@ -188,15 +195,14 @@ def run_finetune(
         "train_examples": {
             "sft": len(items["sft"]),
             "pg": len(items["pg"]),
-            "on_policy_contexts": len(items.get("on_policy", [])),
+            "on_policy_contexts": len(contexts),
             "pg_with_reason": int(sum(1 for r in train_df.itertuples() if r.objective == "pg" and r.reason))
             if items["pg"] and cfg.pg_reasons
             else 0,
         },
         "val_examples": {"sft": len(val_items["sft"]), "pg": len(val_items["pg"])},
         "longest_example_tokens": max(
-            [len(it.ids) for name in ("sft", "pg") for it in items[name]]
-            + [len(c.teacher_ids) for c in items.get("on_policy", [])]
+            [len(it.ids) for name in ("sft", "pg") for it in items[name]] + [len(c.teacher_ids) for c in contexts]
         ),
         "first_loss": float(train_log["loss"].iloc[0]),
         "final_loss": float(train_log["loss"].iloc[-1]),

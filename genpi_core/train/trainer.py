@@ -15,6 +15,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -243,7 +244,7 @@ class Trainer:
         if planned["on_policy"]:  # sampled lengths are known only where they were sampled
             local = 0 if mine_idle else sum(s.reply_len for s in samples)
             counts["on_policy"] = int(self.accelerator.reduce(torch.tensor(local, device=self.device), "sum").item())
-        work = [
+        work: list[tuple[str, list[Any]]] = [  # Items (sft, pg) or on-policy Samples: both batch by `ids`
             (name, micro)
             for name in ("sft", "pg")
             if planned[name] and self.weights[name] > 0

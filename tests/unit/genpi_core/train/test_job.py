@@ -5,11 +5,6 @@ the same adapter as one process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +14,10 @@ import torch
 from genpi_core.prompt.pg_format import pg_question
 from genpi_core.store.tables import write_table
 from genpi_core.train.job import TrainJob, launch
-from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR, LATEST_CHECKPOINT, TRAIN_JOB_FILE
+from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
+from tests.unit.genpi_core.train.kill_training import kill_at_checkpoint
 
 ACCELERATE = Path(__file__).resolve().parents[4] / "configs" / "accelerate"
 TOPICS = ["hours", "cards", "printing", "rooms", "events", "loans", "fines", "kids"]
@@ -110,24 +106,7 @@ def test_killed_training_resumes_and_ends_with_the_same_adapter(tmp_path, refere
     out = tmp_path / "out"
     job = _job(tmp_path / "data", out)
     state = out / CHECKPOINT_DIR
-    state.mkdir(parents=True)
-    (state / TRAIN_JOB_FILE).write_text(job.model_dump_json())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genpi_core.train.job", "--job", str(state / TRAIN_JOB_FILE)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    killed_after = None
-    while time.time() < deadline and proc.poll() is None:
-        pointer = state / LATEST_CHECKPOINT
-        if pointer.is_file() and int(pointer.read_text().rsplit("-", 1)[1]) >= 2:
-            os.killpg(proc.pid, signal.SIGKILL)  # mid-run, no chance to clean up
-            killed_after = int(pointer.read_text().rsplit("-", 1)[1])
-            break
-        time.sleep(0.02)
-    proc.wait(30)
+    killed_after = kill_at_checkpoint(job, 2, timeout_s=240)
     assert killed_after is not None, "the run finished before a mid-run checkpoint could be killed"
     assert not (out / ADAPTER_DIR).exists()
 

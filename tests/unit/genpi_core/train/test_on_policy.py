@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -36,9 +31,10 @@ from genpi_core.train.on_policy import (
 )
 from genpi_core.train.recipe import attach_lora
 from genpi_core.train.trainer import StepPlan
-from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR, LATEST_CHECKPOINT, TRAIN_JOB_FILE
+from schemas.artifacts import ADAPTER_DIR, CHECKPOINT_DIR
 from schemas.config import IngestConfig, LoraConfig, ModelConfig, OnPolicyConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
+from tests.unit.genpi_core.train.kill_training import kill_at_checkpoint
 
 SMALL = LoraConfig(rank=4, alpha=8)
 QUESTIONS = ["When do you open?", "Can I print here?", "How long can I keep a book?", "Do you have rooms?"]
@@ -294,23 +290,7 @@ def test_a_run_killed_in_its_on_policy_phase_resumes_to_the_same_adapter(tmp_pat
 
     job = _job(tmp_path / "killed", ingested, schedule="after", epochs=1)
     state = Path(job.out_dir) / CHECKPOINT_DIR
-    state.mkdir(parents=True)
-    (state / TRAIN_JOB_FILE).write_text(job.model_dump_json())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genpi_core.train.job", "--job", str(state / TRAIN_JOB_FILE)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    killed_after, deadline = None, time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        pointer = state / LATEST_CHECKPOINT
-        if pointer.is_file() and int(pointer.read_text().rsplit("-", 1)[1]) >= 3:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed_after = int(pointer.read_text().rsplit("-", 1)[1])
-            break
-        time.sleep(0.02)
-    proc.wait(30)
+    killed_after = kill_at_checkpoint(job, 3)
     assert killed_after == 3, "the run was not killed inside its on-policy phase"
     metrics = json.loads(launch(job, state).read_text())
     assert metrics["resumed_at_step"] == 3 and metrics["steps"] == 4

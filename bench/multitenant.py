@@ -12,6 +12,8 @@ EOS ignored, greedy. Side by side, each on its own engine process with the same 
                 cached in host memory; adapters of the trained shape with random weights (speed does not depend
                 on the values); their memory is counted
   (c) base      the base model without any prompt: the limit
+  and at N = 32, lora_evicting: the same LoRA engine with a host-side adapter cache of 8, so adapters are
+  evicted and reloaded from disk (what happens when more prompts are served than fit)
 Reported: throughput (generated tokens/s), p50/p95 latency, peak RSS of the engine's process tree.
 Results: bench/results/multitenant.json with n32_lora_over_prefix_cache_throughput (round-robin) and the same
 for zipf; CPU goal: round-robin ratio >= 2. The GPU-scale analysis is in docs/scale.md.
@@ -81,10 +83,11 @@ def child(job: dict) -> list[dict]:
     n, mode = job["agents"], job["mode"]
     questions = input_ids(tokenizer, 64)
     agent_prompts = [_distinct(prompt_ids(tokenizer, 1000), i) for i in range(n)]
-    if mode == "lora":
+    if mode in ("lora", "lora_evicting"):
         from vllm.lora.request import LoRARequest
 
-        llm, startup = _engine(job["kv_gib"], lora=True, max_model_len=2048, max_loras=min(n, 8), max_cpu_loras=n)
+        cached = n if mode == "lora" else min(n, 8)  # lora_evicting: more tenants than the host-side adapter cache
+        llm, startup = _engine(job["kv_gib"], lora=True, max_model_len=2048, max_loras=min(n, 8), max_cpu_loras=cached)
         adapters = [LoRARequest(f"agent{i}", i + 1, job["adapters"][i]) for i in range(n)]
     else:
         llm, startup = _engine(job["kv_gib"], lora=False, max_model_len=2048)
@@ -129,6 +132,12 @@ def ratios(rows: list[dict]) -> dict:
             if base and lora:
                 out[f"n{n}_base_over_lora_throughput_{order}"] = base["throughput_tok_s"] / lora["throughput_tok_s"]
     out["n32_lora_over_prefix_cache_throughput"] = out.get("n32_lora_over_prefix_cache_throughput_round_robin")
+    for order in ORDERS:  # tenants beyond the adapter cache: the cost of reloading evicted adapters
+        evicting, lora = by.get(("lora_evicting", 32, order)), by.get(("lora", 32, order))
+        if evicting and lora:
+            out[f"n32_evicting_over_cached_lora_throughput_{order}"] = (
+                evicting["throughput_tok_s"] / lora["throughput_tok_s"]
+            )
     return out
 
 
@@ -181,7 +190,9 @@ def main() -> None:
             adapters.append(str(shutil.copytree(first, Path(tmp) / f"agent{i}")))
         adapter_mb = sum(p.stat().st_size for p in Path(adapters[0]).rglob("*") if p.is_file()) / 1e6
         for n in agents:
-            for mode in MODES:
+            # past 8 tenants, also what happens when they outnumber vLLM's host-side adapter cache (evicted
+            # adapters are reloaded from disk on their next request)
+            for mode in (*MODES, "lora_evicting") if n > 8 else MODES:
                 print(f"{n} agents, {mode}", flush=True)
                 job = {
                     "engine": mode,
@@ -194,7 +205,7 @@ def main() -> None:
                     "kv_gib": args.kv_gib,
                 }
                 for row in _spawn(job, __file__):
-                    rows.append(row | {"adapter_mb_total": adapter_mb * n if mode == "lora" else 0.0})
+                    rows.append(row | {"adapter_mb_total": adapter_mb * n if mode.startswith("lora") else 0.0})
     results = {
         "requests": args.requests,
         "concurrency": args.concurrency,

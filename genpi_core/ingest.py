@@ -20,7 +20,7 @@ from genpi_core.generation.chat_template import chat_token_ids
 from genpi_core.prompt.research_format import ResearchPromptError, parse_research_prompt
 from genpi_core.prompt.views import prompt_messages
 from genpi_core.store.stage import Stage, atomic_write_json
-from schemas.artifacts import PROMPT_FILE
+from schemas.artifacts import LINEAGE_FILE, PROMPT_FILE
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
 from schemas.spec import CHECK_TYPES, PROMPT_FILE_FORMATS, PromptSpec
@@ -247,7 +247,11 @@ def run_ingest(spec_path: Path | str, model: ModelConfig, cfg: IngestConfig, run
                 "spec": spec.model_dump(mode="json"),
             },
         )
-        stage.finish([PROMPT_FILE], rows={"prompt_tokens": n_tokens})
+        from genpi_core.lineage import lineage_record
+
+        lineage = lineage_record(Path(runs_dir), spec.name, version, spec.prompt)  # fixed at first ingest
+        atomic_write_json(stage.dir / LINEAGE_FILE, lineage)
+        stage.finish([PROMPT_FILE, LINEAGE_FILE], rows={"prompt_tokens": n_tokens})
     return IngestResult(spec, version, n_tokens, run_dir, out)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from genpi_core.store.stage import Stage, atomic_write_json, tree_sha256
-from schemas.artifacts import DECISION_FILE, MANIFEST, PROMOTED_FILE, SUMMARY_FILE
+from schemas.artifacts import DECISION_FILE, LINEAGE_FILE, MANIFEST, PROMOTED_FILE, SUMMARY_FILE
 from schemas.config import PromoteConfig
 from schemas.summary import EvaluationSummary
 
@@ -39,6 +39,8 @@ class AdapterRow(BaseModel):
     collapsed: bool | None = None
     gate: str = "not evaluated"  # passed | failed | not gated | not evaluated
     promoted: bool = False
+    parent_version12: str | None = None  # the version this one descends from (ingest/lineage.json)
+    lines_changed: int | None = None  # lines added + removed in the prompt since the parent
 
 
 def _metrics(summary: EvaluationSummary) -> dict:
@@ -149,6 +151,12 @@ def list_adapters(runs_dir: str | Path, name: str | None = None) -> list[Adapter
         pointer = promoted(runs_dir, prompt_dir.name)
         for run_dir in sorted(p for p in prompt_dir.iterdir() if (p / "ingest" / MANIFEST).is_file()):
             row = AdapterRow(name=prompt_dir.name, version12=run_dir.name, run_dir=str(run_dir))
+            lineage = run_dir / "ingest" / LINEAGE_FILE
+            if lineage.is_file():  # versions ingested before lineage was recorded have none
+                record = json.loads(lineage.read_text())
+                row.parent_version12 = record.get("parent_version12")
+                diff = record.get("diff")
+                row.lines_changed = diff["lines_added"] + diff["lines_removed"] if diff else None
             summary = run_dir / "evaluate" / SUMMARY_FILE
             if (run_dir / "evaluate" / MANIFEST).is_file() and summary.is_file():
                 row = row.model_copy(update=_metrics(EvaluationSummary.load(summary)))

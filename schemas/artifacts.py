@@ -13,6 +13,9 @@ CHECKPOINT_DIR = "_state"  # resumable state of a stage that is still running
 
 # --- ingest ------------------------------------------------------------------------------------------
 PROMPT_FILE = "prompt.json"
+LINEAGE_FILE = (
+    "lineage.json"  # in ingest/: the parent version of the prompt and the diff from it (genpi_core/lineage.py)
+)
 
 # --- inputs, conversations, reasons (synthesis) ------------------------------------------------------
 INPUTS_FILE = "inputs.parquet"

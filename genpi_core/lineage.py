@@ -46,7 +46,8 @@ def prompt_diff(old: PromptBody, new: PromptBody) -> dict:
         if a == b:
             continue
         change = "added" if a is None else "removed" if b is None else "changed"
-        turns.append({"turn": i, "role": (b or a)["role"], "change": change})
+        turn = b if b is not None else a
+        turns.append({"turn": i, "role": turn["role"] if turn is not None else "", "change": change})
     lines = list(
         difflib.unified_diff(render_prompt(old).splitlines(), render_prompt(new).splitlines(), n=0, lineterm="")
     )

@@ -188,7 +188,7 @@ class Router:
 
         async def relay():
             try:
-                async for chunk in reply.aiter_raw():
+                async for chunk in reply.aiter_bytes():  # decoded: the client is not told of any engine encoding
                     yield chunk
             finally:
                 await reply.aclose()

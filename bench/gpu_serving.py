@@ -113,7 +113,7 @@ def run(shape: str, device: str, lengths: list[int], batches: list[int], new_tok
             inputs = torch.randint(10, vocab, (batch, INPUT_TOKENS), generator=generator).to(device)
             full = torch.cat([prompt.expand(batch, -1), inputs], dim=1)
 
-            def reused(full=full, batch=batch):
+            def reused(full=full, batch=batch, prefix=prefix):
                 cache = copy.deepcopy(prefix)
                 cache.batch_repeat_interleave(batch)
                 _generate(base, full, new_tokens, cache)

@@ -284,6 +284,8 @@ def train_stage(
     if cfg.distill_weight > 0:
         teacher_logprobs = teacher_logprobs or teacher_logprobs_stage(ingested, dataset, cfg, model)
         sources["teacher_logprobs"] = teacher_logprobs.path("logprobs")
+    if cfg.warm_start.from_adapter and Path(cfg.warm_start.from_adapter).is_dir():  # a changed parent re-trains
+        sources["warm_start"] = Path(cfg.warm_start.from_adapter)
     stage = Stage(Path(ingested.run_dir), stage_name("train", variant), config, sources)
 
     def work(out_dir: Path) -> dict:

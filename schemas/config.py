@@ -197,6 +197,18 @@ class LoraConfig(_Config):
     )
 
 
+class WarmStartConfig(_Config):
+    """Start from a parent version's adapter instead of from zero, with a shorter schedule (an edited prompt).
+
+    Never used across a change of base model (and so tokenizer) or of LoRA shape: training then starts from
+    zero with the full schedule, and metrics.json says why (genpi_core/train/warm_start.py)."""
+
+    from_adapter: str | None = Field(None, description="The parent's adapter folder (its run's train/adapter).")
+    share: float = Field(
+        0.3, gt=0.0, le=1.0, description="Optimizer steps as a share of the parent's (at least one step)."
+    )
+
+
 class OnPolicyConfig(_Config):
     """On-policy prompt distillation (genpi_core/train/on_policy.py): the student samples replies to training
     contexts without the prompt, the teacher (same base model, adapter off, prompt in context) scores the
@@ -276,6 +288,7 @@ class TrainConfig(_Config):
         description="Baseline: share of SFT examples trained WITH the prompt in context (paper: 1.0 / 0.5).",
     )
     on_policy: OnPolicyConfig = OnPolicyConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
     lora: LoraConfig = LoraConfig()
     learning_rate: float = Field(5e-4, gt=0, description="Peak lr (warmup, then cosine).")
     epochs: int = Field(6, gt=0, description="Passes over the SFT examples (the small synthesized set).")

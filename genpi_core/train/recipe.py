@@ -38,6 +38,7 @@ from genpi_core.train.qlora import (
 )
 from genpi_core.train.teacher_logprobs import attach_teacher_topk
 from genpi_core.train.trainer import Trainer
+from genpi_core.train.warm_start import load_parent, plan_warm_start
 from schemas.artifacts import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
@@ -126,6 +127,9 @@ def run_finetune(
         attention = {"attn_implementation": register_prefix_attention()} if cfg.on_policy.enabled else {}
         base = load_model(model_cfg.name_or_path, model_cfg.dtype, model_cfg.device, **attention)
     model = attach_lora(base, cfg.lora)
+    cfg, warm_start = plan_warm_start(cfg, model_cfg)  # a parent's adapter to start from, and a shorter schedule
+    if warm_start["used"]:
+        load_parent(model, Path(warm_start["from"]))
     if cfg.distill_weight > 0:  # the teacher_logprobs stage's table, computed once for every run on this data
         if teacher_logprobs_path is None:
             raise ValueError(f"{train_path}: train.distill_weight > 0 needs the teacher_logprobs stage's table")
@@ -183,6 +187,7 @@ def run_finetune(
             "prompt_in_context": cfg.prompt_in_context,
             "on_policy": cfg.on_policy.model_dump(mode="json") if cfg.on_policy.enabled else None,
         },
+        "warm_start": warm_start,
         "steps": int(len(train_log)),
         "planned_steps": trainer.plan.total,
         "on_policy_steps": int(

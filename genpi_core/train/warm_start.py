@@ -53,7 +53,7 @@ def plan_warm_start(cfg: TrainConfig, model: ModelConfig) -> tuple[TrainConfig, 
     steps = parent_steps(adapter)
     if why is None and steps is None:
         why = f"{adapter.parent / METRICS_FILE} is missing: the parent's schedule is unknown"
-    if why is not None:
+    if why is not None or steps is None:
         return cfg, {"used": False, "from": source, "reason": why}
     budget = max(1, math.ceil(cfg.warm_start.share * steps))
     planned = cfg if cfg.max_steps is not None else cfg.model_copy(update={"max_steps": budget})

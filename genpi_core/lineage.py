@@ -64,13 +64,16 @@ def prompt_diff(old: PromptBody, new: PromptBody) -> dict:
 
 def lineage_record(runs_dir: Path, name: str, version: str, prompt: PromptBody) -> dict:
     """The lineage of a new version: its parent (or none) and the diff from the parent's prompt."""
-    from genpi_core.ingest import load_ingested
+    from genpi_core.ingest import SpecError, load_ingested
 
     found = parent_version(runs_dir, name, version)
     if found is None:
         return {"parent_version": None, "parent_source": None, "diff": None}
     folder, why = found
-    parent_spec, parent = load_ingested(folder / "ingest" / PROMPT_FILE)
+    try:
+        parent_spec, parent = load_ingested(folder / "ingest" / PROMPT_FILE)
+    except SpecError as exc:  # a damaged parent must not block the new version: it just has no lineage
+        return {"parent_version": None, "parent_source": None, "diff": None, "unreadable_parent": str(exc)}
     return {
         "parent_version": parent,
         "parent_version12": parent[:12],

@@ -123,6 +123,7 @@ class Router:
             log.warning("swap to %s refused: %s%s", tenant.engine_name, exc, keeps)
             return False
         self.state.routes[tenant.name] = Served(tenant, model_id)  # new requests go to the new version now
+        self.state.refused.pop(tenant.name, None)  # "no promoted version" no longer holds
         self.state.swaps += 1
         log.info("%s now serves %s", tenant.name, tenant.engine_name)
         if old is not None:

@@ -152,13 +152,11 @@ PROMOTED_EVENT = "genpi.adapter.promoted"
 def emit_promoted(ingested: IngestOutput) -> None:
     from prefect.events import emit_event
 
+    from tasks.watch import prompt_resource
+
     emit_event(
         event=PROMOTED_EVENT,
-        resource={
-            "prefect.resource.id": f"genpi.prompt.{ingested.name}",
-            "prefect.resource.name": ingested.name,
-            "genpi.version": ingested.version,
-        },
+        resource=prompt_resource(ingested.name, ingested.version),
         payload={"name": ingested.name, "version": ingested.version, "version12": ingested.version[:12]},
     )
 

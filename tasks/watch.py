@@ -18,7 +18,21 @@ from schemas.config import PipelineConfig
 
 EVENT = "genpi.prompt.changed"
 
-__all__ = ["EVENT", "PromptChange", "ScanResult", "emit_change", "mark_announced", "scan", "scan_once"]
+__all__ = [
+    "EVENT",
+    "PromptChange",
+    "ScanResult",
+    "emit_change",
+    "mark_announced",
+    "prompt_resource",
+    "scan",
+    "scan_once",
+]
+
+
+def prompt_resource(name: str, version: str) -> dict[str, str]:
+    """The Prefect event resource of a prompt version: what the deployments' triggers match on."""
+    return {"prefect.resource.id": f"genpi.prompt.{name}", "prefect.resource.name": name, "genpi.version": version}
 
 
 def emit_change(change: PromptChange, config: PipelineConfig) -> None:
@@ -26,11 +40,7 @@ def emit_change(change: PromptChange, config: PipelineConfig) -> None:
 
     emit_event(
         event=EVENT,
-        resource={
-            "prefect.resource.id": f"genpi.prompt.{change.name}",
-            "prefect.resource.name": change.name,
-            "genpi.version": change.version,
-        },
+        resource=prompt_resource(change.name, change.version),
         payload={
             "name": change.name,
             "version": change.version,

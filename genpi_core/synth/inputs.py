@@ -28,6 +28,7 @@ from genpi_core.prompt.checks import (
     detect_language_scores,
     has_control_tokens,
     is_repetitive,
+    looks_like_language,
     starts_with_speaker_label,
 )
 from genpi_core.prompt.views import render_prompt
@@ -175,9 +176,9 @@ def quality_problem(
     if is_repetitive(text, min_words=8):
         return "repetitive"
     if cfg.language is not None:
-        scores = detect_language_scores(text)
-        best = max(scores, key=lambda language: scores[language])
-        if scores[best] > 0 and best != cfg.language:
+        if not looks_like_language(text, cfg.language):
+            scores = detect_language_scores(text)
+            best = max(scores, key=lambda language: scores[language])
             return f"language looks like {best}, not {cfg.language}"
     return ""
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from genpi_core.prompt.checks import EVALUATORS, fact_present, run_checks
+from genpi_core.prompt.checks import EVALUATORS, fact_present, looks_like_language, run_checks
 from schemas.spec import CHECK_TYPES, PromptSpec
 
 CASES = [
@@ -42,6 +42,35 @@ def test_each_check_passes_and_fails(check, passing, failing):
 
 def test_every_check_type_is_covered_by_a_case():
     assert {c[0]["type"] for c in CASES} == set(CHECK_TYPES)
+
+
+# Replies the 0.5B teacher wrote on library_desk that the first detector failed as "not English": short answers
+# with no stopword, and "per" read as Italian.
+ENGLISH_SHORT_ANSWERS = [
+    "Topic: fees\nAnswer: A new library card costs $2.",
+    "Topic: other\nAnswer: Harbor Lane Public Library, 214 Harbor Lane, Port Ellery.",
+    "Topic: fees\nAnswer: DVDs are $1.00 per day, capped at $10 per item.",
+    "Topic: services\nAnswer: Color printing costs $0.50 per page.",
+    "Topic: membership\nAnswer: Cards are free for anyone who lives, works or studies in Port Ellery.",
+    "Topic: other\nAnswer: HarborLane-Guest.",
+]
+
+
+@pytest.mark.parametrize("reply", ENGLISH_SHORT_ANSWERS)
+def test_short_english_answers_count_as_english(reply):
+    assert looks_like_language(reply, "en")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "La biblioteca está abierta para usted.",
+        "Nous sommes ouverts dans la semaine, mais pas le dimanche.",
+        "图书馆早上九点开门，晚上五点关门。",
+    ],
+)
+def test_other_languages_and_scripts_are_not_english(reply):
+    assert not looks_like_language(reply, "en")
 
 
 def test_facts_accept_alternatives_case_insensitively():

@@ -499,10 +499,27 @@ class ServeConfig(_Config):
     vllm_venv: str = Field(".venv-vllm", description="Where vLLM is installed (scripts/setup_vllm.sh).")
     vllm_args: tuple[str, ...] = Field(
         (),
-        description="Extra `vllm serve` flags, e.g. ['--tensor-parallel-size', '2'] or ['--data-parallel-size', '4'] "
-        "on GPUs; on this CPU genpi adds --enforce-eager.",
+        description="Extra `vllm serve` flags, e.g. ['--gpu-memory-utilization', '0.9']; parallelism has its own "
+        "fields; on this CPU genpi adds --enforce-eager.",
     )
     kv_cache_gib: int = Field(2, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU (GiB of KV cache).")
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM --tensor-parallel-size: GPUs one engine spans.")
+    data_parallel_size: int = Field(
+        1, gt=0, description="vLLM --data-parallel-size: engine replicas behind one port, each with every adapter."
+    )
+    merged: tuple[str, ...] = Field(
+        (),
+        description="Prompt names served from merged weights on a vLLM engine of their own (no LoRA work per "
+        "token, but their own process and KV cache): for the one hot tenant whose latency matters most. The "
+        "transformers engine merges every tenant already.",
+    )
+
+    @model_validator(mode="after")
+    def _parallel_once(self) -> ServeConfig:
+        for flag in ("--tensor-parallel-size", "-tp", "--data-parallel-size", "-dp"):
+            if flag in self.vllm_args:
+                raise ValueError(f"serve.vllm_args sets {flag}: use serve.tensor_parallel_size / data_parallel_size")
+        return self
 
 
 class PipelineConfig(_Config):

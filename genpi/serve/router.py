@@ -1,4 +1,5 @@
-"""The router: OpenAI-compatible, on 127.0.0.1, holding the API key, in front of one engine.
+"""The router: OpenAI-compatible, on 127.0.0.1, holding the API key, in front of one shared engine (and one
+engine of its own for each tenant in ``serve.merged``).
 
 - Every call needs ``Authorization: Bearer <key>`` (the key comes from ``serve.api_key_env``; compared in
   constant time, never logged). Only ``/health`` is open.
@@ -31,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from genpi.serve.engines import Engine
+from genpi.serve.engines import Engine, MergedVllmEngine
 from genpi.serve.tenants import Tenant, check_tenant, load_tenant, promoted_names
 from schemas.config import ServeConfig
 
@@ -46,6 +47,7 @@ def _error(status: int, message: str, kind: str, **extra) -> JSONResponse:
 class Served:
     tenant: Tenant
     model_id: str
+    engine: Engine
 
 
 @dataclass
@@ -89,14 +91,38 @@ class Router:
             out.append(tenant)
         return out
 
+    def merged(self, tenant: Tenant) -> bool:
+        """Served from merged weights on an engine of its own (vLLM only: transformers merges every tenant)."""
+        return tenant.name in self.cfg.merged and self.engine.kind == "vllm"
+
+    def own_engine(self, tenant: Tenant) -> Engine:
+        """A started engine serving only ``tenant``'s merged weights (blocking: minutes on CPU)."""
+        engine = MergedVllmEngine(self.cfg, self.base_model, self.engine.home, tenant)
+        engine.start([])
+        return engine
+
+    def engines(self) -> list[Engine]:
+        return [self.engine, *(s.engine for s in self.state.routes.values() if s.engine is not self.engine)]
+
     def start(self) -> None:
         """Start the engine with every servable tenant (blocking: engines take a while)."""
         tenants = self.wanted()
-        self.engine.start(tenants if self.engine.kind == "vllm" else [])
+        shared = [t for t in tenants if not self.merged(t)]
+        self.engine.start(shared if self.engine.kind == "vllm" else [])
         for tenant in tenants:
-            model_id = self.engine.add(tenant) if self.engine.kind != "vllm" else self.engine.model_id(tenant)
-            self.state.routes[tenant.name] = Served(tenant, model_id)
-            log.info("serving %s as %s", tenant.name, tenant.engine_name)
+            if self.merged(tenant):
+                engine = self.own_engine(tenant)
+                served = Served(tenant, engine.add(tenant), engine)
+            else:
+                model_id = self.engine.add(tenant) if self.engine.kind != "vllm" else self.engine.model_id(tenant)
+                served = Served(tenant, model_id, self.engine)
+            self.state.routes[tenant.name] = served
+            log.info("serving %s as %s on the %s engine", tenant.name, tenant.engine_name, served.engine.kind)
+
+    def stop(self) -> None:
+        """Stop every engine, the tenants' own first."""
+        for engine in reversed(self.engines()):
+            engine.stop()
 
     async def refresh(self) -> list[str]:
         """Swap in every newly promoted version; returns what changed."""
@@ -116,13 +142,14 @@ class Router:
     async def _swap(self, tenant: Tenant, old: Served | None) -> bool:
         try:
             await asyncio.to_thread(check_tenant, tenant, self.base_model)
-            model_id = await asyncio.to_thread(self.engine.add, tenant)
+            engine = await asyncio.to_thread(self.own_engine, tenant) if self.merged(tenant) else self.engine
+            model_id = await asyncio.to_thread(engine.add, tenant)
         except (ValueError, RuntimeError, httpx.HTTPError) as exc:
             self.state.refused[tenant.engine_name] = str(exc)
             keeps = f"; {old.tenant.engine_name} keeps serving" if old else ""
             log.warning("swap to %s refused: %s%s", tenant.engine_name, exc, keeps)
             return False
-        self.state.routes[tenant.name] = Served(tenant, model_id)  # new requests go to the new version now
+        self.state.routes[tenant.name] = Served(tenant, model_id, engine)  # new requests go to the new version now
         self.state.refused.pop(tenant.name, None)  # "no promoted version" no longer holds
         self.state.swaps += 1
         log.info("%s now serves %s", tenant.name, tenant.engine_name)
@@ -143,7 +170,7 @@ class Router:
                 self.state.in_flight[old.model_id],
                 waited,
             )
-        await asyncio.to_thread(self.engine.remove, old.tenant)
+        await asyncio.to_thread(old.engine.remove, old.tenant)  # an engine of its own stops
         log.info("unloaded %s", old.tenant.engine_name)
 
     async def poll(self) -> None:
@@ -179,7 +206,7 @@ class Router:
         self.state.in_flight[model_id] += 1
         assert self._client is not None
         upstream = self._client.build_request(
-            "POST", request.url.path, json=body, headers=self.engine.headers, timeout=None
+            "POST", served.engine.url + request.url.path, json=body, headers=served.engine.headers, timeout=None
         )
         try:
             reply = await self._client.send(upstream, stream=True)
@@ -215,6 +242,7 @@ class Router:
             n: {
                 "version": s.tenant.version12,
                 "engine_name": s.tenant.engine_name,
+                "engine": s.engine.kind,
                 "promoted_at": s.tenant.promoted_at,
                 "in_flight": self.state.in_flight[s.model_id],
             }
@@ -223,7 +251,7 @@ class Router:
         return JSONResponse(
             {
                 "engine": self.engine.kind,
-                "engine_alive": self.engine.alive(),
+                "engine_alive": all(e.alive() for e in self.engines()),
                 "routes": routes,
                 "refused": self.state.refused,
                 "swaps": self.state.swaps,
@@ -236,12 +264,13 @@ class Router:
         return JSONResponse({"swapped": await self.refresh()})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"ok": self.engine.alive()}, status_code=200 if self.engine.alive() else 503)
+        alive = all(e.alive() for e in self.engines())
+        return JSONResponse({"ok": alive}, status_code=200 if alive else 503)
 
     def app(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(app):
-            self._client = httpx.AsyncClient(base_url=self.engine.url)
+            self._client = httpx.AsyncClient()
             poller = asyncio.get_running_loop().create_task(self.poll())
             try:
                 yield

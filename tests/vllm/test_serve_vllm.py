@@ -19,3 +19,61 @@ def test_serve_on_vllm_routes_by_name_and_swaps_adapters_at_run_time(tmp_path, e
     pytest.importorskip("vllm", reason="runs in .venv-vllm (scripts/setup_vllm.sh)")
     venv = Path(sys.executable).parent.parent  # this venv holds vLLM
     serve_scenario(tmp_path, "vllm", (f"serve.vllm_venv={venv}", "serve.kv_cache_gib=1", "serve.max_lora_rank=8"))
+
+
+def test_serve_on_vllm_serves_one_tenant_from_merged_weights(tmp_path, embedded_model_dir):
+    """`serve.merged`: hotel runs on a vLLM engine of its own from merged weights, desk as a LoRA on the shared
+    one; both answer as transformers+peft does; a new hotel version starts a new engine and the old one stops."""
+    pytest.importorskip("vllm", reason="runs in .venv-vllm (scripts/setup_vllm.sh)")
+    import json
+    import os
+    import subprocess
+    import time
+
+    import httpx
+    import psutil
+
+    from tests.conftest import free_port
+    from tests.integration.test_serve import KEY, _adapter, _ask, _peft_reply, _promote, _status, _text, _tree
+
+    runs, home = tmp_path / "runs", tmp_path / "home"
+    adapters = {"desk": _adapter(runs, "desk", "a" * 64, 1), "hotel": _adapter(runs, "hotel", "b" * 64, 2)}
+    for name, version in (("desk", "a" * 64), ("hotel", "b" * 64)):
+        _promote(runs, name, version, adapters[name])
+    expected = {name: _peft_reply(adapter) for name, adapter in adapters.items()}
+    venv = Path(sys.executable).parent.parent
+    port = free_port()
+    settings = [f"serve.port={port}", "serve.engine=vllm", f"serve.vllm_venv={venv}", "serve.kv_cache_gib=1"]
+    settings += ["serve.max_lora_rank=8", "serve.poll_s=0.5", "serve.merged=[hotel]"]
+    env = dict(os.environ, GENPI_SERVE_API_KEY=KEY, HF_HUB_OFFLINE="1")
+    cli = [sys.executable, "-m", "genpi.cli", "serve"]
+    args = ["--runs-dir", str(runs), "--home", str(home), *[x for s in settings for x in ("--set", s)]]
+    up = subprocess.run([*cli, "up", *args], env=env, capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stderr + up.stdout
+    url = f"http://127.0.0.1:{port}"
+    pid = json.loads((home / "serve.json").read_text())["pid"]
+    processes = _tree(pid)
+    try:
+        status = _status(url, lambda s: len(s["routes"]) == 2)
+        assert status["routes"]["hotel"]["engine"] == "vllm-merged" and status["routes"]["desk"]["engine"] == "vllm"
+        for name in ("desk", "hotel"):
+            assert _text(_ask(url, name)) == expected[name]
+        first_engine = {p.pid for p in psutil.Process(pid).children() if "merged" in " ".join(p.cmdline())}
+        assert len(first_engine) == 1
+
+        new = _adapter(runs, "hotel", "e" * 64, 5)
+        expected_new = _peft_reply(new)
+        _promote(runs, "hotel", "e" * 64, new)
+        _status(url, lambda s: s["routes"]["hotel"]["version"] == "e" * 12, timeout=600)
+        assert _text(_ask(url, "hotel")) == expected_new and _text(_ask(url, "desk")) == expected["desk"]
+        deadline = time.monotonic() + 60
+        while any(psutil.pid_exists(p) for p in first_engine) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [p for p in first_engine if psutil.pid_exists(p)]  # the old version's engine stopped
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        processes |= _tree(pid)
+    finally:
+        down = subprocess.run([*cli, "down", "--home", str(home)], env=env, capture_output=True, text=True, timeout=180)
+    assert down.returncode == 0, down.stderr
+    time.sleep(2)
+    assert not [p for p in processes if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

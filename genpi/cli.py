@@ -255,9 +255,10 @@ def cmd_synthesize(args) -> int:
     cfg = _load_config(args)
     started = time.perf_counter()
     if args.no_prefect:
-        from genpi_core.pipeline import synthesize
+        from genpi_core.pipeline import plan_stage, synthesize
 
-        _, _, result, _ = synthesize(args.spec, cfg)
+        _, plan = plan_stage(args.spec, cfg)
+        _, _, result, _ = synthesize(args.spec, cfg, plan.active())
     else:
         from genpi.api import prefect_defaults
 
@@ -522,6 +523,7 @@ BENCHMARKS = {
     "multitenant": "N = 1/8/32 agents on one vLLM engine: prefix caching vs a LoRA student per agent vs base (.venv-vllm)",
     "real_env": "the OS agent in the shell sandbox: base/teacher/student task success, real vs simulated synthesis (the 0.5B)",
     "on_policy": "on-policy distillation vs joint vs SFT at the same training wall time; steps to 0.9 (the 0.5B)",
+    "incremental": "three edits of a prompt, built incrementally and as full re-runs side by side: time ratio, recovery",
     "ablations": "SFT only vs joint vs joint with reasons on one run's data",
     "training": "training tokens/s (CPU, or GPU with --random-init)",
     "synthesis": "role-swapped synthesis vs a batch-size-1 loop",

@@ -10,6 +10,10 @@ reuses the synthesized data.
 
     ingest -> inputs -> conversations -> reasons -> dataset -> [teacher_logprobs] -> train -> evaluate -> promote
               (synth/)   (synth/)         (synth/)              (train/, with train.distill_weight > 0)
+
+An edited prompt with a usable parent version runs the same chain incrementally (``plan``, genpi_core/
+incremental/): each stage takes over what still holds from the parent's run, and ``safety_stage`` decides
+after evaluation whether the result stands or a full run replaces it.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from schemas.artifacts import (
     CONVERSATIONS_OUTPUTS,
     DATASET_OUTPUTS,
     EVALUATE_OUTPUTS,
+    INPUTS_FILE,
     INPUTS_OUTPUTS,
+    LINEAGE_FILE,
     MANIFEST,
     MERGED_DIR,
     PROMOTE_OUTPUTS,
     PROMPT_FILE,
+    REASONS_FILE,
     REASONS_OUTPUTS,
     REPLAY_DIR,
+    TARGETS_FILE,
     TASKS_OUTPUTS,
     TRAIN_OUTPUTS,
 )
@@ -48,7 +56,7 @@ from schemas.config import (
     TaskEvalConfig,
     TrainConfig,
 )
-from schemas.stages import IngestOutput, StageOutput
+from schemas.stages import IncrementalPlan, IngestOutput, StageOutput
 from schemas.teacher_logprobs import TEACHER_LOGPROBS_OUTPUTS
 
 _VARIANT = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
@@ -106,11 +114,29 @@ def ingest_stage(spec_path: str | Path, cfg: IngestConfig, model: ModelConfig, r
     )
 
 
-def inputs_stage(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, backend: BackendConfig) -> StageOutput:
-    """Pseudo inputs. ``model``/``backend`` are the generator's (``synth.generator.resolve(model, backend)``)."""
-    needs_model = cfg.source != "pool" and cfg.num_generated > 0
+def _parent(plan: IncrementalPlan | None) -> Path | None:
+    """The parent's run folder when this run is incremental, else None."""
+    return Path(plan.parent_run_dir) if plan is not None and plan.incremental and plan.parent_run_dir else None
+
+
+def inputs_stage(
+    ingested: IngestOutput,
+    cfg: InputsConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
+) -> StageOutput:
+    """Pseudo inputs. ``model``/``backend`` are the generator's (``synth.generator.resolve(model, backend)``).
+
+    Incremental (``plan``): the parent's inputs, plus ``plan.edit_inputs`` new ones aimed at the edit."""
+    parent = _parent(plan)
+    needs_model = cfg.source != "pool" and (plan.edit_inputs > 0 if parent and plan else cfg.num_generated > 0)
     config = {"inputs": cfg.model_dump(), **({"generator": _engine_key(model, backend)} if needs_model else {})}
-    stage = Stage(Path(ingested.run_dir), "inputs", config, {"prompt": Path(ingested.prompt_path)})
+    sources = {"prompt": Path(ingested.prompt_path)}
+    if parent is not None and plan is not None:
+        config["incremental"] = {"parent": plan.parent_version12, "edit_inputs": plan.edit_inputs}
+        sources |= {"parent_inputs": parent / "inputs" / INPUTS_FILE, "lineage": _lineage_path(ingested)}
+    stage = Stage(Path(ingested.run_dir), "inputs", config, sources)
 
     from genpi_core.dataset import eval_inputs_problem
 
@@ -122,19 +148,29 @@ def inputs_stage(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, 
     def work(out_dir: Path) -> dict:
         from genpi_core.synth.inputs import run_inputs
 
+        reuse = {}
+        if parent is not None and plan is not None:
+            diff = json.loads(sources["lineage"].read_text(encoding="utf-8")).get("diff") or {}
+            reuse = {"parent_inputs": sources["parent_inputs"], "edit": (diff, plan.edit_inputs)}
         if not needs_model:
-            return run_inputs(spec, version, cfg, None, out_dir)
+            return run_inputs(spec, version, cfg, None, out_dir, **reuse)
         with _engine(model, backend) as generator:
-            return run_inputs(spec, version, cfg, generator, out_dir)
+            return run_inputs(spec, version, cfg, generator, out_dir, **reuse)
 
     return _run(stage, INPUTS_OUTPUTS, work)
 
 
 def conversations_stage(
-    ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig, backend: BackendConfig
+    ingested: IngestOutput,
+    inputs: StageOutput,
+    cfg: SynthConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput:
     """Role-swapped episodes (``synth.conversations`` with the ``synth.teacher``/``synth.base`` decoding);
-    resumes from its per-turn checkpoint when the key matches."""
+    resumes from its per-turn checkpoint when the key matches. Incremental (``plan``): the parent's base
+    replies are reused by context where the plan allows it, and unchanged teacher replies are counted."""
     config = {
         "model": model.model_dump(),
         "backend": backend.model_dump(),
@@ -144,12 +180,14 @@ def conversations_stage(
     }
     if config["conversations"].get("environment_kind") is None:  # keys from before environment kinds still match
         config["conversations"].pop("environment_kind", None)
-    stage = Stage(
-        Path(ingested.run_dir),
-        "conversations",
-        config,
-        {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs")},
-    )
+    sources = {"prompt": Path(ingested.prompt_path), "inputs": inputs.path("inputs")}
+    parent = _parent(plan)
+    if parent is not None and plan is not None:
+        from genpi_core.incremental.plan import reuses_base
+
+        config["incremental"] = {"parent": plan.parent_version12, "reuse_base": reuses_base(plan)}
+        sources["parent_targets"] = parent / "conversations" / TARGETS_FILE
+    stage = Stage(Path(ingested.run_dir), "conversations", config, sources)
 
     def work(out_dir: Path) -> dict:
         from contextlib import ExitStack
@@ -157,6 +195,14 @@ def conversations_stage(
         from genpi_core.synth.conversations import run_conversations
 
         spec, _ = _spec(ingested.prompt_path)
+        reuse = {}
+        if "parent_targets" in sources:
+            from genpi_core.incremental import reuse as parent_data
+
+            targets = parent_data.parent_targets(sources["parent_targets"])
+            reuse["parent_teacher"] = parent_data.teacher_by_context(targets)
+            if config["incremental"]["reuse_base"]:
+                reuse["base_cache"] = parent_data.base_cache(targets)
         max_turns = cfg.conversations.max_turns or spec.conversation.max_turns
         env_model, env_backend = cfg.conversations.environment_engine.resolve(model, backend)
         with ExitStack() as engines:
@@ -174,31 +220,49 @@ def conversations_stage(
                 out_dir,
                 environment_backend=environment,
                 environment_kind=cfg.conversations.environment_kind or spec.environment.kind,
+                **reuse,
             )
 
     return _run(stage, CONVERSATIONS_OUTPUTS, work, resumable=True)
 
 
 def reasons_stage(
-    ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig, backend: BackendConfig
+    ingested: IngestOutput,
+    conversations: StageOutput,
+    cfg: ReasonsConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput | None:
-    """Why the prompt changes each reply (feeds prompt generation); ``model``/``backend`` are the generator's."""
+    """Why the prompt changes each reply (feeds prompt generation); ``model``/``backend`` are the generator's.
+
+    Incremental (``plan``): the parent's reason is kept where the example is unchanged, when the parent had
+    reasons from the same generator and settings."""
     if not cfg.enabled:
         return None
     config = {"generator": _engine_key(model, backend), "reasons": cfg.model_dump()}
-    stage = Stage(
-        Path(ingested.run_dir),
-        "reasons",
-        config,
-        {"prompt": Path(ingested.prompt_path), "targets": conversations.path("targets")},
-    )
+    sources = {"prompt": Path(ingested.prompt_path), "targets": conversations.path("targets")}
+    parent = _parent(plan)
+    if parent is not None and plan is not None and _same_config(parent / "reasons", config):
+        config["incremental"] = {"parent": plan.parent_version12}
+        sources |= {
+            "parent_targets": parent / "conversations" / TARGETS_FILE,
+            "parent_reasons": parent / "reasons" / REASONS_FILE,
+        }
+    stage = Stage(Path(ingested.run_dir), "reasons", config, sources)
 
     def work(out_dir: Path) -> dict:
         from genpi_core.synth.reasons import run_reasons
 
         spec, _ = _spec(ingested.prompt_path)
+        reuse = None
+        if "parent_reasons" in sources:
+            from genpi_core.incremental import reuse as parent_data
+
+            targets = parent_data.parent_targets(sources["parent_targets"])
+            reuse = parent_data.reason_cache(targets, sources["parent_reasons"])
         with _engine(model, backend) as generator:
-            return run_reasons(spec, conversations.path("targets"), generator, cfg.sampling, out_dir)
+            return run_reasons(spec, conversations.path("targets"), generator, cfg.sampling, out_dir, reuse=reuse)
 
     return _run(stage, REASONS_OUTPUTS, work)
 
@@ -275,10 +339,16 @@ def train_stage(
     model: ModelConfig,
     variant: str | None = None,
     teacher_logprobs: StageOutput | None = None,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput:
     """Joint GenPI training in child process(es) (memory goes back when they exit); resumes from its checkpoint.
 
-    With the distillation term on, the teacher_logprobs stage runs first (or is reused) unless given."""
+    With the distillation term on, the teacher_logprobs stage runs first (or is reused) unless given.
+    Incremental (``plan``): warm-started from the parent's adapter unless ``train.warm_start`` names one."""
+    parent = _parent(plan)
+    if parent is not None and cfg.warm_start.from_adapter is None:
+        warm = cfg.warm_start.model_copy(update={"from_adapter": str(parent / "train" / TRAIN_OUTPUTS["adapter"])})
+        cfg = cfg.model_copy(update={"warm_start": warm})
     config = {"model": model.model_dump(), "train": cfg.model_dump()}
     sources = {"prompt": Path(ingested.prompt_path), "train": dataset.path("train"), "val": dataset.path("val")}
     if cfg.distill_weight > 0:
@@ -322,7 +392,10 @@ def evaluate_stage(
     model: ModelConfig,
     backend: BackendConfig,
     variant: str | None = None,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput:
+    """The held-out evaluation. Incremental (``plan``): the parent's record of the base model's greedy replies
+    seeds this run's, so base replies (which never see the prompt) are replayed, not generated again."""
     from genpi_core.evaluate.summary import METRICS_VERSION
 
     config = {
@@ -354,7 +427,7 @@ def evaluate_stage(
             out_dir,
             train_metrics=metrics,
             # a local engine's greedy replies are a function of its inputs; a remote server's model may change
-            replay_dir=Path(ingested.run_dir) / REPLAY_DIR if backend.kind != "openai" else None,
+            replay_dir=_replay_dir(ingested, plan) if backend.kind != "openai" else None,
         )
         v = summary.variants
         rows = {  # the headline: strict success and its recovery; format and task recovery beside it
@@ -473,24 +546,90 @@ def task_eval_stage(
 
 
 def synthesize(
-    spec_path: str | Path, cfg: PipelineConfig
+    spec_path: str | Path, cfg: PipelineConfig, plan: IncrementalPlan | None = None
 ) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
-    """Only the data stages: inputs, role-swapped conversations, reasons."""
+    """Only the data stages: inputs, role-swapped conversations, reasons (from the parent's, with ``plan``)."""
     generator = cfg.synth.generator.resolve(cfg.model, cfg.backend)
     ingested = ingest_stage(spec_path, cfg.ingest, cfg.model, cfg.runs_dir)
-    inputs = inputs_stage(ingested, cfg.synth.inputs, *generator)
-    conversations = conversations_stage(ingested, inputs, cfg.synth, cfg.model, cfg.backend)
-    return ingested, inputs, conversations, reasons_stage(ingested, conversations, cfg.synth.reasons, *generator)
+    inputs = inputs_stage(ingested, cfg.synth.inputs, *generator, plan=plan)
+    conversations = conversations_stage(ingested, inputs, cfg.synth, cfg.model, cfg.backend, plan=plan)
+    reasons = reasons_stage(ingested, conversations, cfg.synth.reasons, *generator, plan=plan)
+    return ingested, inputs, conversations, reasons
+
+
+def plan_stage(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput, IncrementalPlan]:
+    """Ingest, then decide: a full run, or incremental from the parent (``<run>/incremental.json``)."""
+    from genpi_core.incremental.plan import plan_incremental
+
+    ingested = ingest_stage(spec_path, cfg.ingest, cfg.model, cfg.runs_dir)
+    return ingested, plan_incremental(ingested, cfg)
+
+
+def build(
+    spec_path: str | Path, cfg: PipelineConfig, plan: IncrementalPlan | None = None
+) -> tuple[IngestOutput, StageOutput, StageOutput]:
+    """Synthesis, dataset, training and evaluation (no gate): (ingested, train, evaluate)."""
+    ingested, inputs, conversations, reasons = synthesize(spec_path, cfg, plan)
+    dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
+    train = train_stage(ingested, dataset, cfg.train, cfg.model, plan=plan)
+    return ingested, train, evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, plan=plan)
+
+
+def safety_stage(ingested: IngestOutput, plan: IncrementalPlan, evaluated: StageOutput, cfg: PipelineConfig):
+    """After an incremental build: keep it, or record why a full run must replace it. Returns the updated plan."""
+    from genpi_core.incremental.plan import record_outcome
+    from genpi_core.incremental.safety import safety_verdict
+
+    problem, numbers = safety_verdict(plan, evaluated, cfg)
+    if problem is None or not cfg.incremental.fallback:
+        return record_outcome(ingested.run_dir, plan, "kept", problem, numbers)
+    return record_outcome(ingested.run_dir, plan, "fell back", problem, numbers)
 
 
 def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
-    """The whole pipeline without Prefect; same stages, same run folders, same resume."""
-    ingested, inputs, conversations, reasons = synthesize(spec_path, cfg)
-    dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
-    train = train_stage(ingested, dataset, cfg.train, cfg.model)
-    evaluated = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend)
+    """The whole pipeline without Prefect; same stages, same run folders, same resume.
+
+    An edited prompt with a usable parent is built incrementally first (genpi_core/incremental/); when a
+    safety net trips, a full run replaces it, and ``<run>/incremental.json`` says why."""
+    ingested, plan = plan_stage(spec_path, cfg)
+    if plan.active():
+        ingested, train, evaluated = build(spec_path, cfg, plan)
+        plan = safety_stage(ingested, plan, evaluated, cfg)
+    if not plan.active():
+        ingested, train, evaluated = build(spec_path, cfg)
     promote_stage(ingested, evaluated, train, cfg.promote)
     return evaluated
+
+
+def _replay_dir(ingested: IngestOutput, plan: IncrementalPlan | None) -> Path:
+    """This run's replay record, seeded from the parent's when incremental: its files are keyed by everything a
+    greedy reply depends on (genpi_core/generation/replay.py), so a copied file is only ever read for the very
+    request it answered; the teacher's requests hold the new prompt and miss."""
+    import shutil
+
+    folder = Path(ingested.run_dir) / REPLAY_DIR
+    parent = _parent(plan)
+    if parent is not None and (parent / REPLAY_DIR).is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        for record in (parent / REPLAY_DIR).glob("*.json"):
+            if not (folder / record.name).exists():
+                shutil.copy2(record, folder / record.name)
+    return folder
+
+
+def _lineage_path(ingested: IngestOutput) -> Path:
+    return Path(ingested.run_dir) / "ingest" / LINEAGE_FILE
+
+
+def _same_config(stage_dir: Path, config: dict) -> bool:
+    """The finished stage in ``stage_dir`` ran with ``config`` (its outputs intact): its rows may be reused."""
+    stage = Stage(stage_dir.parent, stage_dir.name, {}, {})
+    if not stage.manifest_path.is_file():
+        return False
+    try:
+        return stage.manifest().config == json.loads(json.dumps(config, default=str)) and not stage.changed_outputs()
+    except ValueError:
+        return False
 
 
 def load_run(run_dir: str | Path) -> tuple[IngestOutput, StageOutput]:

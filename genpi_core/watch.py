@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from genpi_core.ingest import SpecError, load_spec, run_dir_for, spec_version
+from genpi_core.lineage import parent_version
 from genpi_core.store.stage import atomic_write_json
 from schemas.artifacts import MANIFEST, WATCH_STATE_FILE
 
@@ -26,7 +27,9 @@ class PromptChange(BaseModel):
     name: str
     version: str
     path: str
-    previous_version: str | None = None
+    previous_version: str | None = None  # the version last announced for this file
+    parent_version12: str | None = None  # the version it will be built from (genpi_core/lineage.py), if any
+    parent_source: str | None = None  # "promoted" or "latest finished"
 
 
 class ScanResult(BaseModel):
@@ -79,8 +82,16 @@ def scan(prompts_dir: str | Path, runs_dir: str | Path, state_path: str | Path |
         elif internalized(runs_dir, spec.name, version):
             result.skipped[key] = f"already internalized: {run_dir_for(runs_dir, spec, version)}"
         else:
+            parent = parent_version(Path(runs_dir), spec.name, version)
             result.changes.append(
-                PromptChange(name=spec.name, version=version, path=key, previous_version=state.get(key))
+                PromptChange(
+                    name=spec.name,
+                    version=version,
+                    path=key,
+                    previous_version=state.get(key),
+                    parent_version12=parent[0].name if parent else None,
+                    parent_source=parent[1] if parent else None,
+                )
             )
     return result
 

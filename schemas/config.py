@@ -522,6 +522,28 @@ class ServeConfig(_Config):
         return self
 
 
+class IncrementalConfig(_Config):
+    """Re-internalizing an edited prompt from its parent version (genpi_core/incremental/): the parent's inputs,
+    base outputs and unchanged reasons are reused, training warm-starts from the parent's adapter, and the full
+    evaluation and gate run as always. Safety nets fall back to a full run, and the report says why."""
+
+    enabled: bool = Field(True, description="Take the incremental path when the new version has a usable parent.")
+    edit_inputs: int = Field(
+        8, ge=0, description="New inputs generated from the diff, aimed at the changed lines (needs a generator)."
+    )
+    max_chain: int = Field(
+        5, ge=1, description="Warm starts in a row before a full run (each one is trained from the one before)."
+    )
+    min_paired_lower: float = Field(
+        -0.10,
+        ge=-1.0,
+        le=0.0,
+        description="Full re-run when the paired-bootstrap 95% lower bound of (incremental - parent) strict "
+        "success on the held-out inputs falls below this.",
+    )
+    fallback: bool = Field(True, description="Run the full pipeline when a safety net trips (off: only report it).")
+
+
 class PipelineConfig(_Config):
     """Everything one `genpi internalize` run needs besides the prompt spec."""
 
@@ -536,6 +558,7 @@ class PipelineConfig(_Config):
     tasks: TaskEvalConfig = TaskEvalConfig()
     promote: PromoteConfig = PromoteConfig()
     serve: ServeConfig = ServeConfig()
+    incremental: IncrementalConfig = IncrementalConfig()
 
 
 def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -32,3 +32,28 @@ class IngestOutput(BaseModel):
     prompt_tokens: int
     run_dir: str
     prompt_path: str
+
+
+class IncrementalPlan(BaseModel):
+    """How a new version is built: ``full`` (from nothing) or ``incremental`` from its parent's run, with the
+    reason for each reuse decision (genpi_core/incremental/plan.py). Written to ``ingest``'s run folder as
+    ``incremental.json``, so the report and the Prefect artifact show the same thing."""
+
+    mode: str  # "full" | "incremental"
+    why: str  # one line: why this mode
+    parent_run_dir: str | None = None
+    parent_version12: str | None = None
+    chain_depth: int = 0  # warm starts in a row that led here (0: trained from zero)
+    edit_inputs: int = 0  # new inputs to generate from the diff
+    decisions: dict[str, str] = {}  # piece -> what is reused or regenerated, and why
+    outcome: str | None = None  # after evaluation: "kept", or "fell back" to a full run
+    fallback_reason: str | None = None  # which safety net tripped
+    attempt: dict = {}  # the warm-started student's numbers, kept when a full run replaces it
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == "incremental"
+
+    def active(self) -> IncrementalPlan | None:
+        """The plan to build with: incremental and not replaced by a full run yet; else None (a full build)."""
+        return self if self.incremental and self.outcome != "fell back" else None

@@ -45,6 +45,8 @@ def _headline(summary: EvaluationSummary) -> str:
 
 @task(name="publish", cache_policy=NONE)
 def publish_task(ingested: IngestOutput, evaluated: StageOutput, promoted: StageOutput | None = None) -> None:
+    from genpi_core.incremental.plan import describe
+
     summary = EvaluationSummary.load(evaluated.path("summary"))
     version = ingested.version[:12]
     rows = [
@@ -71,9 +73,10 @@ def publish_task(ingested: IngestOutput, evaluated: StageOutput, promoted: Stage
             decision["reasons"] or ["no bar configured"]
         )
     run_dir = Path(ingested.run_dir).resolve()
+    build = describe(run_dir)  # full, or incremental from the parent: each reuse decision and the outcome
     create_markdown_artifact(
         key=_key(ingested.name, "report"),
-        markdown=report + verdict,
+        markdown=report + verdict + (f"\n\n{build}" if build else ""),
         description=f"{ingested.name} {version}: evaluate/report.md (run folder {run_dir})",
     )
     create_link_artifact(

@@ -21,13 +21,14 @@ from schemas.config import (
     IngestConfig,
     InputsConfig,
     ModelConfig,
+    PipelineConfig,
     PromoteConfig,
     ReasonsConfig,
     SynthConfig,
     TaskEvalConfig,
     TrainConfig,
 )
-from schemas.stages import IngestOutput, StageOutput
+from schemas.stages import IncrementalPlan, IngestOutput, StageOutput
 
 
 def _transient(task, task_run, state) -> bool:
@@ -62,23 +63,53 @@ def ingest_task(spec_path: str, cfg: IngestConfig, model: ModelConfig, runs_dir:
     return out
 
 
+@task(name="plan", cache_policy=NONE)
+def plan_task(spec_path: str, cfg: PipelineConfig) -> tuple[IngestOutput, IncrementalPlan]:
+    ingested, plan = pipeline.plan_stage(spec_path, cfg)
+    get_run_logger().info(
+        "prompt %s version %s: %d tokens; %s build: %s",
+        ingested.name,
+        ingested.version[:12],
+        ingested.prompt_tokens,
+        plan.mode,
+        plan.why,
+    )
+    return ingested, plan
+
+
 @task(name="inputs", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
-def inputs_task(ingested: IngestOutput, cfg: InputsConfig, model: ModelConfig, backend: BackendConfig) -> StageOutput:
-    return _log(pipeline.inputs_stage(ingested, cfg, model, backend))
+def inputs_task(
+    ingested: IngestOutput,
+    cfg: InputsConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
+) -> StageOutput:
+    return _log(pipeline.inputs_stage(ingested, cfg, model, backend, plan=plan))
 
 
 @task(name="conversations", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
 def conversations_task(
-    ingested: IngestOutput, inputs: StageOutput, cfg: SynthConfig, model: ModelConfig, backend: BackendConfig
+    ingested: IngestOutput,
+    inputs: StageOutput,
+    cfg: SynthConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput:
-    return _log(pipeline.conversations_stage(ingested, inputs, cfg, model, backend))
+    return _log(pipeline.conversations_stage(ingested, inputs, cfg, model, backend, plan=plan))
 
 
 @task(name="reasons", cache_policy=NONE, tags=["genpi-generation"], **_RETRY)
 def reasons_task(
-    ingested: IngestOutput, conversations: StageOutput, cfg: ReasonsConfig, model: ModelConfig, backend: BackendConfig
+    ingested: IngestOutput,
+    conversations: StageOutput,
+    cfg: ReasonsConfig,
+    model: ModelConfig,
+    backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput | None:
-    out = pipeline.reasons_stage(ingested, conversations, cfg, model, backend)
+    out = pipeline.reasons_stage(ingested, conversations, cfg, model, backend, plan=plan)
     return _log(out) if out is not None else None
 
 
@@ -101,10 +132,29 @@ def teacher_logprobs_task(
 
 
 @task(name="train", cache_policy=NONE, tags=["genpi-training"])
-def train_task(ingested: IngestOutput, dataset: StageOutput, cfg: TrainConfig, model: ModelConfig) -> StageOutput:
+def train_task(
+    ingested: IngestOutput,
+    dataset: StageOutput,
+    cfg: TrainConfig,
+    model: ModelConfig,
+    plan: IncrementalPlan | None = None,
+) -> StageOutput:
     # the distillation term reads the teacher's log-probs from a stage of their own: a task run of its own in the UI
     logprobs = teacher_logprobs_task(ingested, dataset, cfg, model) if cfg.distill_weight > 0 else None
-    return _log(pipeline.train_stage(ingested, dataset, cfg, model, teacher_logprobs=logprobs))
+    return _log(pipeline.train_stage(ingested, dataset, cfg, model, teacher_logprobs=logprobs, plan=plan))
+
+
+@task(name="safety-nets", cache_policy=NONE)
+def safety_task(
+    ingested: IngestOutput, plan: IncrementalPlan, evaluated: StageOutput, cfg: PipelineConfig
+) -> IncrementalPlan:
+    """Keep the incremental result, or say why a full run replaces it (genpi_core/incremental/safety.py)."""
+    plan = pipeline.safety_stage(ingested, plan, evaluated, cfg)
+    message = f"incremental build of {ingested.name} {ingested.version[:12]}: {plan.outcome}"
+    if plan.fallback_reason:
+        message += f" ({plan.fallback_reason})"
+    (get_run_logger().warning if plan.outcome == "fell back" else get_run_logger().info)(message)
+    return plan
 
 
 @task(name="task-success", cache_policy=NONE, tags=["genpi-generation"])
@@ -128,8 +178,9 @@ def evaluate_task(
     cfg: EvaluateConfig,
     model: ModelConfig,
     backend: BackendConfig,
+    plan: IncrementalPlan | None = None,
 ) -> StageOutput:
-    return _log(pipeline.evaluate_stage(ingested, dataset, train, cfg, model, backend))
+    return _log(pipeline.evaluate_stage(ingested, dataset, train, cfg, model, backend, plan=plan))
 
 
 @task(name="promote", cache_policy=NONE)

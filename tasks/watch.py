@@ -4,7 +4,7 @@
 
     event    genpi.prompt.changed
     resource genpi.prompt.<name>   (labels: prefect.resource.name=<name>, genpi.version=<version>)
-    payload  {name, version, version12, path, previous_version, config}
+    payload  {name, version, version12, path, previous_version, parent_version12, parent_source, config}
 
 and the trigger on the `internalize` deployment in prefect.yaml starts `genpi-internalize` with
 `spec_path` and `config` taken from the payload. Unchanged specs and already internalized versions
@@ -47,6 +47,8 @@ def emit_change(change: PromptChange, config: PipelineConfig) -> None:
             "version12": change.version[:12],
             "path": change.path,
             "previous_version": change.previous_version,
+            "parent_version12": change.parent_version12,  # what an incremental build starts from
+            "parent_source": change.parent_source,
             "config": config.model_dump(mode="json"),
         },
     )

@@ -211,25 +211,36 @@ def _agent_step(
     teacher: SamplingConfig,
     base: SamplingConfig,
     max_turns: int,
+    base_cache: dict[str, tuple[str, str]] | None = None,
 ) -> None:
     live = state.live()
     contexts = state.contexts(live)
+    keys = [json.dumps(c, ensure_ascii=False) for c in contexts]
     turn_no = state.step // 2
     taught = backend.generate(
         [with_prompt(spec.prompt, c) for c in contexts], teacher, desc=f"agent turn {turn_no + 1}"
     )
-    plain = backend.generate([without_prompt(c) for c in contexts], base, desc=f"base turn {turn_no + 1}")
+    cache = base_cache or {}
+    missing = [i for i, k in enumerate(keys) if k not in cache]  # the base never sees the prompt: reuse its replies
+    fresh = (
+        backend.generate([without_prompt(contexts[i]) for i in missing], base, desc=f"base turn {turn_no + 1}")
+        if missing
+        else []
+    )
+    plain: list = [cache.get(k) for k in keys]
+    for i, b in zip(missing, fresh):
+        plain[i] = (b.text, b.finish_reason)
     stop = spec.conversation.stop_pattern
-    for cid, context, t, b in zip(live, contexts, taught, plain):
+    for cid, context, key, t, (b_text, b_finish) in zip(live, contexts, keys, taught, plain):
         problem = _problem(t.text, t.finish_reason, "agent", spec)
         row = {
             "conversation_id": cid,
             "turn": turn_no,
-            "context": json.dumps(context, ensure_ascii=False),
+            "context": key,
             "teacher_output": t.text,
             "teacher_finish": t.finish_reason,
-            "base_output": b.text,
-            "base_finish": b.finish_reason,
+            "base_output": b_text,
+            "base_finish": b_finish,
             "produced_by": backend.name,
         }
         if problem:
@@ -278,12 +289,16 @@ def run_conversations(
     after_step=None,
     environment_backend: GenerationBackend | None = None,
     environment_kind: str = "simulated",
+    base_cache: dict[str, tuple[str, str]] | None = None,
+    parent_teacher: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Run every episode to its end, one batched generate call per role per turn; checkpoint each step.
 
     ``environment_backend`` plays the environment (default: ``backend``, as in the paper's self role-play).
     ``environment_kind="shell"``: a real sandboxed shell answers the agent's bash actions instead (one sandbox
     per episode, after the spec's ``environment.init``); a resumed episode replays its earlier commands first.
+    Incremental runs pass the parent's base replies by context (``base_cache``: only the misses are generated)
+    and its teacher replies (``parent_teacher``: counted, never reused, to measure how much the edit changed).
     """
     state_dir = out_dir / CHECKPOINT_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +312,7 @@ def run_conversations(
             played_by = SimulatedEnvironment(spec, environment_backend or backend, environment)
         while state.step < total_steps and state.live():
             if state.step % 2 == 0:
-                _agent_step(state, spec, backend, teacher, base, max_turns)
+                _agent_step(state, spec, backend, teacher, base, max_turns, base_cache)
             else:
                 _environment_step(state, spec, played_by)
             state.step += 1
@@ -315,4 +330,11 @@ def run_conversations(
         "quarantined": written[QUARANTINE_FILE],
     }
     rows.update({f"stop: {k}": int(v) for k, v in episodes["stop_reason"].value_counts().items()})
+    targets = state.tables()[TARGETS_FILE]
+    if base_cache is not None:
+        rows["base_reused"] = int(targets["context"].isin(base_cache.keys()).sum())
+    if parent_teacher is not None:
+        from genpi_core.incremental.reuse import unchanged_teacher_replies
+
+        rows["teacher_unchanged"], rows["teacher_compared"] = unchanged_teacher_replies(targets, parent_teacher)
     return rows

@@ -36,6 +36,7 @@ from genpi_core.store.tables import (
     empty_quarantine,
     partition_valid,
     quarantine_rows,
+    read_table,
     write_table,
 )
 from schemas.artifacts import INPUTS_FILE, QUARANTINE_FILE
@@ -184,15 +185,23 @@ def quality_problem(
 
 
 def _generate(
-    spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend
+    spec: PromptSpec, cfg: InputsConfig, backend: GenerationBackend, edit: tuple[dict, int] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Generated inputs that pass the filters, the quarantine, and how many texts were written. With ``edit``
+    (the diff from the parent version, how many to keep) the generator is asked for messages aimed at the
+    changed lines instead (genpi_core/incremental/reuse.py)."""
     rng = random.Random(cfg.sampling.seed)
     seeds = spec.seed_inputs or spec.inputs.pool
-    n_requests = math.ceil(cfg.num_generated * cfg.oversample / cfg.per_request)
-    requests = [
-        generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request) for _ in range(n_requests)
-    ]
-    completions = backend.generate(requests, cfg.sampling, desc="pseudo inputs")
+    wanted = edit[1] if edit else cfg.num_generated
+    n_requests = math.ceil(wanted * cfg.oversample / cfg.per_request)
+    if edit:
+        from genpi_core.incremental.reuse import edit_request
+
+        ask = lambda picked: edit_request(spec, edit[0], picked, cfg.per_request)  # noqa: E731
+    else:
+        ask = lambda picked: generator_request(spec, picked, cfg.per_request)  # noqa: E731
+    requests = [ask(rng.sample(seeds, min(5, len(seeds)))) for _ in range(n_requests)]
+    completions = backend.generate(requests, cfg.sampling, desc="inputs aimed at the edit" if edit else "pseudo inputs")
     texts: list[tuple[str, str]] = []  # (message, problem known from its reply)
     empty = []
     for j, c in enumerate(completions):
@@ -238,19 +247,37 @@ def _generate(
 
 
 def run_inputs(
-    spec: PromptSpec, version: str, cfg: InputsConfig, backend: GenerationBackend | None, out_dir: Path
+    spec: PromptSpec,
+    version: str,
+    cfg: InputsConfig,
+    backend: GenerationBackend | None,
+    out_dir: Path,
+    parent_inputs: Path | None = None,
+    edit: tuple[dict, int] | None = None,
 ) -> dict[str, int | float]:
-    """Write inputs.parquet (generated and/or pool, deduplicated) and quarantine.parquet."""
+    """Write inputs.parquet (generated and/or pool, deduplicated) and quarantine.parquet.
+
+    Incremental (``parent_inputs``): the parent's inputs are kept, after new ones generated from ``edit``
+    (diff, count) when a generator is given, and ``max_inputs`` caps the parent's share only."""
     frames, quarantined = [], [empty_quarantine()]
     written = 0
-    if cfg.source in ("generate", "both") and cfg.num_generated:
+    parent_texts: set[str] = set()
+    if parent_inputs is not None:
+        if backend is not None and edit is not None and edit[1] > 0:
+            good, bad, written = _generate(spec, cfg, backend, edit)
+            frames.append(good)
+            quarantined.append(bad)
+        parent = read_table(parent_inputs, InputsSchema)
+        parent_texts = set(parent["text"])
+        frames.append(parent[["text", "source", "generator"]])
+    elif cfg.source in ("generate", "both") and cfg.num_generated:
         if backend is None:
             raise ValueError("synth.inputs.source needs a generation backend to generate pseudo inputs")
         good, bad, written = _generate(spec, cfg, backend)
         frames.append(good)
         quarantined.append(bad)
     if cfg.source in ("pool", "both"):
-        pool = list(spec.inputs.pool)
+        pool = [t for t in spec.inputs.pool if t not in parent_texts]  # the parent's copy is already in
         random.Random(0).shuffle(pool)  # the pool is often written topic by topic; spread the cap across topics
         frames.append(pd.DataFrame({"text": pool, "source": "pool", "generator": "spec"}))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "source", "generator"])
@@ -275,7 +302,10 @@ def run_inputs(
         )
     df = df.loc[keep]
     # generated inputs come first; the pool tops up to max_inputs. Surplus generated rows are recorded, not lost.
-    surplus = df.iloc[cfg.max_inputs :]
+    cap = cfg.max_inputs
+    if parent_inputs is not None:  # the inputs aimed at the edit come on top of the parent's max_inputs
+        cap += int((~df["text"].isin(parent_texts) & (df["source"] == "generated")).sum())
+    surplus = df.iloc[cap:]
     quarantined.append(
         quarantine_rows(
             "inputs",
@@ -284,13 +314,14 @@ def run_inputs(
             f"over synth.inputs.max_inputs={cfg.max_inputs}",
         )
     )
-    df = df.iloc[: cfg.max_inputs]
+    df = df.iloc[:cap]
     df = df.assign(prompt_version=version, input_id=df["text"].map(_input_id))
     good, bad = partition_valid(df, InputsSchema, "inputs", "input_id")
     quarantined.append(bad)
     if good.empty:
         raise ValueError("no usable inputs: add `inputs.pool` to the spec or enable generation (synth.inputs.source)")
-    n_generated = int((good["source"] == "generated").sum())
+    reused = good["text"].isin(parent_texts)
+    n_generated = int(((good["source"] == "generated") & ~reused).sum())  # written by this run's generator
     usable = n_generated / written if written else None
     if usable is not None and usable < WEAK_GENERATOR_SHARE:
         log.warning(
@@ -313,4 +344,6 @@ def run_inputs(
     }
     if usable is not None:
         rows["generated_usable_share"] = round(usable, 3)
+    if parent_inputs is not None:
+        rows["reused_from_parent"] = int(reused.sum())
     return rows

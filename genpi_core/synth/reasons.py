@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.generation.base import GenerationBackend, Message
+from genpi_core.generation.base import Completion, GenerationBackend, Message
 from genpi_core.prompt.checks import has_control_tokens, is_repetitive
 from genpi_core.prompt.views import render_prompt
 from genpi_core.store.tables import (
@@ -41,41 +41,51 @@ def reason_request(spec: PromptSpec, user_input: str, as_is: str, to_be: str) ->
     return [{"role": "user", "content": ask}]
 
 
+def _problem(reply: Completion) -> str:
+    if not reply.text.strip():
+        return "empty reason"
+    if reply.finish_reason == "length":
+        return "reason truncated at the length cap"
+    if has_control_tokens(reply.text):
+        return "reason contains chat-template control tokens"
+    return "repetitive reason" if is_repetitive(reply.text) else ""
+
+
 def run_reasons(
-    spec: PromptSpec, targets_path: Path, backend: GenerationBackend, sampling: SamplingConfig, out_dir: Path
+    spec: PromptSpec,
+    targets_path: Path,
+    backend: GenerationBackend,
+    sampling: SamplingConfig,
+    out_dir: Path,
+    reuse: dict[tuple[str, str, str], tuple[str, str]] | None = None,
 ) -> dict[str, int]:
+    """One reason per first agent turn. ``reuse`` (incremental runs): the parent's reason is kept wherever the
+    context and both replies are the parent's, so only the examples the edit changed are asked about again."""
     targets = read_table(targets_path, TargetsSchema)
     first = targets[targets["turn"] == 0].reset_index(drop=True)
-    inputs = [json.loads(c)[-1]["content"] for c in first["context"]]
-    requests = [reason_request(spec, i, b, t) for i, b, t in zip(inputs, first["base_output"], first["teacher_output"])]
-    out = backend.generate(requests, sampling, desc="reasons")
+    keys = list(zip(first["context"], first["base_output"], first["teacher_output"]))
+    ask = [i for i, k in enumerate(keys) if reuse is None or k not in reuse]
+    inputs = [json.loads(first["context"][i])[-1]["content"] for i in ask]
+    requests = [reason_request(spec, x, keys[i][1], keys[i][2]) for x, i in zip(inputs, ask)]
+    out = backend.generate(requests, sampling, desc="reasons") if requests else []
+    kept = reuse or {}
+    reasons = [kept[k][0] if k in kept else "" for k in keys]
+    produced = [kept[k][1] if k in kept else backend.name for k in keys]
+    problems = [""] * len(keys)
+    for i, reply in zip(ask, out):
+        reasons[i], problems[i] = reply.text, _problem(reply)
     df = pd.DataFrame(
-        {
-            "conversation_id": first["conversation_id"],
-            "turn": 0,
-            "reason": [c.text for c in out],
-            "produced_by": backend.name,
-        }
+        {"conversation_id": first["conversation_id"], "turn": 0, "reason": reasons, "produced_by": produced}
     )
-    problems = pd.Series(
-        [
-            "empty reason"
-            if not c.text.strip()
-            else "reason truncated at the length cap"
-            if c.finish_reason == "length"
-            else "reason contains chat-template control tokens"
-            if has_control_tokens(c.text)
-            else "repetitive reason"
-            if is_repetitive(c.text)
-            else ""
-            for c in out
-        ]
-    )
-    bad = problems != ""
+    bad = pd.Series(problems) != ""
     quarantine = pd.concat(
-        [empty_quarantine(), quarantine_rows("reasons", df[bad], "conversation_id", problems[bad])], ignore_index=True
+        [empty_quarantine(), quarantine_rows("reasons", df[bad], "conversation_id", pd.Series(problems)[bad])],
+        ignore_index=True,
     )
-    return {
+    rows = {
         "reasons": write_table(df[~bad], ReasonsSchema, out_dir / REASONS_FILE),
         "quarantined": write_table(quarantine, QuarantineSchema, out_dir / QUARANTINE_FILE),
     }
+    if reuse is not None:  # an incremental run: say how much of the parent's work it kept
+        rows |= {"reasons_reused": len(keys) - len(ask), "reasons_generated": len(ask)}
+    return rows

@@ -148,14 +148,14 @@ def inputs_stage(
     def work(out_dir: Path) -> dict:
         from genpi_core.synth.inputs import run_inputs
 
-        reuse = {}
+        parent_inputs, edit = None, None
         if parent is not None and plan is not None:
             diff = json.loads(sources["lineage"].read_text(encoding="utf-8")).get("diff") or {}
-            reuse = {"parent_inputs": sources["parent_inputs"], "edit": (diff, plan.edit_inputs)}
+            parent_inputs, edit = sources["parent_inputs"], (diff, plan.edit_inputs)
         if not needs_model:
-            return run_inputs(spec, version, cfg, None, out_dir, **reuse)
+            return run_inputs(spec, version, cfg, None, out_dir, parent_inputs, edit)
         with _engine(model, backend) as generator:
-            return run_inputs(spec, version, cfg, generator, out_dir, **reuse)
+            return run_inputs(spec, version, cfg, generator, out_dir, parent_inputs, edit)
 
     return _run(stage, INPUTS_OUTPUTS, work)
 
@@ -195,14 +195,14 @@ def conversations_stage(
         from genpi_core.synth.conversations import run_conversations
 
         spec, _ = _spec(ingested.prompt_path)
-        reuse = {}
+        parent_teacher, base_cache = None, None
         if "parent_targets" in sources:
             from genpi_core.incremental import reuse as parent_data
 
             targets = parent_data.parent_targets(sources["parent_targets"])
-            reuse["parent_teacher"] = parent_data.teacher_by_context(targets)
+            parent_teacher = parent_data.teacher_by_context(targets)
             if config["incremental"]["reuse_base"]:
-                reuse["base_cache"] = parent_data.base_cache(targets)
+                base_cache = parent_data.base_cache(targets)
         max_turns = cfg.conversations.max_turns or spec.conversation.max_turns
         env_model, env_backend = cfg.conversations.environment_engine.resolve(model, backend)
         with ExitStack() as engines:
@@ -220,7 +220,8 @@ def conversations_stage(
                 out_dir,
                 environment_backend=environment,
                 environment_kind=cfg.conversations.environment_kind or spec.environment.kind,
-                **reuse,
+                base_cache=base_cache,
+                parent_teacher=parent_teacher,
             )
 
     return _run(stage, CONVERSATIONS_OUTPUTS, work, resumable=True)

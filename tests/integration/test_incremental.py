@@ -99,3 +99,39 @@ def test_a_warm_start_that_misses_the_gate_falls_back_to_a_full_run(finished_run
     assert "strict_recovery" in plan["attempt"]  # the warm-started student's numbers outlive its folders
     assert "incremental" not in json.loads((run_dir / "inputs" / "_manifest.json").read_text())["config"]
     assert not json.loads((run_dir / "train" / "metrics.json").read_text())["warm_start"]["used"]
+
+
+def test_a_later_edit_cancels_the_earlier_unfinished_run_of_the_same_prompt(prefect_server):
+    """Against the real Prefect server: runs recorded under the internalize flow's name stand for earlier edits."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Running
+
+    from schemas.stages import IngestOutput
+    from tasks.incremental import cancel_superseded
+
+    @flow(name="genpi-internalize")
+    def earlier_edit() -> None:  # never run: only its flow name matters to the runs below
+        pass
+
+    newer = IngestOutput(name="library-desk", version="b" * 64, prompt_tokens=1, run_dir=".", prompt_path=".")
+    with get_client(sync_client=True) as client:
+        runs = {
+            name: client.create_flow_run(earlier_edit, name=name, state=Running()).id
+            for name in (
+                f"library-desk-{'a' * 12} (incremental from {'c' * 12})",  # an earlier edit: superseded
+                f"library-desk-{'b' * 12}",  # the same version (a retry of this one): left alone
+                f"library-desk-v2-{'a' * 12}",  # another prompt whose name starts alike: left alone
+            )
+        }
+
+    @flow(name="genpi-internalize", flow_run_name=f"library-desk-{'b' * 12}")
+    def later_edit() -> list[str]:
+        return cancel_superseded(newer)
+
+    cancelled = later_edit()
+    assert cancelled == [f"library-desk-{'a' * 12} (incremental from {'c' * 12})"]
+    with get_client(sync_client=True) as client:
+        states = {name: client.read_flow_run(run_id).state.type for name, run_id in runs.items()}
+    assert states[cancelled[0]] in (StateType.CANCELLING, StateType.CANCELLED)
+    assert [s for n, s in states.items() if n != cancelled[0]] == [StateType.RUNNING, StateType.RUNNING]

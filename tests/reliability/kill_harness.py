@@ -91,10 +91,10 @@ def run_dir_of(runs_dir: Path) -> Path:
 
 
 def start(
-    config: Path, runs_dir: Path, log: Path, prefect: bool = False, extra: tuple[str, ...] = ()
+    config: Path, runs_dir: Path, log: Path, prefect: bool = False, extra: tuple[str, ...] = (), spec: Path = SPEC
 ) -> subprocess.Popen:
     """`genpi internalize` in its own process group (so the whole group can be killed at once)."""
-    args = [str(GENPI), "internalize", str(SPEC), "--config", str(config), "--runs-dir", str(runs_dir), *extra]
+    args = [str(GENPI), "internalize", str(spec), "--config", str(config), "--runs-dir", str(runs_dir), *extra]
     if not prefect:
         args.append("--no-prefect")
     out = open(log, "a")

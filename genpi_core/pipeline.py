@@ -628,7 +628,8 @@ def _same_config(stage_dir: Path, config: dict) -> bool:
     if not stage.manifest_path.is_file():
         return False
     try:
-        return stage.manifest().config == json.loads(json.dumps(config, default=str)) and not stage.changed_outputs()
+        recorded = {k: v for k, v in stage.manifest().config.items() if k != "incremental"}  # a parent may be one too
+        return recorded == json.loads(json.dumps(config, default=str)) and not stage.changed_outputs()
     except ValueError:
         return False
 

@@ -139,7 +139,8 @@ def _decide(ingested: IngestOutput, cfg: PipelineConfig) -> IncrementalPlan:
         if same_base is None
         else f"regenerated: {same_base}",
         "teacher_outputs": "regenerated under the new prompt, with the environment turns that follow them",
-        "reasons": "regenerated only where the teacher's reply changed; the parent's kept elsewhere",
+        "reasons": "asked again only where the teacher's reply changed; the parent's kept elsewhere (when the "
+        "parent's reasons came from the same generator and settings, else all asked again)",
         "train": f"warm start from {adapter}, {cfg.train.warm_start.share:g} of the parent's optimizer steps; "
         "PG targets are the new prompt",
         "evaluate": "the full held-out evaluation and the promotion gate, as always; the base model's greedy "

@@ -55,8 +55,8 @@ _META_TEXT = re.compile(
 _LIST_MARKER = re.compile(
     r"""^\s*(?:
         (?:\*\*)?\d{1,3}[.)](?:\*\*)?(?=\s|$)   # 1.  1)  **1.**
-      | \[\d{1,3}\]                          # [1]   (the 0.5B model keeps these)
-      | \(\d{1,3}\)                          # (1)
+      | \[\d{1,3}[.)]?\]                     # [1]  [1.]  (the 0.5B model keeps these)
+      | \(\d{1,3}[.)]?\)                     # (1)  (1.)
       | \#\s?\d{1,3}[.):]?(?=\s|$)            # #1  # 1  #1.
       | [-*•](?=\s)                          # - item, * item, • item
     )\s*""",

@@ -99,6 +99,8 @@ def test_near_duplicates_are_found_by_trigram_overlap():
         "- How many files are in /etc?",
         '3. "How many files are in /etc?"',
         "1. [1] How many files are in /etc?",
+        "[1.] How many files are in /etc?",  # the 0.5B's own form in the quality suite's library_desk inputs
+        "(2.) How many files are in /etc?",
         '  - "(2) How many files are in /etc?"',
     ],
 )

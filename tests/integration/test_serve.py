@@ -117,26 +117,7 @@ def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = (), 
     expected = {"desk": _peft_reply(desk), "hotel": _peft_reply(hotel)}
     assert expected["desk"] != expected["hotel"]
 
-    port = free_port()
-    env = dict(os.environ, GENPI_SERVE_API_KEY=KEY, HF_HUB_OFFLINE="1")
-    cli = [sys.executable, "-m", "genpi.cli", "serve"]
-    args = [
-        "--runs-dir",
-        str(runs),
-        "--home",
-        str(home),
-        "--set",
-        f"serve.port={port}",
-        "--set",
-        f"serve.engine={engine}",
-        "--set",
-        f"serve.poll_s={0.5 if poll else 3600}",
-        *[x for item in settings for x in ("--set", item)],
-    ]
-    up = subprocess.run([*cli, "up", *args], env=env, capture_output=True, text=True, timeout=900)
-    assert up.returncode == 0, up.stderr + up.stdout
-    url = f"http://127.0.0.1:{port}"
-    pid = json.loads((home / "serve.json").read_text())["pid"]
+    url, pid = serve_up(runs, home, (f"serve.engine={engine}", f"serve.poll_s={0.5 if poll else 3600}", *settings))
     processes = _tree(pid)
     try:
         assert _ask(url, "desk", key="wrong").status_code == 401
@@ -192,12 +173,36 @@ def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = (), 
         assert status["swaps"] == 1 and _text(_ask(url, "desk")) == expected_new
         processes |= _tree(pid)
     finally:
-        down = subprocess.run([*cli, "down", "--home", str(home)], env=env, capture_output=True, text=True, timeout=180)
+        serve_down(home, processes)
+    leaked = [p for p in [*home.rglob("*"), *runs.rglob("*")] if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert not leaked  # the key is in no log, state file, merged folder or run file
+
+
+SERVE_CLI = [sys.executable, "-m", "genpi.cli", "serve"]
+
+
+def _serve_env() -> dict[str, str]:
+    return dict(os.environ, GENPI_SERVE_API_KEY=KEY, HF_HUB_OFFLINE="1")
+
+
+def serve_up(runs: Path, home: Path, settings: tuple[str, ...]) -> tuple[str, int]:
+    """`genpi serve up` on a free port with ``settings`` (``serve.*=...``); returns (router URL, server pid)."""
+    port = free_port()
+    sets = [x for item in (f"serve.port={port}", *settings) for x in ("--set", item)]
+    args = ["up", "--runs-dir", str(runs), "--home", str(home), *sets]
+    up = subprocess.run([*SERVE_CLI, *args], env=_serve_env(), capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stderr + up.stdout
+    return f"http://127.0.0.1:{port}", json.loads((home / "serve.json").read_text())["pid"]
+
+
+def serve_down(home: Path, processes: set[int]) -> None:
+    """`genpi serve down`, then no process of the serving tree may be left (zombies aside)."""
+    down = subprocess.run(
+        [*SERVE_CLI, "down", "--home", str(home)], env=_serve_env(), capture_output=True, text=True, timeout=180
+    )
     assert down.returncode == 0, down.stderr
     time.sleep(2)
     assert not [p for p in processes if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    leaked = [p for p in [*home.rglob("*"), *runs.rglob("*")] if p.is_file() and KEY.encode() in p.read_bytes()]
-    assert not leaked  # the key is in no log, state file, merged folder or run file
 
 
 def _status(url: str, ready, timeout: float = 300) -> dict:

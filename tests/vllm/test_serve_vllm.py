@@ -25,16 +25,22 @@ def test_serve_on_vllm_serves_one_tenant_from_merged_weights(tmp_path, embedded_
     """`serve.merged`: hotel runs on a vLLM engine of its own from merged weights, desk as a LoRA on the shared
     one; both answer as transformers+peft does; a new hotel version starts a new engine and the old one stops."""
     pytest.importorskip("vllm", reason="runs in .venv-vllm (scripts/setup_vllm.sh)")
-    import json
-    import os
-    import subprocess
     import time
 
     import httpx
     import psutil
 
-    from tests.conftest import free_port
-    from tests.integration.test_serve import KEY, _adapter, _ask, _peft_reply, _promote, _status, _text, _tree
+    from tests.integration.test_serve import (
+        _adapter,
+        _ask,
+        _peft_reply,
+        _promote,
+        _status,
+        _text,
+        _tree,
+        serve_down,
+        serve_up,
+    )
 
     runs, home = tmp_path / "runs", tmp_path / "home"
     adapters = {"desk": _adapter(runs, "desk", "a" * 64, 1), "hotel": _adapter(runs, "hotel", "b" * 64, 2)}
@@ -42,16 +48,8 @@ def test_serve_on_vllm_serves_one_tenant_from_merged_weights(tmp_path, embedded_
         _promote(runs, name, version, adapters[name])
     expected = {name: _peft_reply(adapter) for name, adapter in adapters.items()}
     venv = Path(sys.executable).parent.parent
-    port = free_port()
-    settings = [f"serve.port={port}", "serve.engine=vllm", f"serve.vllm_venv={venv}", "serve.kv_cache_gib=1"]
-    settings += ["serve.max_lora_rank=8", "serve.poll_s=0.5", "serve.merged=[hotel]"]
-    env = dict(os.environ, GENPI_SERVE_API_KEY=KEY, HF_HUB_OFFLINE="1")
-    cli = [sys.executable, "-m", "genpi.cli", "serve"]
-    args = ["--runs-dir", str(runs), "--home", str(home), *[x for s in settings for x in ("--set", s)]]
-    up = subprocess.run([*cli, "up", *args], env=env, capture_output=True, text=True, timeout=900)
-    assert up.returncode == 0, up.stderr + up.stdout
-    url = f"http://127.0.0.1:{port}"
-    pid = json.loads((home / "serve.json").read_text())["pid"]
+    settings = ("serve.engine=vllm", f"serve.vllm_venv={venv}", "serve.kv_cache_gib=1", "serve.max_lora_rank=8")
+    url, pid = serve_up(runs, home, (*settings, "serve.poll_s=0.5", "serve.merged=[hotel]"))
     processes = _tree(pid)
     try:
         status = _status(url, lambda s: len(s["routes"]) == 2)
@@ -73,7 +71,4 @@ def test_serve_on_vllm_serves_one_tenant_from_merged_weights(tmp_path, embedded_
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         processes |= _tree(pid)
     finally:
-        down = subprocess.run([*cli, "down", "--home", str(home)], env=env, capture_output=True, text=True, timeout=180)
-    assert down.returncode == 0, down.stderr
-    time.sleep(2)
-    assert not [p for p in processes if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        serve_down(home, processes)

@@ -10,7 +10,7 @@ import pytest
 
 from genpi_core.generation.models import resolve_model
 from genpi_core.incremental.plan import PLAN_FILE, plan_incremental, record_outcome
-from genpi_core.ingest import run_ingest
+from genpi_core.pipeline import ingest_stage
 from genpi_core.store.stage import Stage
 from schemas.artifacts import ADAPTER_DIR, METRICS_FILE
 from schemas.config import PipelineConfig, load_config
@@ -24,14 +24,7 @@ NEW_FEE = "Replacement library card: $3."
 def _ingest(specs: Path, text: str, cfg: PipelineConfig) -> IngestOutput:
     path = specs / f"v{len(list(specs.glob('*.yaml')))}.yaml"
     path.write_text(text)
-    result = run_ingest(path, cfg.model, cfg.ingest, cfg.runs_dir)
-    return IngestOutput(
-        name=result.spec.name,
-        version=result.version,
-        prompt_tokens=result.prompt_tokens,
-        run_dir=str(result.run_dir),
-        prompt_path=str(result.prompt_path),
-    )
+    return ingest_stage(path, cfg.ingest, cfg.model, cfg.runs_dir)
 
 
 def _stage(run_dir: Path, name: str, config: dict, files: dict[str, str]) -> None:

@@ -775,15 +775,19 @@ def cmd_adapters(args) -> int:
 
     print(
         f"{'':2}{'name':<20} {'version':<13} {'student':>7} {'teacher':>7} {'base':>6} {'recovery':>8}  {'gate':<13} "
-        f"{'finished':<19}  from (lines changed)"
+        f"{'finished':<19}  {'build':<11} from (lines changed)"
     )
     for r in rows:
         parent = f"{r.parent_version12} ({r.lines_changed})" if r.parent_version12 else "-"
         print(
             f"{'*' if r.promoted else ' ':2}{r.name:<20} {r.version12:<13} {fmt(r.student):>7} {fmt(r.teacher):>7} "
-            f"{fmt(r.base):>6} {fmt(r.recovery):>8}  {r.gate:<13} {(r.finished_at or '-')[:19]:<19}  {parent}"
+            f"{fmt(r.base):>6} {fmt(r.recovery):>8}  {r.gate:<13} {(r.finished_at or '-')[:19]:<19}  "
+            f"{r.build or '-':<11} {parent}"
         )
-    print("(* = promoted: the adapter to serve for that prompt; from = the version it descends from)")
+    print(
+        "(* = promoted: the adapter to serve for that prompt; build = full, incremental from its parent, or fell "
+        "back to full; from = the version it descends from)"
+    )
     return 0
 
 

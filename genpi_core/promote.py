@@ -41,6 +41,7 @@ class AdapterRow(BaseModel):
     promoted: bool = False
     parent_version12: str | None = None  # the version this one descends from (ingest/lineage.json)
     lines_changed: int | None = None  # lines added + removed in the prompt since the parent
+    build: str | None = None  # "full", "incremental", or "fell back" (an incremental build a full run replaced)
 
 
 def _metrics(summary: EvaluationSummary) -> dict:
@@ -157,6 +158,10 @@ def list_adapters(runs_dir: str | Path, name: str | None = None) -> list[Adapter
                 row.parent_version12 = record.get("parent_version12")
                 diff = record.get("diff")
                 row.lines_changed = diff["lines_added"] + diff["lines_removed"] if diff else None
+            plan = run_dir / "incremental.json"  # genpi_core/incremental/plan.py
+            if plan.is_file():
+                record = json.loads(plan.read_text())
+                row.build = "fell back" if record.get("outcome") == "fell back" else record.get("mode")
             summary = run_dir / "evaluate" / SUMMARY_FILE
             if (run_dir / "evaluate" / MANIFEST).is_file() and summary.is_file():
                 row = row.model_copy(update=_metrics(EvaluationSummary.load(summary)))

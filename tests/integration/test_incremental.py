@@ -74,6 +74,11 @@ def test_an_edit_is_built_from_its_parent(finished_run, tmp_path):
     assert metrics["warm_start"]["used"] and metrics["warm_start"]["from"] == str(parent_dir / "train" / "adapter")
     assert metrics["steps"] == max(1, math.ceil(0.3 * parent_steps)) < parent_steps
     assert (run_dir / "evaluate" / "_manifest.json").is_file() and "paired_inputs" in plan["attempt"]
+    from genpi_core.promote import list_adapters
+
+    rows = {r.version12: r for r in list_adapters(cfg.runs_dir, "library-desk")}
+    assert rows[run_dir.name].build == "incremental" and rows[run_dir.name].parent_version12 == parent_dir.name
+    assert rows[parent_dir.name].build == "full"
     parent_replies = {p.name for p in (parent_dir / "replay").glob("*.json")}
     assert parent_replies and parent_replies <= {p.name for p in (run_dir / "replay").glob("*.json")}
 

@@ -173,9 +173,11 @@ def first_divergence(a: list[Message], b: list[Message]) -> int | None:
     return None
 
 
-def summarize_tasks(table: pd.DataFrame, cfg: TaskEvalConfig) -> dict:
+def summarize_tasks(table: pd.DataFrame, cfg: TaskEvalConfig, verdicts: dict[str, str] | None = None) -> dict:
     """Success per variant over the solvable tasks, with intervals; student/teacher success ratio; how the
-    student's episodes differ from the teacher's."""
+    student's episodes differ from the teacher's. ``verdicts`` (``check_solvable``'s) say why a task was not
+    counted."""
+    verdicts = verdicts or {}
     counted = table[table["solvable"]]
     variants: dict[str, dict] = {}
     for variant, part in counted.groupby("variant", sort=False):
@@ -195,7 +197,9 @@ def summarize_tasks(table: pd.DataFrame, cfg: TaskEvalConfig) -> dict:
         "tasks": int(table["task_id"].nunique()),
         "solvable": int(counted["task_id"].nunique()),
         "unsolvable": {
-            r.task_id: r.setup_error or "the reference solution fails its checks in the sandbox"
+            r.task_id: verdicts.get(r.task_id)
+            or r.setup_error
+            or "the reference solution fails its checks in the sandbox"
             for r in table.drop_duplicates("task_id").itertuples()
             if not r.solvable
         },
@@ -326,7 +330,7 @@ def run_task_eval(
             frames.append(run_task_episodes(spec, "student", tasks, solvable, engine, without_prompt, cfg))
     table = pd.concat(frames, ignore_index=True)
     write_table(table, TaskEpisodesSchema, out_dir / TASK_EPISODES_FILE)
-    summary = summarize_tasks(table, cfg)
+    summary = summarize_tasks(table, cfg, solvable)
     atomic_write_json(out_dir / TASK_SUMMARY_FILE, summary)
     atomic_write_text(out_dir / REPORT_FILE, render_task_report(spec, table, summary))
     return summary

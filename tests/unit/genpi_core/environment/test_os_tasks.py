@@ -183,3 +183,25 @@ def test_shell_environment_keeps_one_box_per_episode():
         assert done[0].text == "[END]"
         with pytest.raises(ValueError, match="episode id"):
             env.respond([a])
+
+
+def test_pure_logic_an_uncounted_task_keeps_the_reason_its_check_gave():
+    row = {
+        "actions": "[]",
+        "stop_reason": "answer",
+        "turns": 1,
+        "first_turn_format": True,
+        "setup_error": "",
+        "transcript": "[]",
+    }
+    table = pd.DataFrame(
+        [
+            {"variant": v, "task_id": t, "solvable": t == "ok", "success": True, **row}
+            for v in ("teacher", "student")
+            for t in ("ok", "broken")
+        ]
+    )
+    verdicts = {"ok": "", "broken": "the reference solution fails to run in the sandbox"}
+    summary = summarize_tasks(table, TaskEvalConfig(bootstrap_resamples=10), verdicts)
+    assert summary["unsolvable"] == {"broken": "the reference solution fails to run in the sandbox"}
+    assert summary["solvable"] == 1 and summary["success_ratio"] == 1.0

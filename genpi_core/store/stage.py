@@ -55,9 +55,20 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _write_error(path: Path, exc: OSError) -> OSError:
+    return OSError(
+        exc.errno,
+        f"cannot write {path}: {exc.strerror or exc} (disk full, file size limit or "
+        "run folder not writable); nothing was written under that name",
+    )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name, dir=path.parent)
+    except OSError as exc:  # a read-only folder fails here: name the file meant, not the temporary one
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -66,11 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:  # ENOSPC, EFBIG, EROFS...: say which file, and that nothing was written
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(
-            exc.errno,
-            f"cannot write {path}: {exc.strerror or exc} (disk full, file size limit or "
-            "run folder not writable); nothing was written under that name",
-        ) from exc
+        raise _write_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

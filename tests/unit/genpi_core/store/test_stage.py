@@ -22,6 +22,20 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
 
 
+def test_a_folder_that_refuses_new_files_is_named_in_the_error(tmp_path, monkeypatch):
+    """A FAKE read-only folder (root ignores chmod): mkstemp fails with EROFS, as on a read-only mount."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".tmp-out.txtabc123"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError, match=r"cannot write .*/out\.txt: Read-only file system") as err:
+        atomic_write_text(tmp_path / "out.txt", "hello")
+    assert err.value.errno == errno.EROFS and ".tmp-" not in str(err.value)
+
+
 def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path):
     target = tmp_path / "adapter"
     with atomic_dir(target) as tmp:

@@ -12,7 +12,8 @@ engine of its own for each tenant in ``serve.merged``).
 A swap never drops a request: the new version is checked (its bytes against its training record, its base
 against the engine's) and loaded under a new engine name, then the route switches, then the router waits
 for the old version's requests in flight to finish and unloads it. If the check or the load fails, the old
-version keeps serving and ``/genpi/status`` says why.
+version keeps serving and ``/genpi/status`` says why. An engine that dies is started again by the poller
+with the tenants it served (``restarts`` in the status).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from schemas.config import ServeConfig
 log = logging.getLogger("genpi.serve")
 
 
+def _code(engine: Engine) -> int | None:
+    return engine.proc.returncode if engine.proc is not None else None
+
+
 def _error(status: int, message: str, kind: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, **extra}}, status_code=status)
 
@@ -58,6 +63,7 @@ class RouterState:
     in_flight: Counter = field(default_factory=Counter)
     refused: dict[str, str] = field(default_factory=dict)
     swaps: int = 0
+    restarts: int = 0
 
 
 class Router:
@@ -173,13 +179,32 @@ class Router:
         await asyncio.to_thread(old.engine.remove, old.tenant)  # an engine of its own stops
         log.info("unloaded %s", old.tenant.engine_name)
 
+    async def revive(self) -> list[str]:
+        """Start again every engine that died (a crash, the OOM killer), with the tenants it served; requests in
+        the meantime get a 502 naming the engine. Returns the kinds restarted."""
+        restarted = []
+        async with self._lock:  # never beside a swap
+            for engine in self.engines():
+                if engine.alive():
+                    continue
+                tenants = [s.tenant for s in self.state.routes.values() if s.engine is engine]
+                log.warning("%s engine is not running (exit code %s); starting it again", engine.kind, _code(engine))
+                await asyncio.to_thread(engine.start, tenants if engine.kind == "vllm" else [])
+                if engine.kind == "transformers":  # it loads each tenant's merged weights on demand
+                    for tenant in tenants:
+                        await asyncio.to_thread(engine.add, tenant)
+                self.state.restarts += 1
+                restarted.append(engine.kind)
+        return restarted
+
     async def poll(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.poll_s)
             try:
+                await self.revive()
                 await self.refresh()
-            except Exception:  # the poller must outlive any one bad promotion record
-                log.exception("checking for promoted versions failed")
+            except Exception:  # the poller must outlive any one bad promotion record or failed restart
+                log.exception("checking the engines and the promoted versions failed")
 
     # --- HTTP -----------------------------------------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
@@ -255,6 +280,7 @@ class Router:
                 "routes": routes,
                 "refused": self.state.refused,
                 "swaps": self.state.swaps,
+                "restarts": self.state.restarts,
             }
         )
 

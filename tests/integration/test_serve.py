@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -171,6 +172,16 @@ def serve_scenario(tmp_path: Path, engine: str, settings: tuple[str, ...] = (), 
             w.join(120)
         assert codes and set(codes) == {200}, codes
         assert status["swaps"] == 1 and _text(_ask(url, "desk")) == expected_new
+        if engine == "transformers":  # an engine that dies is started again with its tenants
+            processes |= _tree(pid)
+            child = next(
+                p
+                for p in psutil.Process(pid).children()
+                if "serve" in p.cmdline() and any(a.endswith("transformers") for a in p.cmdline())
+            )
+            os.killpg(child.pid, signal.SIGKILL)
+            _status(url, lambda s: s["restarts"] == 1 and s["engine_alive"])
+            assert _text(_ask(url, "desk")) == expected_new and _text(_ask(url, "hotel")) == expected["hotel"]
         processes |= _tree(pid)
     finally:
         serve_down(home, processes)

@@ -266,7 +266,9 @@ def test_changed_prompt_file_starts_an_event_triggered_run(service, rest_run):
     )
     payload = next(e for e in events["events"] if _ts(e["occurred"]) == occurred)
     assert payload["resource"]["prefect.resource.name"] == "library-desk"
-    assert final["name"] == f"library-desk-{payload['payload']['version12']}"
+    # an edit of the version the service built before: the event names that parent, and the run builds from it
+    parent = payload["payload"]["parent_version12"]
+    assert parent and final["name"] == f"library-desk-{payload['payload']['version12']} (incremental from {parent})"
     # announced once: a second scan emits nothing (the run finished, so it is also internalized now)
     again = service.genpi(*args)
     assert again.returncode == 0 and "changed ->" not in again.stdout

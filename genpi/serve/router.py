@@ -12,8 +12,8 @@ engine of its own for each tenant in ``serve.merged``).
 A swap never drops a request: the new version is checked (its bytes against its training record, its base
 against the engine's) and loaded under a new engine name, then the route switches, then the router waits
 for the old version's requests in flight to finish and unloads it. If the check or the load fails, the old
-version keeps serving and ``/genpi/status`` says why. An engine that dies is started again by the poller
-with the tenants it served (``restarts`` in the status).
+version keeps serving and ``/genpi/status`` says why. An engine that dies is started again (checked every
+``ENGINE_CHECK_S``) with the tenants it served (``restarts`` in the status).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from genpi.serve.tenants import Tenant, check_tenant, load_tenant, promoted_name
 from schemas.config import ServeConfig
 
 log = logging.getLogger("genpi.serve")
+ENGINE_CHECK_S = 2.0  # seconds between checks that every engine is still running
 
 
 def _code(engine: Engine) -> int | None:
@@ -201,10 +202,18 @@ class Router:
         while True:
             await asyncio.sleep(self.cfg.poll_s)
             try:
-                await self.revive()
                 await self.refresh()
-            except Exception:  # the poller must outlive any one bad promotion record or failed restart
-                log.exception("checking the engines and the promoted versions failed")
+            except Exception:  # the poller must outlive any one bad promotion record
+                log.exception("checking for promoted versions failed")
+
+    async def watch_engines(self) -> None:
+        """Every ENGINE_CHECK_S, whatever ``poll_s`` is: a dead engine must not wait for the next promotion check."""
+        while True:
+            await asyncio.sleep(ENGINE_CHECK_S)
+            try:
+                await self.revive()
+            except Exception:  # a failed restart is tried again on the next check
+                log.exception("restarting an engine failed")
 
     # --- HTTP -----------------------------------------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
@@ -297,11 +306,13 @@ class Router:
         @asynccontextmanager
         async def lifespan(app):
             self._client = httpx.AsyncClient()
-            poller = asyncio.get_running_loop().create_task(self.poll())
+            loop = asyncio.get_running_loop()
+            background = [loop.create_task(self.poll()), loop.create_task(self.watch_engines())]
             try:
                 yield
             finally:
-                poller.cancel()
+                for task in background:
+                    task.cancel()
                 await self._client.aclose()
 
         return Starlette(

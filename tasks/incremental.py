@@ -40,8 +40,12 @@ def name_run(plan: IncrementalPlan) -> str | None:
     if not run_id or not plan.incremental or "incremental from" in (name or ""):
         return None
     new = f"{name} (incremental from {plan.parent_version12})"
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(run_id, name=new)
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run_id, name=new)
+    except Exception as exc:  # the name is a label: never fail the build over it
+        get_run_logger().warning("could not rename the flow run to %r: %s", new, exc)
+        return None
     get_run_logger().info("flow run renamed: %s", new)
     return new
 
@@ -49,6 +53,23 @@ def name_run(plan: IncrementalPlan) -> str | None:
 @task(name="supersede", cache_policy=NONE)
 def cancel_superseded(ingested: IngestOutput) -> list[str]:
     """Cancel the earlier, unfinished `genpi-internalize` runs of another version of this prompt."""
+    from prefect.client.schemas.objects import StateType
+
+    run_id, _ = _ours()
+    if not run_id:
+        return []
+    unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    cancelled: list[str] = []
+    try:
+        _cancel_earlier(ingested, run_id, unfinished, cancelled)
+    except Exception as exc:  # best effort: an API hiccup must not fail the build this run is for
+        get_run_logger().warning("could not check for earlier runs to supersede: %s", exc)
+    for name in cancelled:
+        get_run_logger().warning("cancelled %s: superseded by the newer edit %s", name, ingested.version[:12])
+    return cancelled
+
+
+def _cancel_earlier(ingested: IngestOutput, run_id, unfinished: list, cancelled: list[str]) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -57,14 +78,8 @@ def cancel_superseded(ingested: IngestOutput) -> list[str]:
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
-    from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelling
 
-    run_id, _ = _ours()
-    if not run_id:
-        return []
-    unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
-    cancelled = []
     with get_client(sync_client=True) as client:
         me = client.read_flow_run(run_id)
         runs = client.read_flow_runs(
@@ -81,6 +96,3 @@ def cancel_superseded(ingested: IngestOutput) -> list[str]:
                     run.id, Cancelling(message=f"superseded by {ingested.name} {ingested.version[:12]}"), force=True
                 )
                 cancelled.append(run.name)
-    for name in cancelled:
-        get_run_logger().warning("cancelled %s: superseded by the newer edit %s", name, ingested.version[:12])
-    return cancelled

@@ -15,29 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from genpi_core.generation.base import Message
-from genpi_core.prompt.views import render_prompt
 from genpi_core.store.tables import read_table
 from schemas.datasets import ReasonsSchema, TargetsSchema
-from schemas.spec import PromptSpec
 
 MAX_DIFF_LINES = 20  # lines of the diff shown to the generator
 
 
-def edit_request(spec: PromptSpec, diff: dict, seeds: list[str], count: int) -> list[Message]:
-    """Ask the generator for messages whose answers depend on the lines the edit changed."""
-    changed = [f"- {line}" for line in diff.get("removed", [])[:MAX_DIFF_LINES]]
-    changed += [f"+ {line}" for line in diff.get("added", [])[:MAX_DIFF_LINES]]
-    examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
-    ask = (
-        f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
-        f"It talks to: {spec.environment.description}\n\n"
-        f"The prompt was just edited. These lines changed (- old, + new):\n" + "\n".join(changed) + "\n\n"
-        f"Examples of messages it receives:\n{examples}\n\n"
-        f"Write {count} new, different, realistic messages that it could receive and whose right answer depends "
-        "on the changed lines. One message per line, numbered 1., 2., ... Write only the messages."
-    )
-    return [{"role": "user", "content": ask}]
+def changed_lines(diff: dict) -> list[str]:
+    """The lines an edit changed, as the generator is shown them: "- old" then "+ new" (at most MAX_DIFF_LINES each)."""
+    return [f"- {line}" for line in diff.get("removed", [])[:MAX_DIFF_LINES]] + [
+        f"+ {line}" for line in diff.get("added", [])[:MAX_DIFF_LINES]
+    ]
 
 
 def parent_targets(path: Path) -> pd.DataFrame:

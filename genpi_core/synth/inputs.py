@@ -108,12 +108,20 @@ def near_duplicate_of(text: str, kept: list[tuple[str, set]], threshold: float) 
     return None
 
 
-def generator_request(spec: PromptSpec, seeds: list[str], count: int) -> list[Message]:
+def generator_request(
+    spec: PromptSpec, seeds: list[str], count: int, changed_lines: list[str] | None = None
+) -> list[Message]:
+    """Ask the generator for ``count`` messages the assistant could receive. With ``changed_lines`` (an edit's
+    diff, "- old" / "+ new"), messages whose right answer depends on those lines (incremental runs)."""
     examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
+    edit, aim = "", ""
+    if changed_lines:
+        edit = "The prompt was just edited. These lines changed (- old, + new):\n" + "\n".join(changed_lines) + "\n\n"
+        aim = " and whose right answer depends on the changed lines"
     ask = (
         f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
-        f"It talks to: {spec.environment.description}\n\nExamples of messages it receives:\n{examples}\n\n"
-        f"Write {count} new, different, realistic messages that it could receive. "
+        f"It talks to: {spec.environment.description}\n\n{edit}Examples of messages it receives:\n{examples}\n\n"
+        f"Write {count} new, different, realistic messages that it could receive{aim}. "
         "One message per line, numbered 1., 2., ... Write only the messages."
     )
     return [{"role": "user", "content": ask}]
@@ -194,13 +202,15 @@ def _generate(
     seeds = spec.seed_inputs or spec.inputs.pool
     wanted = edit[1] if edit else cfg.num_generated
     n_requests = math.ceil(wanted * cfg.oversample / cfg.per_request)
+    changed = None
     if edit:
-        from genpi_core.incremental.reuse import edit_request
+        from genpi_core.incremental.reuse import changed_lines
 
-        ask = lambda picked: edit_request(spec, edit[0], picked, cfg.per_request)  # noqa: E731
-    else:
-        ask = lambda picked: generator_request(spec, picked, cfg.per_request)  # noqa: E731
-    requests = [ask(rng.sample(seeds, min(5, len(seeds)))) for _ in range(n_requests)]
+        changed = changed_lines(edit[0])
+    requests = [
+        generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request, changed)
+        for _ in range(n_requests)
+    ]
     completions = backend.generate(requests, cfg.sampling, desc="inputs aimed at the edit" if edit else "pseudo inputs")
     texts: list[tuple[str, str]] = []  # (message, problem known from its reply)
     empty = []

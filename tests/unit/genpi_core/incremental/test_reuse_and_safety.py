@@ -7,10 +7,10 @@ import json
 
 import pandas as pd
 
-from genpi_core.incremental.reuse import base_cache, edit_request, reason_cache, unchanged_teacher_replies
+from genpi_core.incremental.reuse import base_cache, changed_lines, reason_cache, unchanged_teacher_replies
 from genpi_core.incremental.safety import paired_difference
 from genpi_core.store.tables import write_table
-from genpi_core.synth.inputs import run_inputs
+from genpi_core.synth.inputs import generator_request, run_inputs
 from genpi_core.synth.reasons import run_reasons
 from schemas.config import InputsConfig, SamplingConfig
 from schemas.datasets import InputsSchema, ReasonsSchema, TargetsSchema
@@ -98,7 +98,7 @@ def test_parent_inputs_are_kept_and_restamped(tmp_path, example_spec):
 
 def test_the_edit_request_shows_the_changed_lines(example_spec):
     diff = {"added": ["- Replacement library card: $3."], "removed": ["- Replacement library card: $2."]}
-    ask = edit_request(example_spec, diff, ["How much is a new card?"], 4)[0]["content"]
+    ask = generator_request(example_spec, ["How much is a new card?"], 4, changed_lines(diff))[0]["content"]
     assert "+ - Replacement library card: $3." in ask and "- - Replacement library card: $2." in ask
     assert "Write 4 new" in ask and "depends on the changed lines" in ask
 

@@ -102,10 +102,17 @@ class Router:
         """Served from merged weights on an engine of its own (vLLM only: transformers merges every tenant)."""
         return tenant.name in self.cfg.merged and self.engine.kind == "vllm"
 
+    @staticmethod
+    def launch(engine: Engine, tenants: list[Tenant]) -> dict[str, str]:
+        """Start ``engine`` serving ``tenants`` (blocking: engines take a while); each tenant's model id on it.
+        vLLM gets its adapters on the command line; transformers loads each tenant's merged weights once up."""
+        engine.start(tenants if engine.kind == "vllm" else [])
+        return {t.name: engine.add(t) if engine.kind == "transformers" else engine.model_id(t) for t in tenants}
+
     def own_engine(self, tenant: Tenant) -> Engine:
         """A started engine serving only ``tenant``'s merged weights (blocking: minutes on CPU)."""
         engine = MergedVllmEngine(self.cfg, self.base_model, self.engine.home, tenant)
-        engine.start([])
+        self.launch(engine, [tenant])
         return engine
 
     def engines(self) -> list[Engine]:
@@ -115,14 +122,13 @@ class Router:
         """Start the engine with every servable tenant (blocking: engines take a while)."""
         tenants = self.wanted()
         shared = [t for t in tenants if not self.merged(t)]
-        self.engine.start(shared if self.engine.kind == "vllm" else [])
+        model_ids = self.launch(self.engine, shared)
         for tenant in tenants:
             if self.merged(tenant):
                 engine = self.own_engine(tenant)
-                served = Served(tenant, engine.add(tenant), engine)
+                served = Served(tenant, engine.model_id(tenant), engine)
             else:
-                model_id = self.engine.add(tenant) if self.engine.kind != "vllm" else self.engine.model_id(tenant)
-                served = Served(tenant, model_id, self.engine)
+                served = Served(tenant, model_ids[tenant.name], self.engine)
             self.state.routes[tenant.name] = served
             log.info("serving %s as %s on the %s engine", tenant.name, tenant.engine_name, served.engine.kind)
 
@@ -190,10 +196,7 @@ class Router:
                     continue
                 tenants = [s.tenant for s in self.state.routes.values() if s.engine is engine]
                 log.warning("%s engine is not running (exit code %s); starting it again", engine.kind, _code(engine))
-                await asyncio.to_thread(engine.start, tenants if engine.kind == "vllm" else [])
-                if engine.kind == "transformers":  # it loads each tenant's merged weights on demand
-                    for tenant in tenants:
-                        await asyncio.to_thread(engine.add, tenant)
+                await asyncio.to_thread(self.launch, engine, tenants)
                 self.state.restarts += 1
                 restarted.append(engine.kind)
         return restarted

@@ -44,53 +44,49 @@ def _run_name() -> str:
     return spec_run_name(flow_run.parameters["spec_path"])
 
 
-def _plan(spec_path: str, c: PipelineConfig) -> tuple[str, IngestOutput, IncrementalPlan | None]:
+def _plan(spec_path: str, c: PipelineConfig) -> tuple[IngestOutput, IncrementalPlan | None]:
     """Ingest and decide how to build: the plan to build with when incremental, else None."""
     spec_path = str(Path(trusted_spec_path(spec_path, c)))  # deployment runs: the service's policy (tasks/trust.py)
     ingested, plan = plan_task(spec_path, c)
-    return spec_path, ingested, plan.active()
+    return ingested, plan.active()
 
 
 def _synthesize(
-    spec_path: str, c: PipelineConfig, plan: IncrementalPlan | None = None
-) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
-    """Ingest, then the synth stages; the generator (pseudo inputs, reasons) may be another engine."""
+    ingested: IngestOutput, c: PipelineConfig, plan: IncrementalPlan | None = None
+) -> tuple[StageOutput, StageOutput, StageOutput | None]:
+    """The synth stages of an ingested version; the generator (pseudo inputs, reasons) may be another engine."""
     generator = c.synth.generator.resolve(c.model, c.backend)
-    ingested = ingest_task(spec_path, c.ingest, c.model, c.runs_dir)
     inputs = inputs_task(ingested, c.synth.inputs, *generator, plan=plan)
     conversations = conversations_task(ingested, inputs, c.synth, c.model, c.backend, plan=plan)  # role-swapped
     reasons = reasons_task(ingested, conversations, c.synth.reasons, *generator, plan=plan)  # feeds PG
-    return ingested, inputs, conversations, reasons
+    return inputs, conversations, reasons
 
 
-def _dataset(
-    spec_path: str, c: PipelineConfig, plan: IncrementalPlan | None = None
-) -> tuple[IngestOutput, StageOutput]:
+def _dataset(ingested: IngestOutput, c: PipelineConfig, plan: IncrementalPlan | None = None) -> StageOutput:
     """Synthesis, then the dataset stage (checked splits and quarantine); each is reused when already finished."""
-    ingested, inputs, conversations, reasons = _synthesize(spec_path, c, plan)
-    return ingested, dataset_task(ingested, inputs, conversations, c.dataset, reasons)
+    inputs, conversations, reasons = _synthesize(ingested, c, plan)
+    return dataset_task(ingested, inputs, conversations, c.dataset, reasons)
 
 
-def _build(
-    spec_path: str, c: PipelineConfig, plan: IncrementalPlan | None
-) -> tuple[IngestOutput, StageOutput, StageOutput]:
-    ingested, dataset = _dataset(spec_path, c, plan)
+def _build(ingested: IngestOutput, c: PipelineConfig, plan: IncrementalPlan | None) -> tuple[StageOutput, StageOutput]:
+    """(adapter, evaluation) of an ingested version, incrementally with ``plan``, else in full."""
+    dataset = _dataset(ingested, c, plan)
     adapter = train_task(ingested, dataset, c.train, c.model, plan=plan)
-    return ingested, adapter, evaluate_task(ingested, dataset, adapter, c.evaluate, c.model, c.backend, plan=plan)
+    return adapter, evaluate_task(ingested, dataset, adapter, c.evaluate, c.model, c.backend, plan=plan)
 
 
 @flow(name="genpi-internalize", flow_run_name=_run_name, log_prints=True)
 def internalize_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -> StageOutput:
     """Internalize the prompt in `spec_path`: synthesize data, train the adapter, evaluate it, gate it.
     An edit of a prompt already internalized is built incrementally from its parent when that is safe."""
-    spec_path, ingested, plan = _plan(spec_path, config)
+    ingested, plan = _plan(spec_path, config)
     cancel_superseded(ingested)
     if plan is not None:
         name_run(plan)
-        ingested, adapter, evaluated = _build(spec_path, config, plan)
+        adapter, evaluated = _build(ingested, config, plan)
         plan = safety_task(ingested, plan, evaluated, config).active()
     if plan is None:
-        ingested, adapter, evaluated = _build(spec_path, config, None)
+        adapter, evaluated = _build(ingested, config, None)
     promoted = promote_task(ingested, evaluated, adapter, config.promote)
     publish_task(ingested, evaluated, promoted)
     return evaluated
@@ -106,23 +102,22 @@ def ingest_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -
 @flow(name="genpi-synthesize", flow_run_name=_run_name, log_prints=True)
 def synthesize_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -> StageOutput:
     """Only the data: inputs, role-swapped conversations with teacher and base outputs, reasons."""
-    spec_path, _, plan = _plan(spec_path, config)
-    return _synthesize(spec_path, config, plan)[2]
+    ingested, plan = _plan(spec_path, config)
+    return _synthesize(ingested, config, plan)[1]
 
 
 @flow(name="genpi-dataset", flow_run_name=_run_name, log_prints=True)
 def dataset_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -> StageOutput:
     """Synthesized data checked and split into train/val/test, failures quarantined with reasons."""
-    spec_path, _, plan = _plan(spec_path, config)
-    return _dataset(spec_path, config, plan)[1]
+    ingested, plan = _plan(spec_path, config)
+    return _dataset(ingested, config, plan)
 
 
 @flow(name="genpi-train", flow_run_name=_run_name, log_prints=True)
 def train_pipeline(spec_path: str, config: PipelineConfig = PipelineConfig()) -> StageOutput:
     """The adapter (data stages reused or built first)."""
-    spec_path, _, plan = _plan(spec_path, config)
-    ingested, dataset = _dataset(spec_path, config, plan)
-    return train_task(ingested, dataset, config.train, config.model, plan=plan)
+    ingested, plan = _plan(spec_path, config)
+    return train_task(ingested, _dataset(ingested, config, plan), config.train, config.model, plan=plan)
 
 
 @flow(name="genpi-evaluate", flow_run_name=_run_name, log_prints=True)
@@ -138,9 +133,8 @@ def task_success_pipeline(
 ) -> StageOutput:
     """Task success in a bubblewrap-sandboxed shell: base, teacher and the version's adapter play the AgentBench
     OS-format tasks in `tasks_path` (inside the worker's working directory); the adapter is trained first if needed."""
-    spec_path, _, plan = _plan(spec_path, config)
-    ingested, dataset = _dataset(spec_path, config, plan)
-    adapter = train_task(ingested, dataset, config.train, config.model, plan=plan)
+    ingested, plan = _plan(spec_path, config)
+    adapter = train_task(ingested, _dataset(ingested, config, plan), config.train, config.model, plan=plan)
     return task_eval_task(
         ingested, adapter, tasks_path, config.tasks, config.model, config.backend, allowed_root=str(Path.cwd())
     )

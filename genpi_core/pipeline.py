@@ -550,12 +550,18 @@ def synthesize(
     spec_path: str | Path, cfg: PipelineConfig, plan: IncrementalPlan | None = None
 ) -> tuple[IngestOutput, StageOutput, StageOutput, StageOutput | None]:
     """Only the data stages: inputs, role-swapped conversations, reasons (from the parent's, with ``plan``)."""
-    generator = cfg.synth.generator.resolve(cfg.model, cfg.backend)
     ingested = ingest_stage(spec_path, cfg.ingest, cfg.model, cfg.runs_dir)
+    return (ingested, *_synthesize_ingested(ingested, cfg, plan))
+
+
+def _synthesize_ingested(
+    ingested: IngestOutput, cfg: PipelineConfig, plan: IncrementalPlan | None
+) -> tuple[StageOutput, StageOutput, StageOutput | None]:
+    generator = cfg.synth.generator.resolve(cfg.model, cfg.backend)
     inputs = inputs_stage(ingested, cfg.synth.inputs, *generator, plan=plan)
     conversations = conversations_stage(ingested, inputs, cfg.synth, cfg.model, cfg.backend, plan=plan)
     reasons = reasons_stage(ingested, conversations, cfg.synth.reasons, *generator, plan=plan)
-    return ingested, inputs, conversations, reasons
+    return inputs, conversations, reasons
 
 
 def plan_stage(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput, IncrementalPlan]:
@@ -567,13 +573,13 @@ def plan_stage(spec_path: str | Path, cfg: PipelineConfig) -> tuple[IngestOutput
 
 
 def build(
-    spec_path: str | Path, cfg: PipelineConfig, plan: IncrementalPlan | None = None
-) -> tuple[IngestOutput, StageOutput, StageOutput]:
-    """Synthesis, dataset, training and evaluation (no gate): (ingested, train, evaluate)."""
-    ingested, inputs, conversations, reasons = synthesize(spec_path, cfg, plan)
+    ingested: IngestOutput, cfg: PipelineConfig, plan: IncrementalPlan | None = None
+) -> tuple[StageOutput, StageOutput]:
+    """Synthesis, dataset, training and evaluation of an ingested version (no gate): (train, evaluate)."""
+    inputs, conversations, reasons = _synthesize_ingested(ingested, cfg, plan)
     dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
     train = train_stage(ingested, dataset, cfg.train, cfg.model, plan=plan)
-    return ingested, train, evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, plan=plan)
+    return train, evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend, plan=plan)
 
 
 def safety_stage(ingested: IngestOutput, plan: IncrementalPlan, evaluated: StageOutput, cfg: PipelineConfig):
@@ -594,10 +600,10 @@ def run_pipeline(spec_path: str | Path, cfg: PipelineConfig) -> StageOutput:
     safety net trips, a full run replaces it, and ``<run>/incremental.json`` says why."""
     ingested, plan = plan_stage(spec_path, cfg)
     if plan.active():
-        ingested, train, evaluated = build(spec_path, cfg, plan)
+        train, evaluated = build(ingested, cfg, plan)
         plan = safety_stage(ingested, plan, evaluated, cfg)
     if not plan.active():
-        ingested, train, evaluated = build(spec_path, cfg)
+        train, evaluated = build(ingested, cfg)
     promote_stage(ingested, evaluated, train, cfg.promote)
     return evaluated
 

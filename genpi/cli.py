@@ -231,15 +231,17 @@ def cmd_internalize(args) -> int:
     print(f"report:  {run.report}")
     print(f"adapter: {run.adapter_dir}")
     print(_headline(run.run_dir))
-    plan = Path(run.run_dir) / "incremental.json"  # how this version was built (genpi_core/incremental/plan.py)
-    if plan.is_file():
-        record = json.loads(plan.read_text())
-        if record.get("mode") == "incremental":
-            outcome = record.get("outcome") or "unfinished"
-            reason = f": {record['fallback_reason']}" if record.get("fallback_reason") else ""
-            print(f"build:   incremental from {record.get('parent_version12')} ({outcome}{reason}); see {plan}")
-        else:
-            print(f"build:   full ({record.get('why')})")
+    from genpi_core.incremental.plan import plan_path, read_plan
+
+    record = read_plan(run.run_dir)  # how this version was built
+    if record and record.get("mode") == "incremental":
+        outcome = record.get("outcome") or "unfinished"
+        reason = f": {record['fallback_reason']}" if record.get("fallback_reason") else ""
+        print(
+            f"build:   incremental from {record.get('parent_version12')} ({outcome}{reason}); see {plan_path(run.run_dir)}"
+        )
+    elif record:
+        print(f"build:   full ({record.get('why')})")
     return 0
 
 

@@ -144,6 +144,8 @@ def promoted(runs_dir: str | Path, name: str) -> dict | None:
 
 def list_adapters(runs_dir: str | Path, name: str | None = None) -> list[AdapterRow]:
     """Every run folder with an ingested prompt, its evaluation metrics, gate verdict and promotion."""
+    from genpi_core.incremental.plan import read_plan
+
     runs_dir = Path(runs_dir)
     rows = []
     for prompt_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
@@ -158,10 +160,9 @@ def list_adapters(runs_dir: str | Path, name: str | None = None) -> list[Adapter
                 row.parent_version12 = record.get("parent_version12")
                 diff = record.get("diff")
                 row.lines_changed = diff["lines_added"] + diff["lines_removed"] if diff else None
-            plan = run_dir / "incremental.json"  # genpi_core/incremental/plan.py
-            if plan.is_file():
-                record = json.loads(plan.read_text())
-                row.build = "fell back" if record.get("outcome") == "fell back" else record.get("mode")
+            plan = read_plan(run_dir)  # how the version was built (genpi_core/incremental/plan.py)
+            if plan:
+                row.build = "fell back" if plan.get("outcome") == "fell back" else plan.get("mode")
             summary = run_dir / "evaluate" / SUMMARY_FILE
             if (run_dir / "evaluate" / MANIFEST).is_file() and summary.is_file():
                 row = row.model_copy(update=_metrics(EvaluationSummary.load(summary)))

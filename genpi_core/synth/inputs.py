@@ -4,8 +4,9 @@ Inputs come from the spec's hand-written pool, from a generator model, or both (
 the pool tops up to ``max_inputs``). The generator reads the prompt and a few seed examples and
 writes several numbered messages per request (paper: 10 per request, temperature 1.0, top-p 0.9,
 asking for twice as many as needed). Each line loses its list marker ("1. ", "[1] ", "(1) ", "#1 ", a bullet)
-first. Generated texts pass quality filters (length, language, repetition, meta text, control tokens, an
-invented environment reply inside the request) and exact / near-duplicate removal; every rejected text
+first. Generated texts pass quality filters (length, language (the spec's language check by default),
+repetition, meta text, control tokens, an invented environment reply or the request's own answer inside it, text
+copied from the prompt, an example input with text added) and exact / near-duplicate removal; every rejected text
 gets a quarantine row with its reason, and every kept row records its source and generator. The last
 message of a reply cut at the length cap is quarantined (it is cut off), and so is a reply with no
 messages at all (one row for the reply), so a weak or failing generator is visible, never silent.
@@ -19,6 +20,7 @@ import logging
 import math
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +44,7 @@ from genpi_core.store.tables import (
 from schemas.artifacts import INPUTS_FILE, QUARANTINE_FILE
 from schemas.config import InputsConfig
 from schemas.datasets import InputsSchema, QuarantineSchema
-from schemas.spec import PromptSpec
+from schemas.spec import LanguageCheck, PromptSpec
 
 log = logging.getLogger(__name__)
 _META_TEXT = re.compile(
@@ -56,6 +58,7 @@ _LIST_MARKER = re.compile(
     r"""^\s*(?:
         (?:\*\*)?\d{1,3}[.)](?:\*\*)?(?=\s|$)   # 1.  1)  **1.**
       | \[\d{1,3}[.)]?\]                     # [1]  [1.]  (the 0.5B model keeps these)
+      | \[\d{1,3}[.)](?=\s)                  # [1. the message]  (its closing bracket goes too)
       | \(\d{1,3}[.)]?\)                     # (1)  (1.)
       | \#\s?\d{1,3}[.):]?(?=\s|$)            # #1  # 1  #1.
       | [-*•](?=\s)                          # - item, * item, • item
@@ -109,15 +112,23 @@ def near_duplicate_of(text: str, kept: list[tuple[str, set]], threshold: float) 
 
 
 def generator_request(
-    spec: PromptSpec, seeds: list[str], count: int, changed_lines: list[str] | None = None
+    spec: PromptSpec,
+    seeds: list[str],
+    count: int,
+    changed_lines: list[str] | None = None,
+    focus: str | None = None,
 ) -> list[Message]:
     """Ask the generator for ``count`` messages the assistant could receive. With ``changed_lines`` (an edit's
-    diff, "- old" / "+ new"), messages whose right answer depends on those lines (incremental runs)."""
+    diff, "- old" / "+ new"), messages whose right answer depends on those lines (incremental runs); with
+    ``focus`` (one line of the prompt), messages about that line (``synth.inputs.focus``)."""
     examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
     edit, aim = "", ""
     if changed_lines:
         edit = "The prompt was just edited. These lines changed (- old, + new):\n" + "\n".join(changed_lines) + "\n\n"
         aim = " and whose right answer depends on the changed lines"
+    elif focus:
+        edit = f"This time, look at this part of the prompt:\n{focus}\n\n"
+        aim = ", each one about that part of the prompt"
     ask = (
         f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
         f"It talks to: {spec.environment.description}\n\n{edit}Examples of messages it receives:\n{examples}\n\n"
@@ -127,13 +138,27 @@ def generator_request(
     return [{"role": "user", "content": ask}]
 
 
+def focus_lines(spec: PromptSpec) -> list[str]:
+    """The prompt's instruction lines (its system text and first user turn, not the worked examples) that say
+    something: at least 5 words, list markers removed, each once. ``synth.inputs.focus=prompt_lines`` aims one
+    generator request at each in turn, so the inputs cover every fact and rule instead of circling the few the
+    worked examples show."""
+    first = spec.prompt.dialogue[0].user if spec.prompt.dialogue and spec.prompt.dialogue[0].user else ""
+    text = "\n".join(t for t in (spec.prompt.system, first) if t)
+    lines = (strip_list_marker(line.strip()) for line in text.splitlines())
+    return list(dict.fromkeys(line for line in lines if len(line.split()) >= 5))
+
+
 def strip_list_marker(line: str) -> str:
     """A generator line without its leading list number or bullet and its surrounding quotes.
 
-    Markers stack ("1. [1] ...", "- \"(2) ...\""), so stripping repeats until nothing changes.
+    Markers stack ("1. [1] ...", "- \"(2) ...\""), so stripping repeats until nothing changes. A marker that
+    opens a bracket around the whole message ("[1. message]") loses its closing bracket as well.
     """
     for _ in range(4):
         cleaned = _LIST_MARKER.sub("", line, count=1).strip().strip(_QUOTES).strip()
+        if cleaned != line and line.lstrip().startswith("[") and cleaned.endswith("]") and "[" not in cleaned:
+            cleaned = cleaned[:-1].rstrip()
         if cleaned == line:
             break
         line = cleaned
@@ -163,10 +188,60 @@ def invented_environment_reply(
     return ""
 
 
+# A request followed by its own answer: "Is there a book club? Yes, Dockside Readers meets on ..."
+_SELF_ANSWER = re.compile(r"\?\s*[\"“]?(?:yes|no|sure|sorry|unfortunately)\b\s*[,.!]", re.IGNORECASE)
+PROMPT_COPY_WORDS = 6
+"""A generated input sharing this many consecutive words with the prompt (outside the spec's own example
+inputs) copies the prompt: a fact or a worked reply pasted into the request answers it, and a pasted worked
+example teaches nothing the prompt's own example does not."""
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+@dataclass(frozen=True)
+class PromptEchoes:
+    """What a generated input must not repeat: the prompt's word n-grams (minus those of the example inputs the
+    generator was shown) and the example inputs themselves (the seeds, the pool, the worked examples' user turns)."""
+
+    prompt_grams: frozenset[tuple[str, ...]] = frozenset()
+    examples: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, spec: PromptSpec) -> PromptEchoes:
+        shown = list(spec.seed_inputs) + list(spec.inputs.pool)
+        worked = [t.user for t in (spec.prompt.dialogue or [])[1:] if t.user]  # the first user turn is the prompt
+        allowed: set[tuple[str, ...]] = set()
+        for text in shown:
+            allowed |= _ngrams(_words(text), PROMPT_COPY_WORDS)
+        grams = _ngrams(_words(render_prompt(spec.prompt)), PROMPT_COPY_WORDS) - allowed
+        examples = tuple(dict.fromkeys(dedup_key(t) for t in shown + worked if len(_words(t)) >= 4))
+        return cls(frozenset(grams), examples)
+
+    def problem(self, text: str) -> str:
+        """Why ``text`` echoes the prompt or an example ("" when it doesn't)."""
+        words = _words(text)
+        for i in range(len(words) - PROMPT_COPY_WORDS + 1):
+            gram = tuple(words[i : i + PROMPT_COPY_WORDS])
+            if gram in self.prompt_grams:
+                return f"copies the prompt's text ({' '.join(gram)!r})"
+        key = dedup_key(text)
+        for example in self.examples:
+            if example in key and len(key) > len(example) + 10:
+                return f"an example input with text added ({example[:40]!r})"
+        return ""
+
+
 def quality_problem(
     text: str,
     cfg: InputsConfig,
     environment_patterns: tuple[tuple[str, re.Pattern[str]], ...] = INVENTED_ENVIRONMENT_REPLY,
+    echoes: PromptEchoes | None = None,
 ) -> str:
     words = len(text.split())
     if words < cfg.min_words:
@@ -180,6 +255,11 @@ def quality_problem(
         return invented
     if starts_with_speaker_label(text):
         return "starts with a speaker label (a script line, not a message)"
+    if _SELF_ANSWER.search(text):
+        return "answers its own question (an assistant reply inside the request)"
+    echoed = echoes.problem(text) if echoes else ""
+    if echoed:
+        return echoed
     if _META_TEXT.search(text):
         return "meta text about the assistant, not a user message"
     if is_repetitive(text, min_words=8):
@@ -188,6 +268,8 @@ def quality_problem(
         if not looks_like_language(text, cfg.language):
             scores = detect_language_scores(text)
             best = max(scores, key=lambda language: scores[language])
+            if best == cfg.language or not scores[best]:  # too few stopwords to tell: judged by its script
+                return f"not written in {cfg.language}: mostly letters outside the Latin script"
             return f"language looks like {best}, not {cfg.language}"
     return ""
 
@@ -207,9 +289,17 @@ def _generate(
         from genpi_core.incremental.reuse import changed_lines
 
         changed = changed_lines(edit[0])
+    lines = focus_lines(spec) if cfg.focus == "prompt_lines" and not edit else []
+    rng.shuffle(lines)
     requests = [
-        generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request, changed)
-        for _ in range(n_requests)
+        generator_request(
+            spec,
+            rng.sample(seeds, min(5, len(seeds))),
+            cfg.per_request,
+            changed,
+            lines[j % len(lines)] if lines else None,
+        )
+        for j in range(n_requests)
     ]
     completions = backend.generate(requests, cfg.sampling, desc="inputs aimed at the edit" if edit else "pseudo inputs")
     texts: list[tuple[str, str]] = []  # (message, problem known from its reply)
@@ -239,8 +329,13 @@ def _generate(
         log.info("invented-reply filters %s not applied: the spec's own example inputs match them", skipped)
     rows: list[dict] = []
     bad: list[dict] = []
+    echoes = PromptEchoes.of(spec)
+    if cfg.language is None:  # the spec's own language check says which language its users write in
+        languages = [c.language for c in spec.checks if isinstance(c, LanguageCheck)]
+        if languages:
+            cfg = cfg.model_copy(update={"language": languages[0]})
     for i, (text, problem) in enumerate(texts):
-        problem = problem or quality_problem(text, cfg, patterns)
+        problem = problem or quality_problem(text, cfg, patterns, echoes)
         (bad if problem else rows).append({"text": text, "row_key": f"gen-{i}", "problem": problem})
     good = pd.DataFrame(rows, columns=["text", "row_key", "problem"]).assign(source="generated", generator=backend.name)
     bad_df = pd.DataFrame(bad, columns=["text", "row_key", "problem"]).assign(

@@ -9,9 +9,12 @@ from genpi_core.generation.base import Completion
 from genpi_core.store.tables import read_table
 from genpi_core.synth.inputs import (
     INVENTED_ENVIRONMENT_REPLY,
+    PromptEchoes,
     _trigrams,
     dedup_key,
     environment_reply_patterns,
+    focus_lines,
+    generator_request,
     invented_environment_reply,
     near_duplicate_of,
     quality_problem,
@@ -79,6 +82,50 @@ def test_generator_reply_parsing_and_quality_filters():
     assert quality_problem("hi <|im_start|> there", cfg).startswith("contains chat-template control")
 
 
+# Written by the 0.5B generator for library_desk (synth.inputs in configs/genpi.yaml): each one answers itself,
+# pastes the prompt, or pads an example, and would teach the student the prompt's worked replies, not its facts.
+ECHOES = [
+    ("Is there a book club I could join? Yes, Dockside Readers meets on the first Tuesday.", "answers its own"),
+    ("Can I borrow a library book from another library? No, children's books have no late fees.", "answers its own"),
+    (
+        "You can keep a library book for 21 days. You can renew it 2 times unless another patron has placed a hold.",
+        "copies the prompt",
+    ),
+    ("I need a quiet place to study with two friends tomorrow. Can we get a room?", "copies the prompt"),
+    ("What time do you close on Thursdays? [You have access to the front desk website.]", "an example input"),
+    ("Topic:图书馆 events", "not written in en"),
+]
+
+
+@pytest.mark.parametrize(("text", "why"), ECHOES)
+def test_generated_inputs_that_echo_the_prompt_or_answer_themselves_are_quarantined(example_spec, text, why):
+    cfg = InputsConfig(language="en")
+    assert quality_problem(text, cfg, echoes=PromptEchoes.of(example_spec)).startswith(why)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What time do you close on Fridays?",
+        "Can you tell me the rates for borrowing from the library?",
+        "How much does it cost to renew a DVD online?",
+        "What time do you close on Thursdays?",  # a seed input itself is a fine message
+        "No idea where the library is. Is it near the harbor?",
+    ],
+)
+def test_new_requests_are_not_mistaken_for_echoes(example_spec, text):
+    assert quality_problem(text, InputsConfig(language="en"), echoes=PromptEchoes.of(example_spec)) == ""
+
+
+def test_focus_lines_are_the_prompt_instructions_and_each_request_names_one(example_spec):
+    lines = focus_lines(example_spec)
+    assert any(line.startswith("Loan periods: books 21 days") for line in lines)
+    assert not any("Dockside Readers meets" in line and line.startswith("Answer") for line in lines)
+    assert all(len(line.split()) >= 5 and not line.startswith("- ") for line in lines)
+    ask = generator_request(example_spec, ["hi there"], 3, focus=lines[0])[0]["content"]
+    assert lines[0] in ask and "each one about that part of the prompt" in ask
+
+
 def test_near_duplicates_are_found_by_trigram_overlap():
     kept = [(t, _trigrams(t)) for t in ["What time do you open on Saturday morning?"]]
     assert near_duplicate_of("what time do you open on saturday morning", kept, 0.7) is not None
@@ -100,6 +147,8 @@ def test_near_duplicates_are_found_by_trigram_overlap():
         '3. "How many files are in /etc?"',
         "1. [1] How many files are in /etc?",
         "[1.] How many files are in /etc?",  # the 0.5B's own form in the quality suite's library_desk inputs
+        "[1. How many files are in /etc?]",  # ...and this one, its closing bracket included
+        "[5. How many files are in /etc?",
         "(2.) How many files are in /etc?",
         '  - "(2) How many files are in /etc?"',
     ],

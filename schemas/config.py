@@ -106,11 +106,6 @@ class InputsConfig(_Config):
     num_generated: int = Field(16, ge=0, description="Usable generated inputs wanted.")
     per_request: int = Field(5, gt=0, le=50, description="Messages asked for per generator request (paper: 10).")
     oversample: float = Field(2.0, ge=1.0, description="Ask for this many times num_generated (paper: 2).")
-    focus: Literal["none", "prompt_lines"] = Field(
-        "none",
-        description="prompt_lines: aim each generator request at one instruction line of the prompt (a fact, a rule, "
-        "a tool), taking the lines in turn, so the inputs cover the whole prompt; none: the paper's plain request.",
-    )
     near_duplicate_threshold: float = Field(
         0.7, gt=0, le=1, description="Word-trigram Jaccard at which two inputs count as one."
     )

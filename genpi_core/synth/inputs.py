@@ -116,19 +116,14 @@ def generator_request(
     seeds: list[str],
     count: int,
     changed_lines: list[str] | None = None,
-    focus: str | None = None,
 ) -> list[Message]:
     """Ask the generator for ``count`` messages the assistant could receive. With ``changed_lines`` (an edit's
-    diff, "- old" / "+ new"), messages whose right answer depends on those lines (incremental runs); with
-    ``focus`` (one line of the prompt), messages about that line (``synth.inputs.focus``)."""
+    diff, "- old" / "+ new"), messages whose right answer depends on those lines (incremental runs)."""
     examples = "\n".join(f"- {s}" for s in seeds) or "- (none given)"
     edit, aim = "", ""
     if changed_lines:
         edit = "The prompt was just edited. These lines changed (- old, + new):\n" + "\n".join(changed_lines) + "\n\n"
         aim = " and whose right answer depends on the changed lines"
-    elif focus:
-        edit = f"This time, look at this part of the prompt:\n{focus}\n\n"
-        aim = ", each one about that part of the prompt"
     ask = (
         f"An assistant works with this prompt:\n\n{render_prompt(spec.prompt)}\n\n"
         f"It talks to: {spec.environment.description}\n\n{edit}Examples of messages it receives:\n{examples}\n\n"
@@ -136,17 +131,6 @@ def generator_request(
         "One message per line, numbered 1., 2., ... Write only the messages."
     )
     return [{"role": "user", "content": ask}]
-
-
-def focus_lines(spec: PromptSpec) -> list[str]:
-    """The prompt's instruction lines (its system text and first user turn, not the worked examples) that say
-    something: at least 5 words, list markers removed, each once. ``synth.inputs.focus=prompt_lines`` aims one
-    generator request at each in turn, so the inputs cover every fact and rule instead of circling the few the
-    worked examples show."""
-    first = spec.prompt.dialogue[0].user if spec.prompt.dialogue and spec.prompt.dialogue[0].user else ""
-    text = "\n".join(t for t in (spec.prompt.system, first) if t)
-    lines = (strip_list_marker(line.strip()) for line in text.splitlines())
-    return list(dict.fromkeys(line for line in lines if len(line.split()) >= 5))
 
 
 def strip_list_marker(line: str) -> str:
@@ -289,17 +273,9 @@ def _generate(
         from genpi_core.incremental.reuse import changed_lines
 
         changed = changed_lines(edit[0])
-    lines = focus_lines(spec) if cfg.focus == "prompt_lines" and not edit else []
-    rng.shuffle(lines)
     requests = [
-        generator_request(
-            spec,
-            rng.sample(seeds, min(5, len(seeds))),
-            cfg.per_request,
-            changed,
-            lines[j % len(lines)] if lines else None,
-        )
-        for j in range(n_requests)
+        generator_request(spec, rng.sample(seeds, min(5, len(seeds))), cfg.per_request, changed)
+        for _ in range(n_requests)
     ]
     completions = backend.generate(requests, cfg.sampling, desc="inputs aimed at the edit" if edit else "pseudo inputs")
     texts: list[tuple[str, str]] = []  # (message, problem known from its reply)

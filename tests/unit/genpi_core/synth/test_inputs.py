@@ -13,8 +13,6 @@ from genpi_core.synth.inputs import (
     _trigrams,
     dedup_key,
     environment_reply_patterns,
-    focus_lines,
-    generator_request,
     invented_environment_reply,
     near_duplicate_of,
     quality_problem,
@@ -115,15 +113,6 @@ def test_generated_inputs_that_echo_the_prompt_or_answer_themselves_are_quaranti
 )
 def test_new_requests_are_not_mistaken_for_echoes(example_spec, text):
     assert quality_problem(text, InputsConfig(language="en"), echoes=PromptEchoes.of(example_spec)) == ""
-
-
-def test_focus_lines_are_the_prompt_instructions_and_each_request_names_one(example_spec):
-    lines = focus_lines(example_spec)
-    assert any(line.startswith("Loan periods: books 21 days") for line in lines)
-    assert not any("Dockside Readers meets" in line and line.startswith("Answer") for line in lines)
-    assert all(len(line.split()) >= 5 and not line.startswith("- ") for line in lines)
-    ask = generator_request(example_spec, ["hi there"], 3, focus=lines[0])[0]["content"]
-    assert lines[0] in ask and "each one about that part of the prompt" in ask
 
 
 def test_near_duplicates_are_found_by_trigram_overlap():

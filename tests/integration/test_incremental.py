@@ -39,6 +39,7 @@ def _run(spec: Path, cfg: PipelineConfig):
     return state, Path(state.result().dir).parent
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_an_edit_is_built_from_its_parent(finished_run, tmp_path):
     from prefect import get_client
 

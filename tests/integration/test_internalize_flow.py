@@ -85,6 +85,7 @@ def test_rerun_reuses_every_finished_stage(finished_run):
 
 
 @pytest.mark.server
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_changed_eval_config_reruns_only_evaluation(finished_run):
     from genpi_core.pipeline import run_pipeline
 

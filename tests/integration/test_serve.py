@@ -96,6 +96,7 @@ def _tree(pid: int) -> set[int]:
         return set()
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_serve_routes_by_prompt_name_and_swaps_versions_under_load(tmp_path, monkeypatch, embedded_model_dir):
     monkeypatch.setenv("GENPI_SERVE_API_KEY", KEY)  # what the serve-swap deployment's worker holds
     serve_scenario(tmp_path, "transformers", poll=False)

@@ -242,6 +242,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([GENPI, *args], capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_cli_refuses_bad_inputs_with_a_message_not_a_traceback(tmp_path, embedded_model_dir, faults):
     """Through the real `genpi check-spec` (which also loads the tokenizer): exit 2, file and field, no traceback."""
     over_context = yaml.safe_dump({**GOOD, "prompt": {"system": "library " * 9000}})

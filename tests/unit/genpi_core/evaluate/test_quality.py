@@ -164,6 +164,7 @@ def test_multi_turn_episodes_with_the_student_as_agent(spec, leaky_adapter, held
     assert summary["student"]["per_turn"][0]["format"] == 1.0  # the adapter answers in the prompt's format
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_run_evaluate_writes_every_table_and_section_with_the_judge_on(spec, leaky_adapter, held_out, tmp_path):
     from genpi_core.evaluate.run import run_evaluate
     from schemas.datasets import (

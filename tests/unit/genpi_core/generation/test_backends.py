@@ -36,6 +36,7 @@ def _hf_generate_reference(backend, conversations, max_new_tokens):
     return [tok.decode(o[enc.input_ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_shared_prefix_gives_the_same_replies_as_plain_generate(transformers_backend, example_spec):
     """Attending to the prompt once must be an exact speed-up, never a change in output."""
     conversations = [with_prompt(example_spec.prompt, user_turn(q)) for q in QUESTIONS]

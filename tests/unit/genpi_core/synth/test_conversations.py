@@ -212,6 +212,7 @@ def _run(spec_path, inputs, out, tokens=48):
     )
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_killed_synthesis_resumes_from_the_last_finished_turn(tmp_path, example_spec, embedded_model_dir):
     from tests.conftest import EXAMPLE_SPEC
 

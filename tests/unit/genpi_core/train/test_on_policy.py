@@ -282,6 +282,7 @@ def test_mixed_on_policy_training_logs_its_term_and_moves_the_adapter(tmp_path, 
     assert any(t.abs().max().item() > 0 for k, t in _adapter(tmp_path / "out").items() if "lora_B" in k)
 
 
+@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_a_run_killed_in_its_on_policy_phase_resumes_to_the_same_adapter(tmp_path, ingested):
     """Joint phase (2 steps), then the on-policy phase (2 steps); SIGKILL once step 3 is checkpointed."""
     reference = _job(tmp_path / "reference", ingested, schedule="after", epochs=1)

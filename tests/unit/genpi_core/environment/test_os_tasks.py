@@ -73,7 +73,6 @@ def test_observations_use_agentbench_wording():
     assert observation("x" * 900).endswith("[truncated because the output is too long]")
 
 
-@pytest.mark.slow  # over 50 s in the default run (docs/testing.md, session 6 timings)
 def test_every_bundled_task_of_ours_is_solvable_and_the_dev_split_as_documented():
     require_sandbox()
     limits = SandboxLimits(command_timeout_s=20)

@@ -112,10 +112,7 @@ def near_duplicate_of(text: str, kept: list[tuple[str, set]], threshold: float) 
 
 
 def generator_request(
-    spec: PromptSpec,
-    seeds: list[str],
-    count: int,
-    changed_lines: list[str] | None = None,
+    spec: PromptSpec, seeds: list[str], count: int, changed_lines: list[str] | None = None
 ) -> list[Message]:
     """Ask the generator for ``count`` messages the assistant could receive. With ``changed_lines`` (an edit's
     diff, "- old" / "+ new"), messages whose right answer depends on those lines (incremental runs)."""

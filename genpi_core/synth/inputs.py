@@ -187,8 +187,8 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class PromptEchoes:
-    """What a generated input must not repeat: the prompt's word n-grams (minus those of the example inputs the
-    generator was shown) and the example inputs themselves (the seeds, the pool, the worked examples' user turns)."""
+    """What a generated input must not repeat: the word n-grams of the prompt and the environment's description
+    (minus those of the example inputs the generator was shown) and the example inputs themselves (the seeds, the pool, the worked examples' user turns)."""
 
     prompt_grams: frozenset[tuple[str, ...]] = frozenset()
     examples: tuple[str, ...] = ()
@@ -200,7 +200,8 @@ class PromptEchoes:
         allowed: set[tuple[str, ...]] = set()
         for text in shown:
             allowed |= _ngrams(_words(text), PROMPT_COPY_WORDS)
-        grams = _ngrams(_words(render_prompt(spec.prompt)), PROMPT_COPY_WORDS) - allowed
+        shown_text = render_prompt(spec.prompt) + "\n" + spec.environment.description  # all the request quotes
+        grams = _ngrams(_words(shown_text), PROMPT_COPY_WORDS) - allowed
         examples = tuple(dict.fromkeys(dedup_key(t) for t in shown + worked if len(_words(t)) >= 4))
         return cls(frozenset(grams), examples)
 
@@ -234,7 +235,7 @@ def quality_problem(
     invented = invented_environment_reply(text, environment_patterns)
     if invented:
         return invented
-    if starts_with_speaker_label(text):
+    if starts_with_speaker_label(text.lstrip("[( ")):  # "[Answer: No, we don't ...]" is a label too
         return "starts with a speaker label (a script line, not a message)"
     if _SELF_ANSWER.search(text):
         return "answers its own question (an assistant reply inside the request)"

@@ -92,6 +92,8 @@ ECHOES = [
     ("I need a quiet place to study with two friends tomorrow. Can we get a room?", "copies the prompt"),
     ("What time do you close on Thursdays? [You have access to the front desk website.]", "an example input"),
     ("Topic:图书馆 events", "not written in en"),
+    ("[Answer: No, we don't have a library branch in Port Ellery. ]", "starts with a speaker label"),
+    ("Does the agent talk to library patrons who chat with the help desk on the library's website?", "copies the"),
 ]
 
 

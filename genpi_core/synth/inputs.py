@@ -96,9 +96,19 @@ def _input_id(text: str) -> str:
     return hashlib.sha256(dedup_key(text).encode()).hexdigest()[:16]
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    """Runs of ``n`` consecutive words; none for a shorter text."""
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
 def _trigrams(text: str) -> set[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    return {tuple(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+    """Word trigrams; a text under 3 words is its own single gram, so it still matches its duplicates."""
+    words = _words(text)
+    return _ngrams(words, 3) or {tuple(words)}
 
 
 def near_duplicate_of(text: str, kept: list[tuple[str, set]], threshold: float) -> str | None:
@@ -175,14 +185,6 @@ PROMPT_COPY_WORDS = 6
 """A generated input sharing this many consecutive words with the prompt (outside the spec's own example
 inputs) copies the prompt: a fact or a worked reply pasted into the request answers it, and a pasted worked
 example teaches nothing the prompt's own example does not."""
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 @dataclass(frozen=True)

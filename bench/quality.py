@@ -20,7 +20,7 @@ finished cell, so a stopped or killed run continues where it stopped (run the sa
 Nothing else CPU-bound should run beside it: wall times are part of the record (to borrow the CPU for a
 while, `kill -STOP` the process and `kill -CONT` it after; stopped time is not counted).
 
-Run: genpi bench quality --model embedded-0.5b            (about 8-10 h on 2 cores; bench/results/quality_0.5b.*)
+Run: genpi bench quality --model embedded-0.5b            (about 13 h on 2 cores with configs/genpi.yaml; bench/results/quality_0.5b.*)
      genpi bench quality --model embedded --config configs/default.yaml --seeds 1 --no-ablations   (135M)
 """
 

@@ -15,8 +15,14 @@ passes every global check and its input's task checks, and a reply cut at the to
 two-level bootstrap intervals (resample training seeds, then held-out inputs), and joint - sft with its
 interval. Base and teacher replies are generated once per prompt and replayed for every student.
 
-Resumable: every stage checkpoints and reuses finished work, and the results file is rewritten after each
-finished cell, so a stopped or killed run continues where it stopped (run the same command again).
+Resumable, on this machine and on a fresh one: every stage checkpoints and reuses finished work, and the
+results file is rewritten after each finished cell. Beside it, bench/resume/<out>/ keeps what a fresh clone
+needs to go on: each finished cell with its per-input scores (keyed by the cell's whole config, the spec and the
+metrics version, so a cell is only reused for exactly what it measured) and each prompt's synthesized data,
+replayed base and teacher replies included (every stage of the run but training and evaluation: small tables,
+no weights). Commit that folder with the results; the same command on a new machine copies the data back into
+runs/ and runs only the cells still missing. `--save-state` refreshes the folder from runs/ without training
+(before a session ends, to keep a synthesis stage's checkpoints too).
 Nothing else CPU-bound should run beside it: wall times are part of the record (to borrow the CPU for a
 while, `kill -STOP` the process and `kill -CONT` it after; stopped time is not counted).
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -38,14 +45,19 @@ import numpy as np
 import pandas as pd
 
 from genpi_core.evaluate.bootstrap import recovery, two_level_bootstrap
+from genpi_core.evaluate.summary import METRICS_VERSION
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
-from genpi_core.store.stage import atomic_write_json
+from genpi_core.store.stage import atomic_write_json, file_sha256, json_sha256
 from schemas.config import load_config
 from schemas.summary import EvaluationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS_DIR = ROOT / "examples" / "prompts"
 RESULTS = ROOT / "bench" / "results"
+RESUME = ROOT / "bench" / "resume"
+# stages a fresh machine would have to recompute for hours, but that weigh little: kept in bench/resume/
+UNCARRIED_PREFIXES = ("train", "evaluate")
+CARRY_LIMIT_BYTES = 20_000_000  # a bigger file is left out (and said so): the folder is committed
 PROMPTS = ("library_desk", "hotel_concierge", "shell_agent")
 MAIN_PROMPT = "library_desk"
 METRICS = {"strict": "strict_success", "format": "global_passed", "task": "task_passed"}
@@ -135,11 +147,95 @@ class Clock:
             self.save()
 
 
-def run_cell(cell: Cell, config: str, overrides: list[str]) -> dict:
-    """Train and evaluate one student (finished stages are reused); its scores and where they came from."""
-    cfg = load_config(config, [*overrides, *VARIANTS[cell.variant], f"train.seed={cell.seed}"])
+def cell_config(cell: Cell, config: str, overrides: list[str]):
+    return load_config(config, [*overrides, *VARIANTS[cell.variant], f"train.seed={cell.seed}"])
+
+
+def cell_key(cell: Cell, config: str, overrides: list[str]) -> str:
+    """What a finished cell measured: its whole resolved config (but where runs are kept), the spec's bytes,
+    and the metrics version. Any change there and the cell is run again, never reused."""
+    cfg = cell_config(cell, config, overrides).model_dump(mode="json")
+    cfg.pop("runs_dir", None)
+    spec = file_sha256(SPECS_DIR / f"{cell.prompt}.yaml")
+    return json_sha256(
+        {"cell": cell.name, "prompt": cell.prompt, "config": cfg, "spec": spec, "metrics": METRICS_VERSION}
+    )
+
+
+class SuiteState:
+    """The suite's progress as a committed folder, so a fresh clone continues it (see the module docstring):
+    cells.json (finished cells, scores included) and runs/<prompt>/<version>/ (synthesized data)."""
+
+    def __init__(self, folder: Path, runs_dir: Path) -> None:
+        self.folder, self.runs_dir = folder, runs_dir
+        self.cells_path = folder / "cells.json"
+        self.cells: dict[str, dict] = json.loads(self.cells_path.read_text()) if self.cells_path.is_file() else {}
+
+    def finished(self, key: str) -> dict | None:
+        return self.cells.get(key)
+
+    def record(self, key: str, result: dict) -> None:
+        self.cells[key] = result
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.cells_path, self.cells)
+
+    def restore(self) -> int:
+        """Copy the carried data into runs/ where runs/ lacks it (what is already there wins); files copied."""
+        carried, copied = self.folder / "runs", 0
+        for src in sorted(p for p in carried.rglob("*") if p.is_file()) if carried.is_dir() else []:
+            dst = self.runs_dir / src.relative_to(carried)
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                copied += 1
+        return copied
+
+    def save_run(self, run_dir: Path) -> None:
+        """Mirror one run's carried stages (every entry but training and evaluation) into the folder."""
+        rel = run_dir.resolve().relative_to(self.runs_dir.resolve())
+        target = self.folder / "runs" / rel
+        for entry in sorted(run_dir.iterdir()):
+            if entry.name.startswith(UNCARRIED_PREFIXES) or entry.name.startswith("."):
+                continue
+            dst = target / entry.name
+            tmp = dst.with_name(dst.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if entry.is_dir():
+                shutil.copytree(entry, tmp, ignore=self._too_big)
+            else:
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(entry, tmp)
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            elif dst.exists():
+                dst.unlink()
+            tmp.rename(dst)
+
+    def save_all(self) -> None:
+        for run_dir in sorted({p.parent for p in self.runs_dir.glob("*/*/ingest")}):
+            self.save_run(run_dir)
+
+    @staticmethod
+    def _too_big(folder: str, names: list[str]) -> list[str]:
+        big = [
+            n for n in names if (Path(folder) / n).is_file() and (Path(folder) / n).stat().st_size > CARRY_LIMIT_BYTES
+        ]
+        for name in big:
+            print(
+                f"   resume state: left out {Path(folder) / name} (over {CARRY_LIMIT_BYTES // 1_000_000} MB)",
+                flush=True,
+            )
+        return big
+
+
+def run_cell(cell: Cell, config: str, overrides: list[str], state: SuiteState | None = None) -> dict:
+    """Train and evaluate one student (finished stages are reused); its scores and where they came from.
+    With ``state``, the prompt's synthesized data is saved to it as soon as it exists."""
+    cfg = cell_config(cell, config, overrides)
     started = time.perf_counter()
     ingested, inputs, conversations, reasons = synthesize(SPECS_DIR / f"{cell.prompt}.yaml", cfg)
+    if state is not None:
+        state.save_run(Path(ingested.run_dir))
     dataset_variant = "all-replies" if not cfg.dataset.require_teacher_checks else None
     dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons, variant=dataset_variant)
     train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=cell.name)
@@ -357,6 +453,11 @@ def main() -> None:
         "--set", action="append", default=[], help="config override for every cell, e.g. train.epochs=2"
     )
     parser.add_argument("--out", default=None, help="bench/results/<out>.json and .md (default: quality_<model>)")
+    parser.add_argument(
+        "--save-state",
+        action="store_true",
+        help="only refresh bench/resume/<out>/ from runs/ (synthesis checkpoints included), then exit",
+    )
     parser.add_argument("--target", type=float, default=0.95, help="strict-success recovery each prompt should reach")
     parser.add_argument(
         "--lower-target", type=float, default=0.8, help="...with its interval's lower bound at least this"
@@ -373,7 +474,16 @@ def main() -> None:
     ev = cfg.evaluate
 
     path = RESULTS / f"{out}.json"
-    clock = Clock(ROOT / cfg.runs_dir / f".bench-{out}-clock.json", {"model": args.model, "overrides": overrides})
+    state = SuiteState(RESUME / out, ROOT / cfg.runs_dir)
+    if args.save_state:
+        state.save_all()
+        print(f"saved the suite's state to {state.folder}", flush=True)
+        return
+    restored = state.restore()
+    if restored:
+        print(f"restored {restored} files of synthesized data from {state.folder}", flush=True)
+    clock_identity = {"model": args.model, "overrides": [o for o in overrides if not o.startswith("runs_dir=")]}
+    clock = Clock(state.folder / "clock.json", clock_identity)
     done: list[dict] = []
 
     def write() -> dict:
@@ -407,8 +517,15 @@ def main() -> None:
         return results
 
     for i, cell in enumerate(cells, 1):
-        print(f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}", flush=True)
-        done.append(run_cell(cell, args.config, overrides))
+        key = cell_key(cell, args.config, overrides)
+        previous = state.finished(key)
+        print(
+            f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
+        )
+        done.append(previous or run_cell(cell, args.config, overrides, state))
+        if not previous:
+            state.record(key, done[-1])
+            state.save_run(Path(done[-1]["run_dir"]))
         s = done[-1]["student"]
         print(
             f"   student strict {_f(s['strict_success'], True)}, format {_f(s['format'], True)}, task {_f(s['task'], True)}",

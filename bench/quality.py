@@ -87,10 +87,11 @@ class Cell:
 
 
 def plan(prompts: list[str], main: str, seeds: int, ablations: bool) -> list[Cell]:
-    """The matrix, ordered so a partial run already covers every prompt: seed 0 everywhere first."""
-    cells = [Cell(p, v, 0) for p in prompts for v in ("joint", "sft")]
+    """The matrix, ordered so a partial run already covers every prompt: seed 0 everywhere first, and the cheap
+    SFT-only students (minutes) before the joint ones (hours: each PG example holds the whole prompt)."""
+    cells = [Cell(p, v, 0) for v in ("sft", "joint") for p in prompts]
     if main in prompts:
-        cells += [Cell(main, v, s) for s in range(1, seeds) for v in ("joint", "sft")]
+        cells += [Cell(main, v, s) for v in ("sft", "joint") for s in range(1, seeds)]
         if ablations:
             cells += [Cell(main, v, 0) for v in ABLATIONS]
     return cells

@@ -45,6 +45,7 @@ def test_plan_covers_every_prompt_before_the_extra_seeds_and_ablations():
     first_six = {(c.prompt, c.variant) for c in cells[:6]}
     assert first_six == {(p, v) for p in ("library_desk", "hotel_concierge", "shell_agent") for v in ("joint", "sft")}
     assert all(c.seed == 0 for c in cells[:6])
+    assert [c.variant for c in cells[:3]] == ["sft"] * 3  # the cheap students first
     main = [c for c in cells if c.prompt == "library_desk"]
     assert sorted((c.variant, c.seed) for c in main if c.variant in ("joint", "sft")) == [
         ("joint", 0),

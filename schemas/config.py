@@ -267,7 +267,9 @@ class TrainConfig(_Config):
     pg_per_step: int | None = Field(
         None,
         gt=0,
-        description="PG examples per optimizer step (cycled); None = batch_size, one per SFT example as in the paper.",
+        description="PG examples per optimizer step (cycled). None = the paper's dose: one PG example per pseudo input "
+        "per epoch, as each input has one SFT conversation (batch_size x PG rows / SFT rows, since SFT has a row per "
+        "agent turn; = batch_size with one agent turn).",
     )
     pg_every: int = Field(
         1,

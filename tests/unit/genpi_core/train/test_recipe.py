@@ -135,6 +135,18 @@ def test_step_plan_is_deterministic_and_covers_each_epoch():
     assert sorted(it.example_id for s in (0, 2, 4) for it in sparse.step(s)["pg"]) == ["p0", "p1", "p2"]
 
 
+def test_default_pg_dose_is_one_pg_example_per_pseudo_input_per_epoch():
+    """Two agent turns per conversation: 2 SFT rows and 1 PG row per input; a step of 4 SFT rows takes 2 PG."""
+    items = {"sft": [Item(f"s{i}", [1], [1]) for i in range(86)], "pg": [Item(f"p{i}", [1], [1]) for i in range(43)]}
+    plan = StepPlan(items, TrainConfig(batch_size=4, epochs=2))
+    assert plan.pg_per_step == 2 and plan.steps_per_epoch == 22
+    seen = [it.example_id for s in range(plan.steps_per_epoch) for it in plan.step(s)["pg"]]
+    assert set(seen) == {f"p{i}" for i in range(43)} and len(seen) == 44  # every input once, one drawn twice
+    one_turn = {"sft": items["sft"][:43], "pg": items["pg"]}
+    assert StepPlan(one_turn, TrainConfig(batch_size=4)).pg_per_step == 4  # one agent turn: as many as SFT
+    assert StepPlan(items, TrainConfig(batch_size=4, pg_per_step=3)).pg_per_step == 3  # explicit wins
+
+
 def test_joint_loss_is_the_weighted_sum_and_only_lora_moves(embedded_model_dir, tokenizer, tmp_path):
     from accelerate import Accelerator
 

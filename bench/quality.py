@@ -57,6 +57,7 @@ RESULTS = ROOT / "bench" / "results"
 RESUME = ROOT / "bench" / "resume"
 # stages a fresh machine would have to recompute for hours, but that weigh little: kept in bench/resume/
 UNCARRIED_PREFIXES = ("train", "evaluate")
+CARRIED_DIR = "synthesized"
 CARRY_LIMIT_BYTES = 20_000_000  # a bigger file is left out (and said so): the folder is committed
 PROMPTS = ("library_desk", "hotel_concierge", "shell_agent")
 MAIN_PROMPT = "library_desk"
@@ -165,7 +166,8 @@ def cell_key(cell: Cell, config: str, overrides: list[str]) -> str:
 
 class SuiteState:
     """The suite's progress as a committed folder, so a fresh clone continues it (see the module docstring):
-    cells.json (finished cells, scores included) and runs/<prompt>/<version>/ (synthesized data)."""
+    cells.json (finished cells, scores included) and synthesized/<prompt>/<version>/ (a mirror of those run
+    folders without training and evaluation; not named runs/, which .gitignore keeps out of the repository)."""
 
     def __init__(self, folder: Path, runs_dir: Path) -> None:
         self.folder, self.runs_dir = folder, runs_dir
@@ -182,7 +184,7 @@ class SuiteState:
 
     def restore(self) -> int:
         """Copy the carried data into runs/ where runs/ lacks it (what is already there wins); files copied."""
-        carried, copied = self.folder / "runs", 0
+        carried, copied = self.folder / CARRIED_DIR, 0
         for src in sorted(p for p in carried.rglob("*") if p.is_file()) if carried.is_dir() else []:
             dst = self.runs_dir / src.relative_to(carried)
             if not dst.exists():
@@ -194,7 +196,7 @@ class SuiteState:
     def save_run(self, run_dir: Path) -> None:
         """Mirror one run's carried stages (every entry but training and evaluation) into the folder."""
         rel = run_dir.resolve().relative_to(self.runs_dir.resolve())
-        target = self.folder / "runs" / rel
+        target = self.folder / CARRIED_DIR / rel
         for entry in sorted(run_dir.iterdir()):
             if entry.name.startswith(UNCARRIED_PREFIXES) or entry.name.startswith("."):
                 continue

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from genpi_core.evaluate.bootstrap import recovery, two_level_bootstrap
+from genpi_core.evaluate.coverage import fact_coverage, split_by_coverage
 from genpi_core.evaluate.summary import METRICS_VERSION
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
 from genpi_core.store.stage import atomic_write_json, file_sha256, json_sha256
@@ -277,8 +278,31 @@ def run_cell(cell: Cell, config: str, overrides: list[str], state: SuiteState | 
             for name in ("base", "teacher")
         },
         "uninformative_checks": summary.uninformative_checks,
+        "dataset_dir": str(Path(dataset.path("train")).parent),
+        "fact_coverage": coverage_of(Path(dataset.path("train")).parent),
         "scores": scores,
     }
+
+
+def coverage_of(dataset_dir: Path) -> list[bool | None]:
+    """Per held-out input (sorted by id, as the scores are): do the SFT training targets state its facts?"""
+    test = pd.read_parquet(dataset_dir / "test.parquet", columns=["example_id", "facts"]).sort_values("example_id")
+    train = pd.read_parquet(dataset_dir / "train.parquet", columns=["objective", "target"])
+    covered = fact_coverage(test, train.loc[train["objective"] == "sft", "target"])
+    return [covered[str(i)] for i in test["example_id"]]
+
+
+def with_coverage(record: dict) -> dict:
+    """A cell finished before coverage was recorded gets it from its dataset, when the data is at hand."""
+    if "fact_coverage" in record:
+        return record
+    folder = Path(record.get("dataset_dir") or Path(record["run_dir"]) / "dataset")
+    if record["variant"] == "joint-all-replies" and "dataset_dir" not in record:
+        folder = Path(record["run_dir"]) / "dataset-all-replies"
+    folder = folder if folder.is_absolute() else ROOT / folder
+    if not (folder / "test.parquet").is_file():
+        return record
+    return record | {"dataset_dir": str(folder.relative_to(ROOT)), "fact_coverage": coverage_of(folder)}
 
 
 def evaluation_scores(evaluation) -> dict:
@@ -357,6 +381,20 @@ def aggregate(done: list[dict], target: float, lower_target: float, resamples: i
                 "train_seconds": [c["train_seconds"] for c in mine],
                 "goal_met": _goal(r["strict"]["value"], r["strict"]["ci"], target, lower_target),
             }
+        covered = [c for c in cells if c.get("fact_coverage")]
+        coverage = None
+        if covered:
+            marks = covered[0]["fact_coverage"]
+            coverage = {
+                "with_facts": sum(m is not None for m in marks),
+                "covered": sum(m is True for m in marks),
+                "task": {"teacher": split_by_coverage(covered[0]["scores"]["teacher"]["task"], marks)}
+                | {
+                    variant: _mean_split([c for c in covered if c["variant"] == variant])
+                    for variant in VARIANTS
+                    if any(c["variant"] == variant for c in covered)
+                },
+            }
         joint, sft = ([c for c in cells if c["variant"] == v] for v in ("joint", "sft"))
         prompts[prompt] = {
             "name": prompt,
@@ -369,8 +407,19 @@ def aggregate(done: list[dict], target: float, lower_target: float, resamples: i
             "uninformative_checks": first["uninformative_checks"],
             "variants": variants,
             "joint_minus_sft": _difference(joint, sft, resamples, level),
+            "fact_coverage": coverage,
         }
     return prompts
+
+
+def _mean_split(cells: list[dict]) -> dict:
+    """A variant's task success on covered / uncovered inputs, averaged over its seeds."""
+    splits = [split_by_coverage(c["scores"]["student"]["task"], c["fact_coverage"]) for c in cells]
+    mean = {}
+    for part in ("covered", "uncovered"):
+        values = [s[part] for s in splits if s[part] is not None]
+        mean[part] = float(np.mean(values)) if values else None
+    return mean | {"n_covered": splits[0]["n_covered"], "n_uncovered": splits[0]["n_uncovered"]}
 
 
 def _goal(value: float | None, ci: list | None, target: float, lower: float) -> bool:
@@ -428,6 +477,16 @@ def render(results: dict) -> str:
                 f"| {_f(v['format_recovery'])}{_ci(v['format_recovery_ci'])} | {sum(v['cut'])} "
                 f"| {sum(v['collapsed'])}/{len(v['collapsed'])} | {'met' if v['goal_met'] else '**missed**'} |"
             )
+        cov = p.get("fact_coverage")
+        if cov and cov["with_facts"]:
+            parts = ", ".join(
+                f"{name} {_f(v['covered'], True)} / {_f(v['uncovered'], True)}" for name, v in cov["task"].items()
+            )
+            lines += [
+                "",
+                f"Held-out inputs whose facts some SFT training target states: {cov['covered']} of "
+                f"{cov['with_facts']} with facts. Task success on those / on the rest: {parts}.",
+            ]
         d = p["joint_minus_sft"]
         if d:
             lines += [
@@ -525,7 +584,7 @@ def main() -> None:
         print(
             f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
         )
-        done.append(previous or run_cell(cell, args.config, overrides, state))
+        done.append(with_coverage(previous) if previous else run_cell(cell, args.config, overrides, state))
         if not previous:
             state.record(key, done[-1])
             state.save_run(Path(done[-1]["run_dir"]))

@@ -124,3 +124,36 @@ def test_a_finished_cell_is_reused_only_for_the_config_it_ran_with():
     assert key == quality.cell_key(cell, str(ROOT / "configs" / "genpi.yaml"), [*base, "runs_dir=/elsewhere"])
     assert key != quality.cell_key(cell, str(ROOT / "configs" / "genpi.yaml"), [*base, "train.epochs=3"])
     assert key != quality.cell_key(quality.Cell("library_desk", "joint", 1), str(ROOT / "configs" / "genpi.yaml"), base)
+
+
+def test_task_success_is_reported_apart_on_inputs_whose_facts_training_states():
+    covered = [True] * 20 + [False] * 10
+    cell = _cell("library_desk", "sft", 0, [1.0] * 10 + [0.0] * 20) | {"fact_coverage": covered}
+    results = quality.aggregate([cell], 0.95, 0.8, 100, 0.95)
+    coverage = results["library_desk"]["fact_coverage"]
+    assert (coverage["covered"], coverage["with_facts"]) == (20, 30)
+    assert coverage["task"]["sft"]["covered"] == 0.5 and coverage["task"]["sft"]["uncovered"] == 0.0
+    assert coverage["task"]["teacher"]["covered"] == 1.0 and coverage["task"]["teacher"]["uncovered"] == 0.7
+    page = quality.render(
+        {
+            "model": "m",
+            "config": "c",
+            "complete": False,
+            "cells_done": 1,
+            "cells_planned": 13,
+            "overrides": [],
+            "confidence_level": 0.95,
+            "bootstrap_resamples": 100,
+            "target": 0.95,
+            "lower_target": 0.8,
+            "wall_seconds": 60.0,
+            "sessions": 1,
+            "peak_memory_gb": 1.0,
+            "prompts": {k: v | {"base": _ref(), "teacher": _ref()} for k, v in results.items()},
+        }
+    )
+    assert "20 of 30 with facts" in page and "sft 50% / 0%" in page
+
+
+def _ref():
+    return {"strict_success": 0.5, "format": 1.0, "task": 0.5, "cut": 0}

@@ -278,7 +278,7 @@ def run_cell(cell: Cell, config: str, overrides: list[str], state: SuiteState | 
             for name in ("base", "teacher")
         },
         "uninformative_checks": summary.uninformative_checks,
-        "dataset_dir": str(Path(dataset.path("train")).parent),
+        "dataset_folder": Path(dataset.path("train")).parent.name,
         "fact_coverage": coverage_of(Path(dataset.path("train")).parent),
         "scores": scores,
     }
@@ -292,17 +292,34 @@ def coverage_of(dataset_dir: Path) -> list[bool | None]:
     return [covered[str(i)] for i in test["example_id"]]
 
 
-def with_coverage(record: dict) -> dict:
-    """A cell finished before coverage was recorded gets it from its dataset, when the data is at hand."""
+def with_coverage(record: dict, runs_dir: Path) -> dict:
+    """A cell finished before coverage was recorded gets it from its dataset, when the data is at hand (a run
+    folder is always <runs_dir>/<spec name>/<version>/)."""
     if "fact_coverage" in record:
         return record
-    folder = Path(record.get("dataset_dir") or Path(record["run_dir"]) / "dataset")
-    if record["variant"] == "joint-all-replies" and "dataset_dir" not in record:
-        folder = Path(record["run_dir"]) / "dataset-all-replies"
-    folder = folder if folder.is_absolute() else ROOT / folder
+    default = "dataset-all-replies" if record["variant"] == "joint-all-replies" else "dataset"
+    folder = runs_dir.joinpath(*Path(record["run_dir"]).parts[-2:], record.get("dataset_folder", default))
     if not (folder / "test.parquet").is_file():
         return record
-    return record | {"dataset_dir": str(folder.relative_to(ROOT)), "fact_coverage": coverage_of(folder)}
+    return record | {"dataset_folder": folder.name, "fact_coverage": coverage_of(folder)}
+
+
+class ClockReading:
+    """The suite's clock as last saved, for rewriting the results without running (``--save-state``)."""
+
+    def __init__(self, path: Path) -> None:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        self.total, self.sessions = saved.get("wall_seconds", 0.0), saved.get("sessions", 0)
+        self.peak = saved.get("peak_memory_gb", 0.0)
+
+    def seconds(self) -> float:
+        return self.total
+
+    def peak_memory_gb(self) -> float:
+        return self.peak
+
+    def save(self) -> None:
+        """A reading measures no time of its own, so there is nothing to add to the file."""
 
 
 def evaluation_scores(evaluation) -> dict:
@@ -518,7 +535,8 @@ def main() -> None:
     parser.add_argument(
         "--save-state",
         action="store_true",
-        help="only refresh bench/resume/<out>/ from runs/ (synthesis checkpoints included), then exit",
+        help="only refresh bench/resume/<out>/ from runs/ (synthesis checkpoints included) and rewrite the "
+        "results from the students finished so far, then exit (train nothing)",
     )
     parser.add_argument("--target", type=float, default=0.95, help="strict-success recovery each prompt should reach")
     parser.add_argument(
@@ -536,17 +554,14 @@ def main() -> None:
     ev = cfg.evaluate
 
     path = RESULTS / f"{out}.json"
+    shown = [o for o in overrides if not o.startswith("runs_dir=")]  # where runs live is this machine's business
     state = SuiteState(RESUME / out, ROOT / cfg.runs_dir)
-    if args.save_state:
-        state.save_all()
-        print(f"saved the suite's state to {state.folder}", flush=True)
-        return
-    restored = state.restore()
-    if restored:
-        print(f"restored {restored} files of synthesized data from {state.folder}", flush=True)
-    clock_identity = {"model": args.model, "overrides": [o for o in overrides if not o.startswith("runs_dir=")]}
-    clock = Clock(state.folder / "clock.json", clock_identity)
     done: list[dict] = []
+    if not args.save_state:
+        restored = state.restore()
+        if restored:
+            print(f"restored {restored} files of synthesized data from {state.folder}", flush=True)
+        clock: Clock | ClockReading = Clock(state.folder / "clock.json", {"model": args.model, "overrides": shown})
 
     def write() -> dict:
         results = {
@@ -554,7 +569,7 @@ def main() -> None:
             "config": str(Path(args.config).resolve().relative_to(ROOT))
             if Path(args.config).resolve().is_relative_to(ROOT)
             else args.config,
-            "overrides": overrides,
+            "overrides": shown,
             "seeds": args.seeds,
             "main_prompt": args.main,
             "target": args.target,
@@ -578,13 +593,27 @@ def main() -> None:
         (RESULTS / f"{out}.md").write_text(render(results))
         return results
 
+    if args.save_state:  # the data so far, and the results rewritten from the cells finished so far
+        state.save_all()
+        clock = ClockReading(state.folder / "clock.json")
+        for cell in cells:
+            previous = state.finished(cell_key(cell, args.config, overrides))
+            if previous is None:
+                break
+            done.append(with_coverage(previous, state.runs_dir))
+        write()
+        print(f"saved the suite's state to {state.folder}; {len(done)} finished students in {path}", flush=True)
+        return
+
     for i, cell in enumerate(cells, 1):
         key = cell_key(cell, args.config, overrides)
         previous = state.finished(key)
         print(
             f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
         )
-        done.append(with_coverage(previous) if previous else run_cell(cell, args.config, overrides, state))
+        done.append(
+            with_coverage(previous, state.runs_dir) if previous else run_cell(cell, args.config, overrides, state)
+        )
         if not previous:
             state.record(key, done[-1])
             state.save_run(Path(done[-1]["run_dir"]))

@@ -157,3 +157,19 @@ def test_task_success_is_reported_apart_on_inputs_whose_facts_training_states():
 
 def _ref():
     return {"strict_success": 0.5, "format": 1.0, "task": 0.5, "cut": 0}
+
+
+def test_a_cell_finished_before_coverage_existed_gets_it_from_its_restored_dataset(tmp_path):
+    import json as _json
+
+    import pandas as pd
+
+    folder = tmp_path / "runs" / "library-desk" / "abc" / "dataset"
+    folder.mkdir(parents=True)
+    facts = [_json.dumps(["214 Harbor Lane"]), _json.dumps(["30 items"])]
+    pd.DataFrame({"example_id": ["t1", "t0"], "facts": facts}).to_parquet(folder / "test.parquet")
+    train = {"objective": ["sft", "pg"], "target": ["We are at 214 Harbor Lane.", "... 30 items ..."]}
+    pd.DataFrame(train).to_parquet(folder / "train.parquet")
+    old = {"variant": "sft", "run_dir": "elsewhere/runs/library-desk/abc"}
+    assert quality.with_coverage(old, tmp_path / "runs")["fact_coverage"] == [False, True]  # t0, t1; PG not counted
+    assert quality.with_coverage(old, tmp_path / "nowhere") == old  # no data at hand: left as it was

@@ -21,8 +21,9 @@ needs to go on: each finished cell with its per-input scores (keyed by the cell'
 metrics version, so a cell is only reused for exactly what it measured) and each prompt's synthesized data,
 replayed base and teacher replies included (every stage of the run but training and evaluation: small tables,
 no weights). Commit that folder with the results; the same command on a new machine copies the data back into
-runs/ and runs only the cells still missing. `--save-state` refreshes the folder from runs/ without training
-(before a session ends, to keep a synthesis stage's checkpoints too).
+runs/ and runs only the cells still missing. `--save-state` refreshes the folder from runs/ and rewrites the
+results from the finished cells, training nothing (before a session ends, to keep a synthesis stage's
+checkpoints too).
 Nothing else CPU-bound should run beside it: wall times are part of the record (to borrow the CPU for a
 while, `kill -STOP` the process and `kill -CONT` it after; stopped time is not counted).
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
+from genpi_core.train.trainer import pg_examples_per_step
 from schemas.config import load_config
 from schemas.summary import EvaluationSummary
 
@@ -123,14 +124,16 @@ def main() -> None:
             f"{pct(r['student_leak_max_rouge_l_recall'])} | {r['train_seconds']} | {r['eval_seconds']} |"
         )
     first = next(iter(results["variants"].values()))
+    examples = first["train_examples"]
+    per_step = pg_examples_per_step(cfg.train, examples.get("sft", 0), examples.get("pg", 0))
     lines += [
         "",
         f"Strict success: base (no prompt) {100 * first['base_strict']:.0f}%, teacher (with prompt) "
         f"{100 * first['teacher_strict']:.0f}%; compliance (partial credit): base {100 * first['base']:.0f}%, "
         f"teacher {100 * first['teacher']:.0f}%.",
         f"PG dose: `train.pg_per_step={cfg.train.pg_per_step}`, `train.pg_every={cfg.train.pg_every}` over "
-        f"{first['steps']} steps, so a joint run sees {-(-first['steps'] // cfg.train.pg_every) * (cfg.train.pg_per_step or cfg.train.batch_size)} "
-        "PG examples (the paper: one per SFT example on every step, `pg_every: 1`, `pg_per_step: null`).",
+        f"{first['steps']} steps, so a joint run sees {-(-first['steps'] // cfg.train.pg_every) * per_step} "
+        "PG examples (the paper: one per pseudo input per epoch, `pg_every: 1`, `pg_per_step: null`).",
         "Recovery intervals: paired bootstrap over the held-out inputs (`evaluate.bootstrap_resamples`). Leakage: the "
         "audit's extraction questions, the student's worst reply (`evaluate.leakage`).",
         "",

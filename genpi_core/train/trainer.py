@@ -44,6 +44,18 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def pg_examples_per_step(cfg: TrainConfig, n_sft: int, n_pg: int) -> int:
+    """The paper's dose by default: each pseudo input gives one SFT and one PG example per epoch. SFT has a row per
+    agent turn (a 2-turn conversation gives two) and PG one per conversation, so a step of ``batch_size`` SFT rows
+    takes the matching share of PG rows, not ``batch_size`` of them (that would be twice the paper's dose on 2-turn
+    conversations, and twice the CPU: each PG example holds the whole prompt)."""
+    if cfg.pg_per_step is not None:
+        return cfg.pg_per_step
+    if not n_sft:
+        return cfg.batch_size
+    return max(1, math.ceil(cfg.batch_size * n_pg / n_sft))
+
+
 class StepPlan:
     """Which examples each optimizer step uses: a pure function of (seed, step), identical on every rank.
 
@@ -56,7 +68,7 @@ class StepPlan:
     def __init__(self, items: dict[str, list], cfg: TrainConfig) -> None:
         self.sft, self.pg, self.cfg = items["sft"], items["pg"], cfg
         self.contexts = items.get("on_policy", []) if cfg.on_policy.enabled else []
-        self.pg_per_step = self._pg_per_step(cfg) if self.pg else 0
+        self.pg_per_step = pg_examples_per_step(cfg, len(self.sft), len(self.pg)) if self.pg else 0
         self.per_step_contexts = min(cfg.on_policy.contexts_per_step, len(self.contexts))
         joint = bool(self.sft or self.pg)
         own_phase = bool(self.contexts) and (not joint or cfg.on_policy.schedule == "after")
@@ -78,17 +90,6 @@ class StepPlan:
             else:  # the joint steps go on past their epochs (each epoch reshuffled)
                 self.joint_total = cfg.max_steps
             self.total = cfg.max_steps
-
-    def _pg_per_step(self, cfg: TrainConfig) -> int:
-        """The paper's dose by default: each pseudo input gives one SFT and one PG example per epoch. SFT has a row
-        per agent turn (a 2-turn conversation gives two) and PG one per conversation, so a step of ``batch_size``
-        SFT rows takes the matching share of PG rows, not ``batch_size`` of them (that would be twice the paper's
-        dose on 2-turn conversations, and twice the CPU: each PG example holds the whole prompt)."""
-        if cfg.pg_per_step is not None:
-            return cfg.pg_per_step
-        if not self.sft:
-            return cfg.batch_size
-        return max(1, math.ceil(cfg.batch_size * len(self.pg) / len(self.sft)))
 
     @staticmethod
     def _order(n: int, seed: int) -> list[int]:

@@ -24,7 +24,7 @@ from genpi_core.train.data import (
 from genpi_core.train.loss import loss_sums
 from genpi_core.train.recipe import attach_lora, run_finetune
 from genpi_core.train.teacher_logprobs import run_teacher_logprobs
-from genpi_core.train.trainer import StepPlan, Trainer
+from genpi_core.train.trainer import StepPlan, Trainer, pg_examples_per_step
 from schemas.config import LoraConfig, ModelConfig, TrainConfig
 from schemas.datasets import ExamplesSchema
 
@@ -139,7 +139,7 @@ def test_default_pg_dose_is_one_pg_example_per_pseudo_input_per_epoch():
     """Two agent turns per conversation: 2 SFT rows and 1 PG row per input; a step of 4 SFT rows takes 2 PG."""
     items = {"sft": [Item(f"s{i}", [1], [1]) for i in range(86)], "pg": [Item(f"p{i}", [1], [1]) for i in range(43)]}
     plan = StepPlan(items, TrainConfig(batch_size=4, epochs=2))
-    assert plan.pg_per_step == 2 and plan.steps_per_epoch == 22
+    assert plan.pg_per_step == 2 == pg_examples_per_step(plan.cfg, 86, 43) and plan.steps_per_epoch == 22
     seen = [it.example_id for s in range(plan.steps_per_epoch) for it in plan.step(s)["pg"]]
     assert set(seen) == {f"p{i}" for i in range(43)} and len(seen) == 44  # every input once, one drawn twice
     one_turn = {"sft": items["sft"][:43], "pg": items["pg"]}

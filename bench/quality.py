@@ -48,9 +48,9 @@ import pandas as pd
 from genpi_core.evaluate.bootstrap import recovery, two_level_bootstrap
 from genpi_core.evaluate.coverage import fact_coverage, split_by_coverage
 from genpi_core.evaluate.summary import METRICS_VERSION
-from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
+from genpi_core.pipeline import dataset_stage, evaluate_stage, stage_name, synthesize, train_stage
 from genpi_core.store.stage import atomic_write_json, file_sha256, json_sha256
-from schemas.config import load_config
+from schemas.config import PipelineConfig, load_config
 from schemas.summary import EvaluationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ class Clock:
             self.save()
 
 
-def cell_config(cell: Cell, config: str, overrides: list[str]):
+def cell_config(cell: Cell, config: str, overrides: list[str]) -> PipelineConfig:
     return load_config(config, [*overrides, *VARIANTS[cell.variant], f"train.seed={cell.seed}"])
 
 
@@ -183,6 +183,13 @@ class SuiteState:
         self.cells[key] = result
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.cells_path, self.cells)
+
+    def backfill_coverage(self, key: str, record: dict) -> dict:
+        """``with_coverage`` for a finished cell, kept in cells.json so it is computed once."""
+        filled = with_coverage(record, self.runs_dir)
+        if filled is not record:
+            self.record(key, filled)
+        return filled
 
     def restore(self) -> int:
         """Copy the carried data into runs/ where runs/ lacks it (what is already there wins); files copied."""
@@ -298,7 +305,7 @@ def with_coverage(record: dict, runs_dir: Path) -> dict:
     folder is always <runs_dir>/<spec name>/<version>/)."""
     if "fact_coverage" in record:
         return record
-    default = "dataset-all-replies" if record["variant"] == "joint-all-replies" else "dataset"
+    default = stage_name("dataset", "all-replies" if record["variant"] == "joint-all-replies" else None)
     folder = runs_dir.joinpath(*Path(record["run_dir"]).parts[-2:], record.get("dataset_folder", default))
     if not (folder / "test.parquet").is_file():
         return record
@@ -318,9 +325,6 @@ class ClockReading:
 
     def peak_memory_gb(self) -> float:
         return self.peak
-
-    def save(self) -> None:
-        """A reading measures no time of its own, so there is nothing to add to the file."""
 
 
 def evaluation_scores(evaluation) -> dict:
@@ -399,18 +403,18 @@ def aggregate(done: list[dict], target: float, lower_target: float, resamples: i
                 "train_seconds": [c["train_seconds"] for c in mine],
                 "goal_met": _goal(r["strict"]["value"], r["strict"]["ci"], target, lower_target),
             }
-        covered = [c for c in cells if c.get("fact_coverage")]
+        measured = [c for c in cells if c.get("fact_coverage")]
         coverage = None
-        if covered:
-            marks = covered[0]["fact_coverage"]
+        if measured:
+            marks = measured[0]["fact_coverage"]
             coverage = {
                 "with_facts": sum(m is not None for m in marks),
                 "covered": sum(m is True for m in marks),
-                "task": {"teacher": split_by_coverage(covered[0]["scores"]["teacher"]["task"], marks)}
+                "task": {"teacher": split_by_coverage(measured[0]["scores"]["teacher"]["task"], marks)}
                 | {
-                    variant: _mean_split([c for c in covered if c["variant"] == variant])
+                    variant: _mean_split([c for c in measured if c["variant"] == variant])
                     for variant in VARIANTS
-                    if any(c["variant"] == variant for c in covered)
+                    if any(c["variant"] == variant for c in measured)
                 },
             }
         joint, sft = ([c for c in cells if c["variant"] == v] for v in ("joint", "sft"))
@@ -562,9 +566,9 @@ def main() -> None:
         restored = state.restore()
         if restored:
             print(f"restored {restored} files of synthesized data from {state.folder}", flush=True)
-        clock: Clock | ClockReading = Clock(state.folder / "clock.json", {"model": args.model, "overrides": shown})
+        clock = Clock(state.folder / "clock.json", {"model": args.model, "overrides": shown})
 
-    def write() -> dict:
+    def write(clock: Clock | ClockReading) -> dict:
         results = {
             "model": args.model,
             "config": str(Path(args.config).resolve().relative_to(ROOT))
@@ -596,13 +600,13 @@ def main() -> None:
 
     if args.save_state:  # the data so far, and the results rewritten from the cells finished so far
         state.save_all()
-        clock = ClockReading(state.folder / "clock.json")
         for cell in cells:
-            previous = state.finished(cell_key(cell, args.config, overrides))
+            key = cell_key(cell, args.config, overrides)
+            previous = state.finished(key)
             if previous is None:
                 break
-            done.append(with_coverage(previous, state.runs_dir))
-        write()
+            done.append(state.backfill_coverage(key, previous))
+        write(ClockReading(state.folder / "clock.json"))
         print(f"saved the suite's state to {state.folder}; {len(done)} finished students in {path}", flush=True)
         return
 
@@ -613,7 +617,7 @@ def main() -> None:
             f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
         )
         done.append(
-            with_coverage(previous, state.runs_dir) if previous else run_cell(cell, args.config, overrides, state)
+            state.backfill_coverage(key, previous) if previous else run_cell(cell, args.config, overrides, state)
         )
         if not previous:
             state.record(key, done[-1])
@@ -623,8 +627,8 @@ def main() -> None:
             f"   student strict {_f(s['strict_success'], True)}, format {_f(s['format'], True)}, task {_f(s['task'], True)}",
             flush=True,
         )
-        write()
-    results = write()
+        write(clock)
+    results = write(clock)
     clock.save()
     for p in results["prompts"].values():
         for name, v in p["variants"].items():

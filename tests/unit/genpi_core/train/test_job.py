@@ -85,6 +85,12 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def _share_beyond(a: dict, b: dict, tolerance: float) -> float:
+    """The share of adapter elements that differ by more than `tolerance`."""
+    beyond = sum(int(((a[k] - b[k]).abs() > tolerance).sum()) for k in a)
+    return beyond / sum(b[k].numel() for k in b)
+
+
 def _relative_diff(a: dict, b: dict) -> float:
     """||a - b|| / ||b|| over all adapter tensors together."""
     diff = sum(((a[k] - b[k]) ** 2).sum().item() for k in a) ** 0.5
@@ -124,10 +130,14 @@ def test_accelerate_launch_with_two_cpu_processes_trains_the_same_adapter(tmp_pa
     metrics = json.loads(launch(job, tmp_path / "out" / CHECKPOINT_DIR).read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == ref_metrics["steps"]
     # same global batches, gradients all-reduced: the adapter matches the one-process run up to float sums.
-    # Adam divides by the gradient's running RMS, so float-order noise on near-zero gradients can move an
-    # element by up to one step (lr = 5e-3): bound each element by half a step, the whole adapter by 1%.
+    # Adam divides by the gradient's running RMS, so float-order noise on a near-zero gradient can flip an
+    # element's direction; each Adam step moves an element by about lr, so one element may drift by up to
+    # steps * lr (CI once saw 1.5 steps). What must hold: the adapter as a whole within 1%, and such
+    # drifting elements rare.
     two, one = _adapter(tmp_path / "out"), _adapter(ref_out)
-    assert _max_diff(two, one) < 2.5e-3
+    lr, steps = job.train.learning_rate, metrics["steps"]
+    assert _max_diff(two, one) < steps * lr
+    assert _share_beyond(two, one, lr / 2) < 1e-2
     assert _relative_diff(two, one) < 1e-2
     assert metrics["final_loss"] == pytest.approx(ref_metrics["final_loss"], rel=1e-3)
 

@@ -18,7 +18,9 @@ with two-level bootstrap intervals over seeds and inputs, the collapse signal, a
 
 Goal: joint-on-policy reaches strict recovery >= 0.95 in at most half the steps joint needs to reach 0.9.
 
-Resumable like the quality suite: finished stages are reused and the results are rewritten after each cell.
+Resumable like the quality suite, on a fresh clone too (bench/carry.py): finished runs are kept with their scores
+in bench/resume/on_policy/, beside the synthesized data, which it shares with the quality suite (same prompts,
+same config); the results are rewritten after each run. Commit that folder with the results.
 Results: bench/results/on_policy.json (per prompt and variant: strict_recovery, strict_recovery_ci,
 steps_to_0.9, ...) and on_policy.md. Run: genpi bench on_policy --model embedded-0.5b (many hours on 2 cores).
 """
@@ -28,13 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from carry import BenchState, measured_config, result_key
 from quality import (
     MAIN_PROMPT,
     PROMPTS,
     RESULTS,
     ROOT,
     SPECS_DIR,
-    Clock,
     _ci,
     _f,
     _recoveries,
@@ -45,6 +47,7 @@ from quality import (
 )
 
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, train_stage
+from genpi_core.store.stage import file_sha256
 from schemas.artifacts import CHECKPOINT_DIR, SNAPSHOT_INFO, SNAPSHOTS_DIR
 from schemas.config import load_config
 from schemas.stages import StageOutput
@@ -88,6 +91,16 @@ def _train(cell: Cell, config: str, overrides: list[str], name: str, extra: list
     dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
     train = train_stage(ingested, dataset, cfg.train, cfg.model, variant=name)
     return cfg, ingested, dataset, train, json.loads(train.path("metrics").read_text())
+
+
+def cell_key(cell: Cell, config: str, overrides: list[str], joint_seconds: float | None) -> str:
+    """What a finished run measured: its resolved config (but where runs are kept), the spec's bytes and, for
+    the variants that get joint's wall time, that budget."""
+    cfg = load_config(config, [*overrides, *VARIANTS[cell.variant], f"train.seed={cell.seed}"])
+    spec = file_sha256(SPECS_DIR / f"{cell.prompt}.yaml")
+    return result_key(
+        cell=cell.name, prompt=cell.prompt, config=measured_config(cfg), spec=spec, budget_s=joint_seconds
+    )
 
 
 def steps_for_budget(seconds: float, calibration: dict) -> int:
@@ -242,7 +255,11 @@ def main() -> None:
     overrides = [f"model.name_or_path={args.model}", *args.set]
     cfg = load_config(args.config, overrides)
     cells = plan(prompts, args.main, args.seeds)
-    clock = Clock(ROOT / cfg.runs_dir / f".bench-{args.out}-clock.json", {"model": args.model, "overrides": overrides})
+    state = BenchState(args.out, ROOT / cfg.runs_dir)
+    restored = state.restore()
+    if restored:
+        print(f"restored {restored} files of synthesized data from {state.root}", flush=True)
+    clock = state.clock({"model": args.model, "overrides": overrides})
     done: list[dict] = []
     joint_seconds: dict[tuple[str, int], float] = {}
 
@@ -265,8 +282,15 @@ def main() -> None:
         (RESULTS / f"{args.out}.md").write_text(render(results))
 
     for i, cell in enumerate(cells, 1):
-        print(f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}", flush=True)
-        done.append(run_cell(cell, args.config, overrides, joint_seconds.get((cell.prompt, cell.seed))))
+        budget = joint_seconds.get((cell.prompt, cell.seed))
+        key = cell_key(cell, args.config, overrides, budget)
+        previous = state.finished(key)
+        print(
+            f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
+        )
+        done.append(previous or run_cell(cell, args.config, overrides, budget))
+        if not previous:
+            state.keep(key, done[-1])
         if cell.variant == "joint":
             joint_seconds[(cell.prompt, cell.seed)] = done[-1]["train_seconds"]
         print(f"   steps {done[-1]['steps']}, to 0.9: {done[-1]['steps_to_threshold']}", flush=True)

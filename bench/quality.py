@@ -35,32 +35,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from carry import BenchState, Clock, ClockReading, measured_config, peak_memory_gb, result_key
 
 from genpi_core.evaluate.bootstrap import recovery, two_level_bootstrap
 from genpi_core.evaluate.coverage import fact_coverage, split_by_coverage
-from genpi_core.evaluate.summary import METRICS_VERSION
 from genpi_core.pipeline import dataset_stage, evaluate_stage, stage_name, synthesize, train_stage
-from genpi_core.store.stage import atomic_write_json, file_sha256, json_sha256
+from genpi_core.store.stage import file_sha256
 from schemas.config import PipelineConfig, load_config
 from schemas.summary import EvaluationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS_DIR = ROOT / "examples" / "prompts"
 RESULTS = ROOT / "bench" / "results"
-RESUME = ROOT / "bench" / "resume"
-# stages a fresh machine would have to recompute for hours, but that weigh little: kept in bench/resume/
-UNCARRIED_PREFIXES = ("train", "evaluate")
-CARRIED_DIR = "synthesized"
-CARRY_LIMIT_BYTES = 20_000_000  # a bigger file is left out (and said so): the folder is committed
 PROMPTS = ("library_desk", "hotel_concierge", "shell_agent")
 MAIN_PROMPT = "library_desk"
 METRICS = {"strict": "strict_success", "format": "global_passed", "task": "task_passed"}
@@ -100,57 +92,6 @@ def plan(prompts: list[str], main: str, seeds: int, ablations: bool) -> list[Cel
     return cells
 
 
-def _peak_memory_gb() -> float:
-    """Largest resident set of this process or any finished child (the trainers run as children)."""
-    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return round(kib / 1e6, 2)
-
-
-class Clock:
-    """Wall time and peak memory summed over every run of the same suite (a resumed run adds to them), kept in
-    a small file that a daemon thread refreshes each minute, so a killed run loses at most a minute of it.
-    Time while the process was stopped (SIGSTOP, to let something else use the CPU) is left out: a tick that
-    comes much later than a minute counts as one minute."""
-
-    TICK_S = 60.0
-
-    def __init__(self, path: Path, identity: dict) -> None:
-        self.path, self.identity = path, identity
-        old = json.loads(path.read_text()) if path.is_file() else {}
-        same = old.get("identity") == identity
-        self.total = old.get("wall_seconds", 0.0) if same else 0.0
-        self.sessions = old.get("sessions", 0) + 1 if same else 1
-        self.peak_before = old.get("peak_memory_gb", 0.0) if same else 0.0
-        self.last = time.perf_counter()
-        self.lock = threading.Lock()
-        self.save()
-        threading.Thread(target=self._tick, daemon=True).start()
-
-    def _advance(self) -> None:
-        with self.lock:
-            now = time.perf_counter()
-            gap = now - self.last
-            self.total += gap if gap < 2 * self.TICK_S else self.TICK_S
-            self.last = now
-
-    def seconds(self) -> float:
-        self._advance()
-        return round(self.total, 1)
-
-    def peak_memory_gb(self) -> float:
-        return max(self.peak_before, _peak_memory_gb())
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"identity": self.identity, "wall_seconds": self.seconds(), "sessions": self.sessions}
-        atomic_write_json(self.path, record | {"peak_memory_gb": self.peak_memory_gb()})
-
-    def _tick(self) -> None:
-        while True:
-            time.sleep(self.TICK_S)
-            self.save()
-
-
 def cell_config(cell: Cell, config: str, overrides: list[str]) -> PipelineConfig:
     return load_config(config, [*overrides, *VARIANTS[cell.variant], f"train.seed={cell.seed}"])
 
@@ -158,31 +99,14 @@ def cell_config(cell: Cell, config: str, overrides: list[str]) -> PipelineConfig
 def cell_key(cell: Cell, config: str, overrides: list[str]) -> str:
     """What a finished cell measured: its whole resolved config (but where runs are kept), the spec's bytes,
     and the metrics version. Any change there and the cell is run again, never reused."""
-    cfg = cell_config(cell, config, overrides).model_dump(mode="json")
-    cfg.pop("runs_dir", None)
+    cfg = measured_config(cell_config(cell, config, overrides))
     spec = file_sha256(SPECS_DIR / f"{cell.prompt}.yaml")
-    return json_sha256(
-        {"cell": cell.name, "prompt": cell.prompt, "config": cfg, "spec": spec, "metrics": METRICS_VERSION}
-    )
+    return result_key(cell=cell.name, prompt=cell.prompt, config=cfg, spec=spec)
 
 
-class SuiteState:
-    """The suite's progress as a committed folder, so a fresh clone continues it (see the module docstring):
-    cells.json (finished cells, scores included) and synthesized/<prompt>/<version>/ (a mirror of those run
-    folders without training and evaluation; not named runs/, which .gitignore keeps out of the repository)."""
-
-    def __init__(self, folder: Path, runs_dir: Path) -> None:
-        self.folder, self.runs_dir = folder, runs_dir
-        self.cells_path = folder / "cells.json"
-        self.cells: dict[str, dict] = json.loads(self.cells_path.read_text()) if self.cells_path.is_file() else {}
-
-    def finished(self, key: str) -> dict | None:
-        return self.cells.get(key)
-
-    def record(self, key: str, result: dict) -> None:
-        self.cells[key] = result
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.cells_path, self.cells)
+class SuiteState(BenchState):
+    """The suite's progress (bench/carry.py): finished cells with their per-input scores, and each prompt's
+    synthesized data."""
 
     def backfill_coverage(self, key: str, record: dict) -> dict:
         """``with_coverage`` for a finished cell, kept in cells.json so it is computed once."""
@@ -190,54 +114,6 @@ class SuiteState:
         if filled is not record:
             self.record(key, filled)
         return filled
-
-    def restore(self) -> int:
-        """Copy the carried data into runs/ where runs/ lacks it (what is already there wins); files copied."""
-        carried, copied = self.folder / CARRIED_DIR, 0
-        for src in sorted(p for p in carried.rglob("*") if p.is_file()) if carried.is_dir() else []:
-            dst = self.runs_dir / src.relative_to(carried)
-            if not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-                copied += 1
-        return copied
-
-    def save_run(self, run_dir: Path) -> None:
-        """Mirror one run's carried stages (every entry but training and evaluation) into the folder."""
-        rel = run_dir.resolve().relative_to(self.runs_dir.resolve())
-        target = self.folder / CARRIED_DIR / rel
-        for entry in sorted(run_dir.iterdir()):
-            if entry.name.startswith(UNCARRIED_PREFIXES) or entry.name.startswith("."):
-                continue
-            dst = target / entry.name
-            tmp = dst.with_name(dst.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            if entry.is_dir():
-                shutil.copytree(entry, tmp, ignore=self._too_big)
-            else:
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(entry, tmp)
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            elif dst.exists():
-                dst.unlink()
-            tmp.rename(dst)
-
-    def save_all(self) -> None:
-        for run_dir in sorted({p.parent for p in self.runs_dir.glob("*/*/ingest")}):
-            self.save_run(run_dir)
-
-    @staticmethod
-    def _too_big(folder: str, names: list[str]) -> list[str]:
-        big = [
-            n for n in names if (Path(folder) / n).is_file() and (Path(folder) / n).stat().st_size > CARRY_LIMIT_BYTES
-        ]
-        for name in big:
-            print(
-                f"   resume state: left out {Path(folder) / name} (over {CARRY_LIMIT_BYTES // 1_000_000} MB)",
-                flush=True,
-            )
-        return big
 
 
 def run_cell(cell: Cell, config: str, overrides: list[str], state: SuiteState | None = None) -> dict:
@@ -267,7 +143,7 @@ def run_cell(cell: Cell, config: str, overrides: list[str], state: SuiteState | 
         "seconds_this_process": round(time.perf_counter() - started, 1),
         "reused": {k: all(s.reused for s in v) for k, v in stages.items()} | {"evaluate": evaluation.reused},
         "train_seconds": train_metrics.get("train_seconds"),
-        "peak_memory_gb_so_far": _peak_memory_gb(),
+        "peak_memory_gb_so_far": peak_memory_gb(),
         "student": {
             "strict_success": summary.variants["student"].strict_success,
             "format": summary.variants["student"].format,
@@ -310,21 +186,6 @@ def with_coverage(record: dict, runs_dir: Path) -> dict:
     if not (folder / "test.parquet").is_file():
         return record
     return record | {"dataset_folder": folder.name, "fact_coverage": coverage_of(folder)}
-
-
-class ClockReading:
-    """The suite's clock as last saved, for rewriting the results without running (``--save-state``)."""
-
-    def __init__(self, path: Path) -> None:
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        self.total, self.sessions = saved.get("wall_seconds", 0.0), saved.get("sessions", 0)
-        self.peak = saved.get("peak_memory_gb", 0.0)
-
-    def seconds(self) -> float:
-        return self.total
-
-    def peak_memory_gb(self) -> float:
-        return self.peak
 
 
 def evaluation_scores(evaluation) -> dict:
@@ -560,13 +421,13 @@ def main() -> None:
 
     path = RESULTS / f"{out}.json"
     shown = [o for o in overrides if not o.startswith("runs_dir=")]  # where runs live is this machine's business
-    state = SuiteState(RESUME / out, ROOT / cfg.runs_dir)
+    state = SuiteState(out, ROOT / cfg.runs_dir)
     done: list[dict] = []
     if not args.save_state:
         restored = state.restore()
         if restored:
             print(f"restored {restored} files of synthesized data from {state.folder}", flush=True)
-        clock = Clock(state.folder / "clock.json", {"model": args.model, "overrides": shown})
+        clock = state.clock({"model": args.model, "overrides": shown})
 
     def write(clock: Clock | ClockReading) -> dict:
         results = {
@@ -606,7 +467,7 @@ def main() -> None:
             if previous is None:
                 break
             done.append(state.backfill_coverage(key, previous))
-        write(ClockReading(state.folder / "clock.json"))
+        write(state.clock_reading())
         print(f"saved the suite's state to {state.folder}; {len(done)} finished students in {path}", flush=True)
         return
 
@@ -620,8 +481,7 @@ def main() -> None:
             state.backfill_coverage(key, previous) if previous else run_cell(cell, args.config, overrides, state)
         )
         if not previous:
-            state.record(key, done[-1])
-            state.save_run(Path(done[-1]["run_dir"]))
+            state.keep(key, done[-1])
         s = done[-1]["student"]
         print(
             f"   student strict {_f(s['strict_success'], True)}, format {_f(s['format'], True)}, task {_f(s['task'], True)}",

@@ -16,7 +16,9 @@ base_success (with intervals), success_ratio (student / teacher, paired bootstra
 first-turn format and the held-out format/strict recovery of the same adapter; and, per task set, the student's
 success with real observations minus with simulated ones. Goal: success_ratio >= 0.9.
 
-Resumable (finished stages are reused); nothing else CPU-bound should run beside it.
+Resumable, on a fresh clone too (bench/carry.py): each finished environment kind is kept with its results in
+bench/resume/real_env/, beside the synthesized data; commit that folder with the results. Nothing else
+CPU-bound should run beside it.
 Run: genpi bench real_env --model embedded-0.5b        (hours on 2 cores)
 """
 
@@ -26,7 +28,10 @@ import argparse
 import json
 from pathlib import Path
 
+from carry import BenchState, measured_config, result_key
+
 from genpi_core.pipeline import dataset_stage, evaluate_stage, synthesize, task_eval_stage, train_stage
+from genpi_core.store.stage import file_sha256, tree_sha256
 from schemas.config import load_config
 from schemas.summary import EvaluationSummary
 
@@ -41,13 +46,28 @@ KINDS = ("simulated", "shell")
 GOAL = 0.9
 
 
-def run_kind(kind: str, config: str, overrides: list[str], runs_root: Path) -> dict:
-    """Internalize the OS agent with one kind of environment, then play every task set."""
-    cfg = load_config(
+def kind_config(kind: str, config: str, overrides: list[str], runs_root: Path):
+    """The config of one environment kind, in a runs root of its own (the two kinds never share a stage)."""
+    return load_config(
         config,
         [*overrides, f"synth.conversations.environment_kind={kind}", f"runs_dir={runs_root / f'real-env-{kind}'}"],
     )
+
+
+def kind_key(kind: str, config: str, overrides: list[str], runs_root: Path) -> str:
+    """What a finished kind measured: its config, the spec's bytes and every task set's files."""
+    tasks = {name: tree_sha256(path.parent) for name, path in TASK_SETS.items()}
+    cfg = measured_config(kind_config(kind, config, overrides, runs_root))
+    return result_key(kind=kind, config=cfg, spec=file_sha256(SPEC), tasks=tasks)
+
+
+def run_kind(kind: str, config: str, overrides: list[str], runs_root: Path, state: BenchState | None = None) -> dict:
+    """Internalize the OS agent with one kind of environment, then play every task set. With ``state``, the
+    synthesized data is mirrored into it as soon as it exists."""
+    cfg = kind_config(kind, config, overrides, runs_root)
     ingested, inputs, conversations, reasons = synthesize(SPEC, cfg)
+    if state is not None:
+        state.save_run(Path(ingested.run_dir))
     dataset = dataset_stage(ingested, inputs, conversations, cfg.dataset, reasons)
     train = train_stage(ingested, dataset, cfg.train, cfg.model)
     evaluation = evaluate_stage(ingested, dataset, train, cfg.evaluate, cfg.model, cfg.backend)
@@ -73,6 +93,7 @@ def run_kind(kind: str, config: str, overrides: list[str], runs_root: Path) -> d
             "run_dir": str(ingested.run_dir),
         }
     return {
+        "run_dir": str(ingested.run_dir),
         "version": ingested.version,
         "dataset_rows": dataset.rows,
         "train_steps": json.loads(train.path("metrics").read_text())["steps"],
@@ -152,21 +173,34 @@ def main() -> None:
     args = parser.parse_args()
     overrides = [f"model.name_or_path={args.model}", *args.set]
     runs_root = ROOT / load_config(args.config, overrides).runs_dir
+    state = BenchState(args.out, runs_root)
+    restored = state.restore()
+    if restored:
+        print(f"restored {restored} files of synthesized data from {state.root}", flush=True)
+    clock = state.clock({"model": args.model, "overrides": overrides})
     kinds: dict = {}
     for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
-        print(f"== os-agent, environment {kind}", flush=True)
-        kinds[kind] = run_kind(kind, args.config, overrides, runs_root)
+        key = kind_key(kind, args.config, overrides, runs_root)
+        previous = state.finished(key)
+        print(f"== os-agent, environment {kind}{' (finished earlier)' if previous else ''}", flush=True)
+        kinds[kind] = previous or run_kind(kind, args.config, overrides, runs_root, state)
+        if not previous:
+            state.keep(key, kinds[kind])
         results = {
             "model": args.model,
             "config": args.config,
             "overrides": overrides,
             "goal_success_ratio": GOAL,
+            "wall_seconds": clock.seconds(),
+            "sessions": clock.sessions,
+            "peak_memory_gb": clock.peak_memory_gb(),
             "kinds": kinds,
             "real_minus_simulated": real_minus_simulated(kinds),
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2) + "\n")
         (RESULTS / f"{args.out}.md").write_text(render(results))
+    clock.save()
     print(f"wrote {RESULTS / args.out}.json and .md", flush=True)
 
 

@@ -58,3 +58,13 @@ def test_pure_logic_the_goal_needs_both_the_recovery_and_half_the_steps():
         | {"prompts": never}
     )
     assert "| joint-on-policy | 0 | **0.50**" in text and "| n/r |" in text and "**missed**" in text
+
+
+def test_a_finished_run_is_reused_only_for_its_variant_seed_and_budget():
+    config = str(ROOT / "configs" / "genpi.yaml")
+    cell = on_policy.Cell("library_desk", "joint-on-policy", 0)
+    key = on_policy.cell_key(cell, config, [], 900.0)
+    assert key == on_policy.cell_key(cell, config, ["runs_dir=/elsewhere"], 900.0)
+    assert key != on_policy.cell_key(cell, config, [], 1200.0)  # joint trained for another wall time
+    assert key != on_policy.cell_key(on_policy.Cell("library_desk", "joint-on-policy", 1), config, [], 900.0)
+    assert key != on_policy.cell_key(on_policy.Cell("library_desk", "on-policy", 0), config, [], 900.0)

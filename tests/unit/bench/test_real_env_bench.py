@@ -46,3 +46,11 @@ def test_pure_logic_real_minus_simulated_and_the_goal_column():
     )
     assert "student success on genpi_os: +25 points" in text
     assert real_env.real_minus_simulated({"shell": kinds["shell"]}) == {}
+
+
+def test_a_finished_kind_is_reused_for_its_own_kind_only_wherever_runs_live(tmp_path):
+    config = str(ROOT / "configs" / "genpi.yaml")
+    shell = real_env.kind_key("shell", config, [], tmp_path / "a")
+    assert shell == real_env.kind_key("shell", config, [], tmp_path / "b")
+    assert shell != real_env.kind_key("simulated", config, [], tmp_path / "a")
+    assert shell != real_env.kind_key("shell", config, ["train.epochs=9"], tmp_path / "a")

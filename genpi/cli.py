@@ -511,16 +511,29 @@ def _add_model(sub) -> None:
     p = sub.add_parser(
         "model",
         help="prepare a base model and print its local path",
-        description="Convert the embedded model once into $GENPI_CACHE (or check a local folder) "
-        "and print the path that from_pretrained can load.",
+        description="Convert a named model (embedded, embedded-0.5b) or a .gguf file once into $GENPI_CACHE "
+        "(or check a local folder) and print the path that from_pretrained can load.",
     )
     p.add_argument("name_or_path", nargs="?", default="embedded")
+    p.add_argument(
+        "--installed",
+        action="store_true",
+        help="only say whether a named model is already converted (exit 0) or not (exit 1); fetch nothing",
+    )
     p.set_defaults(func=cmd_model)
 
 
 def cmd_model(args) -> int:
-    from genpi_core.generation.models import resolve_model
+    from genpi_core.generation.models import is_prepared, resolve_model
 
+    if args.installed:
+        try:
+            ready = is_prepared(args.name_or_path)
+        except ValueError as exc:
+            print(f"genpi model: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.name_or_path}: {'installed' if ready else 'not installed'}")
+        return 0 if ready else 1
     print(resolve_model(args.name_or_path))
     return 0
 

@@ -38,10 +38,23 @@ def _embedded_gguf() -> Path:
     return gguf
 
 
+def _named_target(name: str) -> Path:
+    split = model_sources.SPLIT_MODELS.get(name)
+    return cache_root() / "models" / (split.dirname if split else EMBEDDED_DIRNAME)
+
+
+def is_prepared(name: str) -> bool:
+    """Is a named local model already converted in the cache? Fetches and converts nothing (the demo asks, to
+    pick its input generator without a 0.5 GB download the user did not ask for)."""
+    if name not in NAMED_MODELS:
+        raise ValueError(f"unknown model name {name!r}; the named local models are: {', '.join(NAMED_MODELS)}")
+    return (_named_target(name) / "config.json").is_file()
+
+
 def _resolve_named(name: str) -> str:
     """Convert a named local model into the cache once (under a lock, so threads don't convert it twice)."""
     split = model_sources.SPLIT_MODELS.get(name)
-    target = cache_root() / "models" / (split.dirname if split else EMBEDDED_DIRNAME)
+    target = _named_target(name)
     with _CONVERT_LOCK:
         if not (target / "config.json").is_file():
             if split is not None:

@@ -46,6 +46,20 @@ def test_bad_spec_exits_2_naming_file_and_field(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_model_installed_answers_without_fetching_and_names_the_known_models(tmp_path, embedded_model_dir):
+    import os
+
+    empty = {**os.environ, "GENPI_CACHE": str(tmp_path / "cache")}
+    missing = subprocess.run(
+        [GENPI, "model", "--installed", "embedded-0.5b"], capture_output=True, text=True, env=empty
+    )
+    assert missing.returncode == 1 and "embedded-0.5b: not installed" in missing.stdout
+    assert not (tmp_path / "cache").exists()  # nothing fetched, nothing converted
+    assert run("model", "--installed", "embedded").returncode == 0  # the test session's cache has it
+    typo = run("model", "--installed", "embeded")
+    assert typo.returncode == 2 and "embedded, embedded-0.5b" in typo.stderr
+
+
 def test_bad_override_exits_2():
     out = run("check-spec", str(EXAMPLE_SPEC), "--set", "train.epochz=3")
     assert out.returncode == 2 and "train.epochz" in out.stderr

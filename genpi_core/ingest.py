@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from genpi_core.generation.chat_template import chat_token_ids
 from genpi_core.prompt.research_format import ResearchPromptError, parse_research_prompt
 from genpi_core.prompt.views import prompt_messages
-from genpi_core.store.stage import Stage, atomic_write_json
+from genpi_core.store.stage import Stage, atomic_write_json, file_sha256
 from schemas.artifacts import LINEAGE_FILE, PROMPT_FILE
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
@@ -243,7 +243,10 @@ def run_ingest(spec_path: Path | str, model: ModelConfig, cfg: IngestConfig, run
                 "version": version,
                 "prompt_tokens": n_tokens,
                 "max_context": max_context,
-                "source": str(Path(spec_path).resolve()),
+                # the spec's file name and bytes, not its absolute path: run folders are copied between
+                # machines (bench/resume/) and shared, and where a user keeps their files is not theirs to see
+                "source": Path(spec_path).name,
+                "source_sha256": file_sha256(Path(spec_path)),
                 "spec": spec.model_dump(mode="json"),
             },
         )

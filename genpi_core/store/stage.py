@@ -27,6 +27,12 @@ from pydantic import BaseModel
 from schemas.artifacts import CHECKPOINT_DIR, MANIFEST
 
 _TMP_PREFIX = ".tmp-"
+# What a stage's code makes of the same config and inputs, as a number per stage kind (the name before any
+# "-variant"). Bump an entry when the code changes that (a new loss term, another filter rule, a fixed bug in
+# what the stage writes): finished stages and checkpoints of that kind written before are then recomputed,
+# never reused under the old behaviour. A kind without an entry keys exactly as before these numbers existed,
+# so adding this cost no finished run anything. Package versions are recorded in the manifest, not keyed.
+STAGE_CODE_VERSIONS: dict[str, int] = {}
 _VERSIONED_PACKAGES = ("torch", "transformers", "peft", "pandera", "pyarrow", "genpi")
 
 
@@ -211,7 +217,11 @@ class Stage:
         self.dir = Path(run_dir) / name
         self.config = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
         self.inputs = {label: tree_sha256(Path(p)) for label, p in sorted(inputs.items())}
-        self.key = json_sha256({"stage": name, "config": self.config, "inputs": self.inputs})
+        keyed: dict[str, Any] = {"stage": name, "config": self.config, "inputs": self.inputs}
+        code = STAGE_CODE_VERSIONS.get(name.split("-", 1)[0])
+        if code is not None:
+            keyed["code"] = code
+        self.key = json_sha256(keyed)
         self._started: str | None = None
 
     @property

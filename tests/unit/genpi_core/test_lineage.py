@@ -10,7 +10,7 @@ from genpi.cli import main
 from genpi_core.ingest import run_ingest
 from genpi_core.lineage import prompt_diff
 from genpi_core.promote import list_adapters
-from genpi_core.store.stage import Stage, atomic_write_json
+from genpi_core.store.stage import Stage, atomic_write_json, file_sha256
 from schemas.artifacts import PROMOTED_FILE
 from schemas.config import IngestConfig, ModelConfig
 from tests.conftest import EXAMPLE_SPEC
@@ -38,6 +38,9 @@ def test_each_version_records_its_parent_and_the_lines_the_edit_changed(tmp_path
     first = _version(specs, original, runs)
     lineage = json.loads((first.run_dir / "ingest" / "lineage.json").read_text())
     assert lineage == {"parent_version": None, "parent_source": None, "diff": None}  # the first version
+    record = json.loads(first.prompt_path.read_text())  # names the spec by file name and bytes, not where it lives
+    assert record["source"] == "v0.yaml" and str(tmp_path) not in json.dumps(record)
+    assert record["source_sha256"] == file_sha256(specs / "v0.yaml")
 
     _finish_evaluation(first.run_dir)
     second = _version(specs, original.replace("214 Harbor Lane", "9 Quay Street"), runs)

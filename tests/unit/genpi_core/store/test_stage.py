@@ -128,3 +128,25 @@ def test_checkpoint_survives_a_restart_only_under_the_same_key(tmp_path):
     assert not (stage.dir / "_state" / "progress.json").exists()
     Stage(tmp_path, "synth", {"turns": 3}, {}).begin()  # a non-resumable stage never keeps a checkpoint
     assert list(stage.dir.iterdir()) == []
+
+
+def test_bumping_a_stage_kinds_code_version_recomputes_it_and_its_checkpoint(tmp_path, monkeypatch):
+    from genpi_core.store import stage as stage_module
+
+    def finished(name: str) -> Stage:
+        stage = Stage(tmp_path, name, {"lr": 1}, {})
+        stage.begin(keep_checkpoint=True)
+        (stage.dir / "_state").mkdir(exist_ok=True)
+        (stage.dir / "_state" / "step-3.pt").write_text("old dose")
+        stage.finish([])
+        return stage
+
+    unversioned_key = Stage(tmp_path, "train-joint-s0", {"lr": 1}, {}).key
+    finished("train-joint-s0")
+    finished("inputs")
+    monkeypatch.setitem(stage_module.STAGE_CODE_VERSIONS, "train", 2)  # the trainer's objective changed
+    bumped = Stage(tmp_path, "train-joint-s0", {"lr": 1}, {})
+    assert bumped.key != unversioned_key and not bumped.is_complete()
+    bumped.begin(keep_checkpoint=True)  # a checkpoint written under the old code is not resumed
+    assert not (bumped.dir / "_state" / "step-3.pt").exists()
+    assert Stage(tmp_path, "inputs", {"lr": 1}, {}).is_complete()  # other kinds keep their finished work

@@ -20,6 +20,7 @@ from genpi_core.generation.chat_template import chat_token_ids
 from genpi_core.prompt.research_format import ResearchPromptError, parse_research_prompt
 from genpi_core.prompt.views import prompt_messages
 from genpi_core.store.stage import Stage, atomic_write_json, file_sha256
+from genpi_core.trust import beside
 from schemas.artifacts import LINEAGE_FILE, PROMPT_FILE
 from schemas.config import IngestConfig, ModelConfig
 from schemas.errors import describe
@@ -58,15 +59,7 @@ def _prompt_file_target(spec_path: Path, value: object) -> Path:
     where = f"{spec_path}: field `prompt.path`"
     if not isinstance(value, str) or not value.strip():
         raise SpecError(f"{where}: give a file name relative to the spec's folder, got {value!r}")
-    if Path(value).is_absolute():
-        raise SpecError(f"{where}: absolute path {value!r} is refused; give a path relative to the spec's folder")
-    folder = spec_path.parent.resolve()
-    target = (folder / value).resolve()  # symlinks and `..` resolved: the file itself must sit inside the folder
-    if not target.is_relative_to(folder):
-        raise SpecError(
-            f"{where}: {value!r} leads outside the spec's folder {folder}; prompt files must stay inside it"
-        )
-    return target
+    return beside(spec_path.parent, value, where, "the spec's folder", SpecError)
 
 
 def _read_prompt_text(target: Path, spec_path: Path) -> str:

@@ -69,6 +69,18 @@ class ServicePolicy(BaseModel):
         )
 
 
+def beside(folder: Path, value: str, where: str, folder_name: str, error: type[Exception] = ValueError) -> Path:
+    """A path written in a file (a spec's prompt file, a task's script) resolved against that file's folder, which
+    it may not leave: absolute paths, `..` escapes and symlinks pointing out are refused, naming ``where``."""
+    if Path(value).is_absolute():
+        raise error(f"{where}: absolute path {value!r} is refused; give a path relative to {folder_name}")
+    folder = folder.resolve()
+    target = (folder / value).resolve()  # symlinks and `..` resolved: the file itself must sit inside the folder
+    if not target.is_relative_to(folder):
+        raise error(f"{where}: {value!r} leads outside {folder_name} {folder}; files it names must stay inside it")
+    return target
+
+
 def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from genpi_core.environment.sandbox import CommandResult, Sandbox
+from genpi_core.trust import beside
 from schemas.errors import describe
 from schemas.os_tasks import OSTask, Script
 
@@ -39,11 +40,7 @@ class LoadedTask:
 
 
 def _confined(folder: Path, value: str, where: str) -> Path:
-    if Path(value).is_absolute():
-        raise TaskFileError(f"{where}: absolute path {value!r} is refused; give a path relative to the task file")
-    target = (folder / value).resolve()
-    if not target.is_relative_to(folder):
-        raise TaskFileError(f"{where}: {value!r} leads outside the task file's folder {folder}")
+    target = beside(folder, value, where, "the task file's folder", TaskFileError)
     if not target.is_file():
         raise TaskFileError(f"{where}: script {target} not found")
     return target

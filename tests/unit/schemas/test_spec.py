@@ -113,6 +113,20 @@ def test_prompt_from_text_file(tmp_path):
         load_spec(write(tmp_path, with_changes(prompt={"path": "missing.txt"}), "other.yaml"))
 
 
+def test_a_prompt_file_must_sit_inside_the_specs_folder(tmp_path):
+    (tmp_path / "secret.txt").write_text("the worker's notes")
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "link.txt").symlink_to(tmp_path / "secret.txt")
+    for value, why in [
+        (str(tmp_path / "secret.txt"), "absolute path"),
+        ("../secret.txt", "leads outside the spec's folder"),
+        ("link.txt", "leads outside the spec's folder"),  # a symlink pointing out is followed, then refused
+    ]:
+        with pytest.raises(SpecError, match=rf"field `prompt.path`: .*{why}"):
+            load_spec(write(folder, with_changes(prompt={"path": value})))
+
+
 def test_prompt_from_yaml_file(tmp_path):
     write(tmp_path, {"dialogue": [{"user": "u"}, {"agent": "a"}]}, "prompt.yaml")
     spec = load_spec(write(tmp_path, with_changes(prompt={"path": "prompt.yaml"})))

@@ -1,11 +1,12 @@
 """Benchmark the README's main job: wall time and peak memory of a fresh end-to-end run.
 
-Runs `genpi internalize examples/prompts/library_desk.yaml --config configs/default.yaml` in a
-fresh runs folder (nothing reused), samples the RSS of the whole process tree (the flow, its
+Runs `genpi demo` (what scripts/demo.sh runs: `genpi internalize examples/prompts/library_desk.yaml --config
+configs/default.yaml` on the embedded model, its inputs written by the 0.5B when that is installed; genpi/demo.py)
+in a fresh runs folder (nothing reused), samples the RSS of the whole process tree (the flow, its
 temporary Prefect server) every 0.2 s, and writes bench/results/main_job.json with the time,
 the peak memory, per-stage times from the manifests and the run's headline numbers.
 Targets (issue 3): under 10 minutes and under 6 GB on 2 cores.
-Run: python bench/main_job.py [--no-prefect] [-- extra genpi args]
+Run: python bench/main_job.py [--no-prefect] [--out NAME] [-- extra genpi demo args, e.g. --model embedded-0.5b]
 """
 
 from __future__ import annotations
@@ -41,16 +42,14 @@ def _tree_rss(proc: psutil.Process) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-prefect", action="store_true", help="run the stages without Prefect")
-    parser.add_argument("extra", nargs="*", help="extra arguments for genpi internalize")
+    parser.add_argument("--out", help="bench/results/<out>.json (default: main_job, or main_job_no_prefect)")
+    parser.add_argument("extra", nargs="*", help="extra arguments for genpi demo")
     args = parser.parse_args()
     runs = Path(tempfile.mkdtemp(prefix="genpi-bench-"))
     genpi = Path(sys.executable).with_name("genpi")
     cmd = [
         str(genpi),
-        "internalize",
-        "examples/prompts/library_desk.yaml",
-        "--config",
-        "configs/default.yaml",
+        "demo",
         "--runs-dir",
         str(runs),
         *(["--no-prefect"] if args.no_prefect else []),
@@ -91,6 +90,9 @@ def main() -> None:
             for line in log_path.read_text(errors="replace").splitlines()
             if line.startswith(("strict success on", "WARNING:"))
         ],
+        "inputs": next(
+            (line for line in log_path.read_text(errors="replace").splitlines() if line.startswith("genpi demo:")), None
+        ),
         "strict_success": {k: round(v.strict_success, 3) for k, v in summary.variants.items()},
         "task": {k: None if v.task is None else round(v.task, 3) for k, v in summary.variants.items()},
         "cut": {k: v.cut for k, v in summary.variants.items()},
@@ -108,7 +110,8 @@ def main() -> None:
         "train": json.loads((run_dir / "train" / "metrics.json").read_text()),
     }
     print(json.dumps(result, indent=2))
-    out = ROOT / "bench" / "results" / ("main_job_no_prefect.json" if args.no_prefect else "main_job.json")
+    name = args.out or ("main_job_no_prefect" if args.no_prefect else "main_job")
+    out = ROOT / "bench" / "results" / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}; report kept at {run_dir / 'evaluate' / 'report.md'}")
 

@@ -25,6 +25,7 @@ GENPI_MODELS=embedded-0.5b bash scripts/setup.sh), or any local Hugging Face fol
 
 EPILOG = """\
 examples:
+  genpi demo                                  # the README's main job (GENPI_DEMO_MODEL=embedded-0.5b for the 0.5B)
   genpi internalize examples/prompts/library_desk.yaml
   genpi internalize my_prompt.yaml --config configs/default.yaml --set train.epochs=3
   genpi synthesize my_prompt.yaml --set synth.inputs.source=both
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
+        _add_demo,
         _add_internalize,
         _add_synthesize,
         _add_train,
@@ -243,6 +245,41 @@ def cmd_internalize(args) -> int:
     elif record:
         print(f"build:   full ({record.get('why')})")
     return 0
+
+
+# --- demo --------------------------------------------------------------------------------------------------
+
+
+def _add_demo(sub) -> None:
+    from genpi.demo import DEMO_MODELS, FETCH_GENERATOR
+
+    p = sub.add_parser(
+        "demo",
+        help="the README's main job: internalize the bundled example prompt on an embedded model",
+        description="`genpi internalize examples/prompts/library_desk.yaml --config configs/default.yaml` on an "
+        "embedded model. With Qwen2.5-Coder-0.5B installed, it writes the pseudo inputs (the spec's pool tops "
+        f"them up); with only the 135M, they come from the pool. Fetch the 0.5B with: {FETCH_GENERATOR}",
+    )
+    p.add_argument(
+        "--model",
+        choices=DEMO_MODELS,
+        default=os.environ.get("GENPI_DEMO_MODEL", DEMO_MODELS[0]),
+        help="base and teacher (default: $GENPI_DEMO_MODEL, else embedded; README, Results, says why)",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value after the demo's own")
+    p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
+    p.add_argument("--no-prefect", action="store_true", help="run the same stages without Prefect")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from genpi.demo import DEMO_CONFIG, DEMO_SPEC, GENERATOR, demo_overrides
+    from genpi_core.generation.models import is_prepared
+
+    overrides, note = demo_overrides(args.model, is_prepared(GENERATOR))
+    print(f"genpi demo: {note}", flush=True)
+    args.spec, args.config, args.set = str(DEMO_SPEC), DEMO_CONFIG, [*overrides, *(args.set or [])]
+    return cmd_internalize(args)
 
 
 # --- synthesize --------------------------------------------------------------------------------------------

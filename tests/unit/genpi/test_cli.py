@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import EXAMPLE_SPEC
 
 GENPI = str(Path(sys.executable).with_name("genpi"))
-COMMANDS = ["internalize", "synthesize", "train", "evaluate", "check-spec", "report", "model", "bench"]
+COMMANDS = ["demo", "internalize", "synthesize", "train", "evaluate", "check-spec", "report", "model", "bench"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -58,6 +58,19 @@ def test_model_installed_answers_without_fetching_and_names_the_known_models(tmp
     assert run("model", "--installed", "embedded").returncode == 0  # the test session's cache has it
     typo = run("model", "--installed", "embeded")
     assert typo.returncode == 2 and "embedded, embedded-0.5b" in typo.stderr
+
+
+def test_pure_logic_the_demo_lets_an_installed_05b_write_its_inputs_and_says_so_otherwise():
+    from genpi.demo import demo_overrides
+
+    alone, note = demo_overrides("embedded", generator_installed=False)
+    assert alone == ["model.name_or_path=embedded"] and "pool" in note and "GENPI_MODELS=embedded-0.5b" in note
+    paired, note = demo_overrides("embedded", generator_installed=True)
+    assert "synth.generator.model.name_or_path=embedded-0.5b" in paired and "synth.inputs.source=both" in paired
+    own, _ = demo_overrides("embedded-0.5b", generator_installed=True)  # its own generator: no second copy
+    assert own == ["model.name_or_path=embedded-0.5b", "synth.inputs.source=both"]
+    with pytest.raises(ValueError, match="embedded or embedded-0.5b"):
+        demo_overrides("gpt-4", generator_installed=True)
 
 
 def test_bad_override_exits_2():

@@ -305,6 +305,10 @@ def _mean_split(cells: list[dict]) -> dict:
     return mean | {"n_covered": splits[0]["n_covered"], "n_uncovered": splits[0]["n_uncovered"]}
 
 
+def finished(done: list[dict]) -> set[tuple[str, str, int]]:
+    return {(c["prompt"], c["variant"], c["seed"]) for c in done}
+
+
 def _goal(value: float | None, ci: list | None, target: float, lower: float) -> bool:
     return value is not None and ci is not None and value >= target and ci[0] >= lower
 
@@ -447,7 +451,9 @@ def main() -> None:
             "cells_planned": len(cells),
             "cells_done": len(done),
             "complete": len(done) == len(cells),
-            "pending": [c.name + "@" + c.prompt for c in cells[len(done) :]],
+            "pending": [
+                c.name + "@" + c.prompt for c in cells if (c.prompt, c.variant, c.seed) not in finished(done)
+            ],
             "wall_seconds": clock.seconds(),
             "sessions": clock.sessions,
             "peak_memory_gb": clock.peak_memory_gb(),
@@ -464,9 +470,8 @@ def main() -> None:
         for cell in cells:
             key = cell_key(cell, args.config, overrides)
             previous = state.finished(key)
-            if previous is None:
-                break
-            done.append(state.backfill_coverage(key, previous))
+            if previous is not None:  # any finished cell counts, whatever order the run that made it took
+                done.append(state.backfill_coverage(key, previous))
         write(state.clock_reading())
         print(f"saved the suite's state to {state.folder}; {len(done)} finished students in {path}", flush=True)
         return

@@ -451,9 +451,7 @@ def main() -> None:
             "cells_planned": len(cells),
             "cells_done": len(done),
             "complete": len(done) == len(cells),
-            "pending": [
-                c.name + "@" + c.prompt for c in cells if (c.prompt, c.variant, c.seed) not in finished(done)
-            ],
+            "pending": [c.name + "@" + c.prompt for c in cells if (c.prompt, c.variant, c.seed) not in finished(done)],
             "wall_seconds": clock.seconds(),
             "sessions": clock.sessions,
             "peak_memory_gb": clock.peak_memory_gb(),

@@ -264,7 +264,7 @@ def _add_demo(sub) -> None:
         "--model",
         choices=DEMO_MODELS,
         default=os.environ.get("GENPI_DEMO_MODEL", DEMO_MODELS[0]),
-        help="base and teacher (default: $GENPI_DEMO_MODEL, else embedded; README, Results, says why)",
+        help="base and teacher (default: $GENPI_DEMO_MODEL, else embedded; the README says why)",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value after the demo's own")
     p.add_argument("--runs-dir", help="root of run folders (default: runs/)")
@@ -278,7 +278,9 @@ def cmd_demo(args) -> int:
 
     overrides, note = demo_overrides(args.model, is_prepared(GENERATOR))
     print(f"genpi demo: {note}", flush=True)
-    args.spec, args.config, args.set = str(DEMO_SPEC), DEMO_CONFIG, [*overrides, *(args.set or [])]
+    here = Path.cwd().resolve()
+    spec = DEMO_SPEC.relative_to(here) if DEMO_SPEC.is_relative_to(here) else DEMO_SPEC  # as the README shows it
+    args.spec, args.config, args.set = str(spec), DEMO_CONFIG, [*overrides, *(args.set or [])]
     return cmd_internalize(args)
 
 

@@ -77,6 +77,7 @@ def main() -> None:
             (datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds(), 1
         )
     summary = EvaluationSummary.load(run_dir / "evaluate" / SUMMARY_FILE)
+    log_lines = log_path.read_text(errors="replace").splitlines()
     result = {
         "command": " ".join(["genpi", *cmd[1:]]),
         "cpu_count": os.cpu_count(),
@@ -85,14 +86,8 @@ def main() -> None:
         "targets": {"wall_seconds": 600, "peak_rss_gb": 6.0},
         "within_targets": seconds < 600 and peak / 1e9 < 6.0,
         "stage_seconds": stages,
-        "headline": [
-            line
-            for line in log_path.read_text(errors="replace").splitlines()
-            if line.startswith(("strict success on", "WARNING:"))
-        ],
-        "inputs": next(
-            (line for line in log_path.read_text(errors="replace").splitlines() if line.startswith("genpi demo:")), None
-        ),
+        "headline": [line for line in log_lines if line.startswith(("strict success on", "WARNING:"))],
+        "inputs": next((line for line in log_lines if line.startswith("genpi demo:")), None),
         "strict_success": {k: round(v.strict_success, 3) for k, v in summary.variants.items()},
         "task": {k: None if v.task is None else round(v.task, 3) for k, v in summary.variants.items()},
         "cut": {k: v.cut for k, v in summary.variants.items()},

@@ -305,7 +305,7 @@ def _mean_split(cells: list[dict]) -> dict:
     return mean | {"n_covered": splits[0]["n_covered"], "n_uncovered": splits[0]["n_uncovered"]}
 
 
-def finished(done: list[dict]) -> set[tuple[str, str, int]]:
+def finished_cells(done: list[dict]) -> set[tuple[str, str, int]]:
     return {(c["prompt"], c["variant"], c["seed"]) for c in done}
 
 
@@ -434,6 +434,7 @@ def main() -> None:
         clock = state.clock({"model": args.model, "overrides": shown})
 
     def write(clock: Clock | ClockReading) -> dict:
+        finished = finished_cells(done)
         results = {
             "model": args.model,
             "config": str(Path(args.config).resolve().relative_to(ROOT))
@@ -451,7 +452,7 @@ def main() -> None:
             "cells_planned": len(cells),
             "cells_done": len(done),
             "complete": len(done) == len(cells),
-            "pending": [c.name + "@" + c.prompt for c in cells if (c.prompt, c.variant, c.seed) not in finished(done)],
+            "pending": [c.name + "@" + c.prompt for c in cells if (c.prompt, c.variant, c.seed) not in finished],
             "wall_seconds": clock.seconds(),
             "sessions": clock.sessions,
             "peak_memory_gb": clock.peak_memory_gb(),

@@ -565,12 +565,8 @@ def _add_model(sub) -> None:
 def cmd_model(args) -> int:
     from genpi_core.generation.models import is_prepared, resolve_model
 
-    if args.installed:
-        try:
-            ready = is_prepared(args.name_or_path)
-        except ValueError as exc:
-            print(f"genpi model: {exc}", file=sys.stderr)
-            return 2
+    if args.installed:  # an unknown name is a ValueError: main() exits 2 with its message
+        ready = is_prepared(args.name_or_path)
         print(f"{args.name_or_path}: {'installed' if ready else 'not installed'}")
         return 0 if ready else 1
     print(resolve_model(args.name_or_path))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genpi_core.generation.models import EMBEDDED_05B, NAMED_MODELS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SPEC = ROOT / "examples" / "prompts" / "library_desk.yaml"
 DEMO_CONFIG = ROOT / "configs" / "default.yaml"
-DEMO_MODELS = ("embedded", "embedded-0.5b")
-GENERATOR = "embedded-0.5b"
+DEMO_MODELS = NAMED_MODELS  # embedded (the default) and embedded-0.5b
+GENERATOR = EMBEDDED_05B
 FETCH_GENERATOR = "GENPI_MODELS=embedded-0.5b bash scripts/setup.sh"
 
 

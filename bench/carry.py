@@ -139,14 +139,17 @@ class BenchState:
         self.record(key, result)
         self.save_run(Path(result["run_dir"]))
 
-    def restore(self) -> int:
+    def restore(self, others_into: Path | None = None) -> int:
         """Copy every benchmark's carried data into runs/ where runs/ lacks it (what is already there wins, this
-        benchmark's own folder first); the number of files copied."""
+        benchmark's own folder first); the number of files copied. Other benchmarks' data goes to
+        ``others_into`` where this benchmark keeps its runs of their layout (<spec name>/<version>/) deeper
+        down (default: runs_dir)."""
         copied = 0
         others = sorted(p for p in self.root.glob(f"*/{CARRIED_DIR}") if p.parent != self.folder)
         for carried in [self.folder / CARRIED_DIR, *others]:
+            into = self.runs_dir if carried.parent == self.folder else (others_into or self.runs_dir)
             for src in sorted(p for p in carried.rglob("*") if p.is_file()) if carried.is_dir() else []:
-                dst = self.runs_dir / src.relative_to(carried)
+                dst = into / src.relative_to(carried)
                 if not dst.exists():
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dst)

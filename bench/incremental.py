@@ -18,8 +18,12 @@ each build. Goals: ``time_ratio`` <= 0.3 on the 0.5B quality config (where train
 overlap; the edited fact passes at least as often incrementally as in the full re-run (counted where the full
 re-run passes it at least once). On the 135M default config the ratio is reported as measured.
 
-Resumable: a finished build is kept in the results file and not run again; a build that was killed resumes from
-its finished stages and is marked ``resumed`` (its wall time then understates the real cost).
+Resumable, on a fresh clone too (bench/carry.py): each finished build is kept with its measurements in
+bench/resume/incremental_<model>/ beside the synthesized data of every run (the parent's and each build's; no
+weights, so a fresh clone retrains the parent before the builds that still need it), and is not run again. The
+0.5B parent starts from the quality suite's synthesized library-desk data where its stage keys match. A build
+that was killed resumes from its finished stages and is marked ``resumed`` (its wall time then understates the
+real cost). ``--save-state`` mirrors what exists so far (a build killed mid-way keeps its finished stages).
 Run: genpi bench incremental                                   (135M, all three edits, about an hour on 2 cores)
      genpi bench incremental --model embedded-0.5b --config configs/genpi.yaml --edits changed_fact   (hours)
 """
@@ -33,6 +37,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from carry import BenchState, measured_config, result_key
+
+from genpi_core.store.stage import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -143,10 +150,42 @@ def compare(incremental: dict, full: dict, edit: str) -> dict:
 
 
 def _copy_parent(parent_run: Path, root: Path) -> None:
-    """The parent's run folder (not its promoted.json: the copy must be its root's latest finished version)."""
+    """The parent's run folder (not its promoted.json: the copy must be its root's latest finished version).
+    Entries the copy lacks are added: one restored on a fresh clone has no adapter yet."""
     target = root / parent_run.parent.name / parent_run.name
-    if not target.exists():
-        shutil.copytree(parent_run, target)
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in parent_run.iterdir():
+        if not (target / entry.name).exists():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target / entry.name)
+
+
+def build_key(model: str, edit: str, mode: str, spec: Path, cfg) -> str:
+    """What a finished build measured: the model, the edit and mode, the edited spec's bytes, the parent spec's
+    bytes and the whole resolved config (but where runs are kept)."""
+    return result_key(
+        bench="incremental",
+        model=model,
+        edit=edit,
+        mode=mode,
+        spec=file_sha256(spec),
+        parent_spec=file_sha256(SPEC),
+        config=measured_config(cfg),
+    )
+
+
+def save_state(state: BenchState, root: Path, parent_version: str | None) -> None:
+    """Mirror every run folder under ``root`` but the parent's copies inside the builds' roots."""
+    for ingest in sorted(root.glob("**/ingest")):
+        run_dir = ingest.parent
+        a_copy = run_dir.name == parent_version and run_dir.parent.parent != root / "parent"
+        if ingest.is_dir() and not a_copy:
+            state.save_run(run_dir)
+
+
+def _shown(path: Path) -> str:
+    """A run folder as results show it: relative to the repository where it lies inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 def render(results: dict) -> str:
@@ -198,6 +237,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override for every build")
     parser.add_argument("--root", default=str(ROOT / "runs" / "bench-incremental"), help="where the runs go")
     parser.add_argument("--out", default="incremental")
+    parser.add_argument(
+        "--save-state",
+        action="store_true",
+        help="only mirror the synthesized data of every run so far into bench/resume/ (for a fresh clone), then exit",
+    )
     args = parser.parse_args()
     from schemas.config import load_config
 
@@ -208,28 +252,63 @@ def main() -> None:
     out = RESULTS / f"{args.out}.json"
     results = json.loads(out.read_text()) if out.is_file() else {"models": {}}
     root = Path(args.root) / args.model
+    state = BenchState(f"{args.out}_{args.model.replace('/', '_')}", root)
     overrides = [f"model.name_or_path={args.model}", *args.set]
+    parent_cfg = load_config(args.config, [*overrides, f"runs_dir={root / 'parent'}"])
+    parent_key = result_key(
+        bench="incremental-parent", model=args.model, spec=file_sha256(SPEC), config=measured_config(parent_cfg)
+    )
+    if args.save_state:
+        parent = state.finished(parent_key)
+        save_state(state, root, Path(parent["run_dir"]).name if parent else None)
+        print(f"mirrored the runs under {root} into {state.folder}", flush=True)
+        return
+    restored = state.restore(others_into=root / "parent")
+    if restored:
+        print(f"restored {restored} files of synthesized data into {root}", flush=True)
     model = results["models"].setdefault(args.model, {"config": args.config, "edits": {}})
-    print(f"== parent: {SPEC.name} on {args.model}", flush=True)
-    parent_seconds, parent_run = build(SPEC, load_config(args.config, [*overrides, f"runs_dir={root / 'parent'}"]))
-    model.setdefault("parent_seconds", parent_seconds)
+    builds = {}  # (edit, mode) -> (spec, config, key)
+    for edit in edits:
+        spec = edited_spec(edit, root / "specs")
+        for mode in ("incremental", "full"):
+            cfg = load_config(
+                args.config,
+                [
+                    *overrides,
+                    f"runs_dir={root / edit / mode}",
+                    f"incremental.enabled={str(mode == 'incremental').lower()}",
+                ],
+            )
+            builds[edit, mode] = spec, cfg, build_key(args.model, edit, mode, spec, cfg)
+    pending = [b for b, (_, _, key) in builds.items() if not state.finished(key) and b[0] not in model["edits"]]
+    if pending:
+        print(f"== parent: {SPEC.name} on {args.model}", flush=True)
+        parent_seconds, parent_run = build(SPEC, parent_cfg)
+        if not state.finished(parent_key):  # the first build of the parent is its cost; a later one only resumes
+            state.record(parent_key, {"wall_seconds": round(parent_seconds, 1), "run_dir": _shown(parent_run)})
+        state.save_run(parent_run)
+    if state.finished(parent_key):
+        model.setdefault("parent_seconds", state.finished(parent_key)["wall_seconds"])
     for edit in edits:
         if edit in model["edits"]:
             print(f"== {edit}: finished before, kept", flush=True)
             continue
-        spec = edited_spec(edit, root / "specs")
         measured = {}
         for mode in ("incremental", "full"):
+            spec, cfg, key = builds[edit, mode]
+            if state.finished(key):
+                print(f"== {edit}: {mode} build finished before, kept", flush=True)
+                measured[mode] = state.finished(key)
+                continue
             runs = root / edit / mode
-            resumed = runs.exists()
+            versions = runs / parent_run.parent.name
+            resumed = versions.is_dir() and any(p.name != parent_run.name for p in versions.iterdir())
             _copy_parent(parent_run, runs)
-            cfg = load_config(
-                args.config,
-                [*overrides, f"runs_dir={runs}", f"incremental.enabled={str(mode == 'incremental').lower()}"],
-            )
             print(f"== {edit}: {mode} build", flush=True)
             seconds, run_dir = build(spec, cfg)
-            measured[mode] = measure(run_dir, seconds, resumed)
+            measured[mode] = measure(run_dir, seconds, resumed) | {"run_dir": _shown(run_dir)}
+            state.record(key, measured[mode])
+            state.save_run(run_dir)
         model["edits"][edit] = compare(measured["incremental"], measured["full"], edit)
         e = model["edits"][edit]
         print(

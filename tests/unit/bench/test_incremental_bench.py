@@ -36,3 +36,61 @@ def test_pure_logic_the_comparison_and_the_fact_goal():
     assert never["counted"] is False and never["learned"] is None
     apart = bench.compare(inc | {"strict_recovery_ci": [0.1, 0.3]}, full, "added_rule")
     assert apart["intervals_overlap"] is False and "edited_fact" not in apart
+
+
+def test_pure_logic_a_fresh_clone_gets_the_runs_back_without_the_parents_copies_and_refills_the_adapter(tmp_path):
+    bench = importlib.import_module("incremental")
+    carry = importlib.import_module("carry")
+    root = tmp_path / "runs" / "embedded"
+    parent = root / "parent" / "library-desk" / "p1"
+    build = root / "changed_fact" / "incremental" / "library-desk" / "b1"
+    for run in (parent, build):
+        (run / "ingest").mkdir(parents=True)
+        (run / "inputs").mkdir()
+        (run / "inputs" / "inputs.parquet").write_text("rows")
+    (parent / "train").mkdir()
+    (parent / "train" / "adapter.safetensors").write_text("weights")
+    bench._copy_parent(parent, root / "changed_fact" / "incremental")  # the build's copy of its parent
+    resume = tmp_path / "resume"
+    state = carry.BenchState("incremental_embedded", root, root=resume)
+    bench.save_state(state, root, "p1")
+    mirrored = sorted(str(p.relative_to(state.folder / "synthesized")) for p in state.folder.rglob("*.parquet"))
+    assert mirrored == [
+        "changed_fact/incremental/library-desk/b1/inputs/inputs.parquet",
+        "parent/library-desk/p1/inputs/inputs.parquet",
+    ]
+
+    # another benchmark's data (<spec>/<version>/, as the quality suite keeps it) goes where the parent is built
+    quality = resume / "quality_0.5b" / "synthesized" / "library-desk" / "q1" / "inputs"
+    quality.mkdir(parents=True)
+    (quality / "inputs.parquet").write_text("quality's rows")
+    fresh_root = tmp_path / "fresh" / "embedded"
+    fresh = carry.BenchState("incremental_embedded", fresh_root, root=resume)
+    assert fresh.restore(others_into=fresh_root / "parent") == 3
+    assert (fresh_root / "parent" / "library-desk" / "q1" / "inputs" / "inputs.parquet").read_text() == "quality's rows"
+    assert not (fresh_root / "changed_fact" / "incremental" / "library-desk" / "p1").exists()
+
+    # the parent, rebuilt on the fresh clone, is copied in again for the build: its adapter included
+    fresh_parent = fresh_root / "parent" / "library-desk" / "p1"
+    (fresh_parent / "train").mkdir()
+    (fresh_parent / "train" / "adapter.safetensors").write_text("weights again")
+    bench._copy_parent(fresh_parent, fresh_root / "changed_fact" / "incremental")
+    copy = fresh_root / "changed_fact" / "incremental" / "library-desk" / "p1"
+    assert (copy / "train" / "adapter.safetensors").read_text() == "weights again"
+    assert (copy / "inputs" / "inputs.parquet").read_text() == "rows"
+
+
+def test_pure_logic_a_build_is_keyed_by_its_edit_mode_spec_and_config(tmp_path):
+    bench = importlib.import_module("incremental")
+    from schemas.config import load_config
+
+    spec = bench.edited_spec("changed_fact", tmp_path)
+    cfg = load_config(ROOT / "configs" / "default.yaml", [f"runs_dir={tmp_path / 'a'}"])
+    elsewhere = load_config(ROOT / "configs" / "default.yaml", [f"runs_dir={tmp_path / 'b'}"])
+    key = bench.build_key("embedded", "changed_fact", "full", spec, cfg)
+    assert key == bench.build_key(
+        "embedded", "changed_fact", "full", spec, elsewhere
+    )  # where runs live is not measured
+    assert key != bench.build_key("embedded", "changed_fact", "incremental", spec, cfg)
+    other = load_config(ROOT / "configs" / "default.yaml", ["train.epochs=9"])
+    assert key != bench.build_key("embedded", "changed_fact", "full", spec, other)

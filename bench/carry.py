@@ -17,10 +17,12 @@ keys (config, inputs, package versions), so a stage that does not match is recom
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from genpi_core.evaluate.summary import METRICS_VERSION
@@ -110,6 +112,53 @@ class ClockReading:
 
     def peak_memory_gb(self) -> float:
         return self.peak
+
+
+class Deadline:
+    """When this machine goes away (a session's end): a benchmark skips a unit it would not finish by then, so
+    the hours before the end are not spent on work a kill would throw away, and runs whatever still fits.
+
+    ``--stop-by`` takes "HH:MM" (local time, the next such time), an ISO date and time, or "+90m" / "+2h" /
+    "+5400s" from now. A unit whose duration is unknown (nothing like it finished yet) always starts."""
+
+    MARGIN = 1.1  # units vary: a unit must fit with 10% to spare
+
+    def __init__(self, at: datetime | None) -> None:
+        self.at = at
+
+    @classmethod
+    def parse(cls, text: str | None, now: datetime | None = None) -> Deadline:
+        now = now or datetime.now()
+        if not text:
+            return cls(None)
+        relative = re.fullmatch(r"\+(\d+(?:\.\d+)?)([smh])", text.strip())
+        if relative:
+            seconds = float(relative.group(1)) * {"s": 1, "m": 60, "h": 3600}[relative.group(2)]
+            return cls(now + timedelta(seconds=seconds))
+        clock = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+        if clock:
+            at = now.replace(hour=int(clock.group(1)), minute=int(clock.group(2)), second=0, microsecond=0)
+            return cls(at if at > now else at + timedelta(days=1))
+        try:
+            return cls(datetime.fromisoformat(text.strip()))
+        except ValueError:
+            raise ValueError(
+                f"--stop-by: {text!r} is not HH:MM, an ISO date and time, or +90m / +2h / +5400s"
+            ) from None
+
+    def seconds_left(self, now: datetime | None = None) -> float | None:
+        return None if self.at is None else (self.at - (now or datetime.now())).total_seconds()
+
+    def allows(self, estimate_s: float | None, now: datetime | None = None) -> bool:
+        left = self.seconds_left(now)
+        return left is None or estimate_s is None or estimate_s * self.MARGIN <= left
+
+    def why_not(self, name: str, estimate_s: float, now: datetime | None = None) -> str:
+        left = self.seconds_left(now) or 0.0
+        return (
+            f"   skipped before the deadline ({self.at:%Y-%m-%d %H:%M}): {name} needs about {estimate_s / 60:.0f} min, "
+            f"{max(left, 0) / 60:.0f} min left"
+        )
 
 
 class BenchState:

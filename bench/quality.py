@@ -23,7 +23,9 @@ replayed base and teacher replies included (every stage of the run but training 
 no weights). Commit that folder with the results; the same command on a new machine copies the data back into
 runs/ and runs only the cells still missing. `--save-state` refreshes the folder from runs/ and rewrites the
 results from the finished cells, training nothing (before a session ends, to keep a synthesis stage's
-checkpoints too).
+checkpoints too). `--stop-by 00:20` (or +2h) skips a student that would not finish before the machine goes away
+(its estimate: the longest finished student of its kind, on its prompt if one is), so a session's last hour runs
+the short students instead of half a long one.
 Nothing else CPU-bound should run beside it: wall times are part of the record (to borrow the CPU for a
 while, `kill -STOP` the process and `kill -CONT` it after; stopped time is not counted).
 
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from carry import BenchState, Clock, ClockReading, measured_config, peak_memory_gb, result_key
+from carry import BenchState, Clock, ClockReading, Deadline, measured_config, peak_memory_gb, result_key
 
 from genpi_core.evaluate.bootstrap import recovery, two_level_bootstrap
 from genpi_core.evaluate.coverage import fact_coverage, split_by_coverage
@@ -305,6 +307,19 @@ def _mean_split(cells: list[dict]) -> dict:
     return mean | {"n_covered": splits[0]["n_covered"], "n_uncovered": splits[0]["n_uncovered"]}
 
 
+def estimate_seconds(cell: Cell, finished: list[dict]) -> float | None:
+    """How long a student takes, from those finished with their prompt's synthesis already done: the longest of
+    the same kind (SFT-only, or any joint variant) on the same prompt, else on any prompt; None if none yet."""
+    kind = "sft" if cell.variant == "sft" else "joint"
+    alike = [
+        c
+        for c in finished
+        if ("sft" if c["variant"] == "sft" else "joint") == kind and c.get("reused", {}).get("synthesis")
+    ]
+    pool = [c for c in alike if c["prompt"] == cell.prompt] or alike
+    return max((c["seconds_this_process"] for c in pool), default=None)
+
+
 def finished_cells(done: list[dict]) -> set[tuple[str, str, int]]:
     return {(c["prompt"], c["variant"], c["seed"]) for c in done}
 
@@ -408,11 +423,21 @@ def main() -> None:
         help="only refresh bench/resume/<out>/ from runs/ (synthesis checkpoints included) and rewrite the "
         "results from the students finished so far, then exit (train nothing)",
     )
+    parser.add_argument(
+        "--stop-by",
+        default=None,
+        help="when this machine goes away (HH:MM, an ISO time, or +90m): a student that would not finish by then "
+        "is skipped, and those that fit still run (estimated from finished students of the same kind)",
+    )
     parser.add_argument("--target", type=float, default=0.95, help="strict-success recovery each prompt should reach")
     parser.add_argument(
         "--lower-target", type=float, default=0.8, help="...with its interval's lower bound at least this"
     )
     args = parser.parse_args()
+    try:
+        deadline = Deadline.parse(args.stop_by)
+    except ValueError as e:
+        parser.error(str(e))
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     missing = [p for p in prompts if not (SPECS_DIR / f"{p}.yaml").is_file()]
     if missing:
@@ -481,6 +506,10 @@ def main() -> None:
         print(
             f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
         )
+        estimate = None if previous else estimate_seconds(cell, list(state.cells.values()))
+        if not deadline.allows(estimate):
+            print(deadline.why_not(cell.name, estimate), flush=True)
+            continue
         done.append(
             state.backfill_coverage(key, previous) if previous else run_cell(cell, args.config, overrides, state)
         )

@@ -6,6 +6,8 @@ import importlib
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "bench"))  # the benchmarks import their sibling, as `genpi bench` runs them
 carry = importlib.import_module("carry")
@@ -87,3 +89,19 @@ def test_a_result_key_changes_with_what_was_measured_and_not_with_where_runs_liv
     assert carry.result_key(config=here) == carry.result_key(config=there)
     assert carry.result_key(config=here) != carry.result_key(config=longer)
     assert carry.result_key(config=here, spec="a") != carry.result_key(config=here, spec="b")
+
+
+def test_pure_logic_a_deadline_skips_only_what_would_not_fit():
+    from datetime import datetime
+
+    now = datetime(2026, 12, 2, 23, 0)
+    at_midnight = carry.Deadline.parse("00:00", now=now)
+    assert at_midnight.at == datetime(2026, 12, 3, 0, 0)  # the next midnight, not this morning's
+    assert at_midnight.allows(1800, now=now) and not at_midnight.allows(3500, now=now)  # 10% to spare
+    assert at_midnight.allows(None, now=now)  # nothing like it finished yet: start it
+    assert carry.Deadline.parse("+90m", now=now).at == datetime(2026, 12, 3, 0, 30)
+    assert carry.Deadline.parse("2026-12-03T01:00", now=now).seconds_left(now) == 7200
+    assert carry.Deadline.parse(None).allows(10**9)
+    assert "needs about 58 min, 60 min left" in at_midnight.why_not("joint-s1", 3500, now=now)
+    with pytest.raises(ValueError, match="--stop-by: 'soon'"):
+        carry.Deadline.parse("soon")

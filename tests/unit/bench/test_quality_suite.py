@@ -145,3 +145,42 @@ def test_a_cell_finished_before_coverage_existed_gets_it_from_its_restored_datas
     old = {"variant": "sft", "run_dir": "elsewhere/runs/library-desk/abc"}
     assert quality.with_coverage(old, tmp_path / "runs")["fact_coverage"] == [False, True]  # t0, t1; PG not counted
     assert quality.with_coverage(old, tmp_path / "nowhere") == old  # no data at hand: left as it was
+
+
+def test_pure_logic_a_students_time_is_estimated_from_finished_ones_of_its_kind():
+    done = [
+        {
+            "prompt": "library_desk",
+            "variant": "joint",
+            "seed": 0,
+            "seconds_this_process": 3400.0,
+            "reused": {"synthesis": True},
+        },
+        {
+            "prompt": "shell_agent",
+            "variant": "joint",
+            "seed": 0,
+            "seconds_this_process": 3000.0,
+            "reused": {"synthesis": True},
+        },
+        {
+            "prompt": "shell_agent",
+            "variant": "sft",
+            "seed": 0,
+            "seconds_this_process": 1800.0,
+            "reused": {"synthesis": False},
+        },
+        {
+            "prompt": "library_desk",
+            "variant": "sft",
+            "seed": 0,
+            "seconds_this_process": 770.0,
+            "reused": {"synthesis": True},
+        },
+    ]
+    assert quality.estimate_seconds(quality.Cell("library_desk", "joint-kl", 0), done) == 3400.0  # same prompt
+    assert quality.estimate_seconds(quality.Cell("hotel_concierge", "joint", 0), done) == 3400.0  # any prompt
+    assert quality.estimate_seconds(quality.Cell("library_desk", "sft", 1), done) == 770.0
+    # a student whose run also synthesized is no estimate of one that reuses the data
+    assert quality.estimate_seconds(quality.Cell("shell_agent", "sft", 1), done) == 770.0
+    assert quality.estimate_seconds(quality.Cell("x", "sft", 0), done[:2]) is None

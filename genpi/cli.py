@@ -585,6 +585,7 @@ BENCHMARKS = {
     "incremental": "three edits of a prompt, built incrementally and as full re-runs side by side: time ratio, recovery",
     "ablations": "SFT only vs joint vs joint with reasons on one run's data",
     "training": "training tokens/s (CPU, or GPU with --random-init)",
+    "cpu_dtype": "does bf16 pay on this CPU? the 0.5B's training matmuls in float32 vs bf16, side by side",
     "synthesis": "role-swapped synthesis vs a batch-size-1 loop",
     "prefix_sharing": "teacher generation behind the long prompt: generate() vs shared-prefix attention",
     "main_job": "the README's main job, timed stage by stage",

@@ -198,7 +198,8 @@ def render(results: dict) -> str:
     lines = ["# Incremental re-internalization vs a full re-run", ""]
     for model, m in results["models"].items():
         lines += [
-            f"## `{model}`, `{m['config']}` (parent built in {m['parent_seconds']:.0f} s)",
+            f"## `{model}`, `{m['config']}` (parent built in {m['parent_seconds']:.0f} s"
+            f"{', resumed' if m.get('parent_resumed') else ''})",
             "",
             "| edit | incremental s | full s | time ratio | strict recovery, incremental | strict recovery, full | "
             "overlap | teacher replies unchanged | outcome |",
@@ -283,12 +284,15 @@ def main() -> None:
     pending = [b for b, (_, _, key) in builds.items() if not state.finished(key) and b[0] not in model["edits"]]
     if pending:
         print(f"== parent: {SPEC.name} on {args.model}", flush=True)
+        resumed = (root / "parent").is_dir()  # stages of an earlier or restored run are reused: not its full cost
         parent_seconds, parent_run = build(SPEC, parent_cfg)
         if not state.finished(parent_key):  # the first build of the parent is its cost; a later one only resumes
-            state.record(parent_key, {"wall_seconds": round(parent_seconds, 1), "run_dir": _shown(parent_run)})
+            record = {"wall_seconds": round(parent_seconds, 1), "resumed": resumed, "run_dir": _shown(parent_run)}
+            state.record(parent_key, record)
         state.save_run(parent_run)
     if state.finished(parent_key):
         model.setdefault("parent_seconds", state.finished(parent_key)["wall_seconds"])
+        model.setdefault("parent_resumed", state.finished(parent_key).get("resumed", False))
     for edit in edits:
         if edit in model["edits"]:
             print(f"== {edit}: finished before, kept", flush=True)

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
-from carry import BenchState, measured_config, result_key
+from carry import BenchState, Deadline, measured_config, result_key
 from quality import (
     MAIN_PROMPT,
     PROMPTS,
@@ -133,7 +134,16 @@ def _snapshot_curve(cfg, ingested, dataset, train: StageOutput, name: str, eval_
     return curve
 
 
+def estimate_seconds(cell: Cell, finished: list[dict]) -> float | None:
+    """How long a run takes: every variant trains for joint's wall time, so the longest finished run of the same
+    prompt (else of any prompt) is the estimate; None before the first one (it always starts)."""
+    timed = [c for c in finished if c.get("seconds_this_process")]
+    pool = [c for c in timed if c["prompt"] == cell.prompt] or timed
+    return max((c["seconds_this_process"] for c in pool), default=None)
+
+
 def run_cell(cell: Cell, config: str, overrides: list[str], joint_seconds: float | None) -> dict:
+    started = time.perf_counter()
     extra = [f"train.snapshots={SNAPSHOTS}"]
     calibration = None
     if cell.variant != "joint":
@@ -164,6 +174,7 @@ def run_cell(cell: Cell, config: str, overrides: list[str], joint_seconds: float
         "distinct_share": summary.collapse.distinct_share if summary.collapse else None,
         "re_prompt": summary.re_prompt.model_dump() if summary.re_prompt else None,
         "scores": evaluation_scores(evaluation),
+        "seconds_this_process": round(time.perf_counter() - started, 1),
     }
 
 
@@ -250,7 +261,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], help="config override for every run")
     parser.add_argument("--out", default="on_policy")
+    parser.add_argument(
+        "--stop-by",
+        default=None,
+        help="when this machine goes away (HH:MM, an ISO time, or +90m): a run that would not finish by then is "
+        "skipped (estimated from the finished runs of its prompt)",
+    )
     args = parser.parse_args()
+    try:
+        deadline = Deadline.parse(args.stop_by)
+    except ValueError as e:
+        parser.error(str(e))
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     overrides = [f"model.name_or_path={args.model}", *args.set]
     cfg = load_config(args.config, overrides)
@@ -288,6 +309,13 @@ def main() -> None:
         print(
             f"== [{i}/{len(cells)}] {cell.prompt}: {cell.name}{' (finished earlier)' if previous else ''}", flush=True
         )
+        if not previous and cell.variant != "joint" and budget is None:
+            print("   skipped: joint of the same prompt and seed has not trained (its wall time is the budget)")
+            continue
+        estimate = None if previous else estimate_seconds(cell, list(state.cells.values()))
+        if not deadline.allows(estimate):
+            print(deadline.why_not(cell.name, estimate), flush=True)
+            continue
         done.append(previous or run_cell(cell, args.config, overrides, budget))
         if not previous:
             state.keep(key, done[-1])

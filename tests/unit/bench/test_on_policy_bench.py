@@ -68,3 +68,12 @@ def test_a_finished_run_is_reused_only_for_its_variant_seed_and_budget():
     assert key != on_policy.cell_key(cell, config, [], 1200.0)  # joint trained for another wall time
     assert key != on_policy.cell_key(on_policy.Cell("library_desk", "joint-on-policy", 1), config, [], 900.0)
     assert key != on_policy.cell_key(on_policy.Cell("library_desk", "on-policy", 0), config, [], 900.0)
+
+
+def test_pure_logic_a_runs_time_is_estimated_from_the_finished_runs_of_its_prompt():
+    lib = _run("joint", 0, [1.0] * N, None) | {"seconds_this_process": 4000.0}
+    shell = _run("sft", 0, [1.0] * N, None) | {"prompt": "shell_agent", "seconds_this_process": 3000.0}
+    older = _run("sft", 1, [1.0] * N, None)  # finished before runs were timed: no estimate from it
+    assert on_policy.estimate_seconds(on_policy.Cell("shell_agent", "on-policy", 0), [lib, shell, older]) == 3000.0
+    assert on_policy.estimate_seconds(on_policy.Cell("hotel_concierge", "joint", 0), [lib, shell]) == 4000.0
+    assert on_policy.estimate_seconds(on_policy.Cell("library_desk", "sft", 0), [older]) is None

@@ -20,7 +20,8 @@ Goal: joint-on-policy reaches strict recovery >= 0.95 in at most half the steps 
 
 Resumable like the quality suite, on a fresh clone too (bench/carry.py): finished runs are kept with their scores
 in bench/resume/on_policy/, beside the synthesized data, which it shares with the quality suite (same prompts,
-same config); the results are rewritten after each run. Commit that folder with the results.
+same config); the results are rewritten after each run. Commit that folder with the results. `--stop-by 00:20`
+skips a run that would not finish before the machine goes away (as in the quality suite).
 Results: bench/results/on_policy.json (per prompt and variant: strict_recovery, strict_recovery_ci,
 steps_to_0.9, ...) and on_policy.md. Run: genpi bench on_policy --model embedded-0.5b (many hours on 2 cores).
 """

@@ -147,36 +147,22 @@ def test_a_cell_finished_before_coverage_existed_gets_it_from_its_restored_datas
     assert quality.with_coverage(old, tmp_path / "nowhere") == old  # no data at hand: left as it was
 
 
+def _timed(prompt: str, variant: str, seconds: float, synthesis_reused: bool = True) -> dict:
+    return {
+        "prompt": prompt,
+        "variant": variant,
+        "seed": 0,
+        "seconds_this_process": seconds,
+        "reused": {"synthesis": synthesis_reused},
+    }
+
+
 def test_pure_logic_a_students_time_is_estimated_from_finished_ones_of_its_kind():
     done = [
-        {
-            "prompt": "library_desk",
-            "variant": "joint",
-            "seed": 0,
-            "seconds_this_process": 3400.0,
-            "reused": {"synthesis": True},
-        },
-        {
-            "prompt": "shell_agent",
-            "variant": "joint",
-            "seed": 0,
-            "seconds_this_process": 3000.0,
-            "reused": {"synthesis": True},
-        },
-        {
-            "prompt": "shell_agent",
-            "variant": "sft",
-            "seed": 0,
-            "seconds_this_process": 1800.0,
-            "reused": {"synthesis": False},
-        },
-        {
-            "prompt": "library_desk",
-            "variant": "sft",
-            "seed": 0,
-            "seconds_this_process": 770.0,
-            "reused": {"synthesis": True},
-        },
+        _timed("library_desk", "joint", 3400.0),
+        _timed("shell_agent", "joint", 3000.0),
+        _timed("shell_agent", "sft", 1800.0, synthesis_reused=False),
+        _timed("library_desk", "sft", 770.0),
     ]
     assert quality.estimate_seconds(quality.Cell("library_desk", "joint-kl", 0), done) == 3400.0  # same prompt
     assert quality.estimate_seconds(quality.Cell("hotel_concierge", "joint", 0), done) == 3400.0  # any prompt
